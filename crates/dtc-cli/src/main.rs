@@ -1,0 +1,162 @@
+//! # `dtc`: the command-line entry point
+//!
+//! - `dtc coordinator ...` runs one coordinator node until SIGINT/SIGTERM.
+//! - `dtc status ...` asks every given node for its view and prints the
+//!   cluster (text or `--json`).
+//!
+//! Exit codes: 0 ok, 2 usage error (clap), 3 unavailable.
+
+mod status;
+
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "dtc", version, about = "dtc: a replicated two-phase-commit transaction coordinator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one coordinator node of a three-node (or larger) cluster.
+    ///
+    /// Fresh nodes started with the same --peers form the cluster by
+    /// themselves; a node restarted with the same flags rejoins with its data.
+    Coordinator(CoordinatorArgs),
+    /// Show the members, leader, term, applied index, pending transactions
+    /// and registered participants.
+    Status(status::StatusArgs),
+}
+
+#[derive(clap::Args)]
+struct CoordinatorArgs {
+    /// This node's id (a key of --peers).
+    #[arg(long)]
+    id: u64,
+    /// Address to listen on, e.g. 127.0.0.1:7001.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Directory for this node's Raft log and state (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Every member as ID=HOST:PORT, comma separated (this node included).
+    #[arg(long, value_parser = parse_peers_arg)]
+    peers: BTreeMap<u64, String>,
+    /// Cluster name; a node refuses data and messages of another cluster.
+    #[arg(long, default_value = "dtc")]
+    cluster: String,
+    /// Raft heartbeat interval.
+    #[arg(long, default_value_t = 50, value_name = "MS")]
+    heartbeat_ms: u64,
+    /// Raft election timeout range, MIN-MAX milliseconds.
+    #[arg(long, default_value = "150-300", value_parser = parse_range, value_name = "MIN-MAX")]
+    election_timeout_ms: (u64, u64),
+    /// Transactions in flight on the leader before Execute answers RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 1024)]
+    max_in_flight: usize,
+    /// How long completed outcomes stay queryable for idempotent retries.
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    outcome_retention_secs: u64,
+    /// Largest payload of one branch.
+    #[arg(long, default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
+    max_payload_bytes: usize,
+    /// Default prepare timeout when a request gives none.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    default_timeout_ms: u32,
+    /// Build a snapshot and purge the log every this many entries.
+    #[arg(long, default_value_t = 5000)]
+    snapshot_every: u64,
+}
+
+fn parse_peers_arg(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    dtc_coordinator::parse_peers(s).map_err(|e| e.to_string())
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not MIN-MAX"))?;
+    let a: u64 = a.trim().parse().map_err(|_| format!("{a:?} is not a number"))?;
+    let b: u64 = b.trim().parse().map_err(|_| format!("{b:?} is not a number"))?;
+    if a == 0 || b <= a {
+        return Err(format!("{s:?}: need 0 < MIN < MAX"));
+    }
+    Ok((a, b))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DTC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dtc: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Cmd::Coordinator(args) => {
+            init_logging();
+            let mut config = dtc_coordinator::NodeConfig::new(
+                args.id,
+                args.listen,
+                args.data_dir,
+                args.peers,
+            );
+            config.cluster = args.cluster;
+            config.heartbeat_ms = args.heartbeat_ms;
+            (config.election_timeout_min_ms, config.election_timeout_max_ms) = args.election_timeout_ms;
+            config.max_in_flight = args.max_in_flight;
+            config.outcome_retention = Duration::from_secs(args.outcome_retention_secs);
+            config.limits.max_payload_bytes = args.max_payload_bytes;
+            config.limits.default_timeout_ms = args.default_timeout_ms;
+            config.snapshot_every = args.snapshot_every;
+            match rt.block_on(dtc_coordinator::run(config, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("dtc coordinator: {e}");
+                    match e {
+                        dtc_coordinator::NodeError::Config(_) => ExitCode::from(2),
+                        _ => ExitCode::FAILURE,
+                    }
+                }
+            }
+        }
+        Cmd::Status(args) => rt.block_on(status::run(args)),
+    }
+}

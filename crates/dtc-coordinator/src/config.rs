@@ -1,0 +1,236 @@
+//! Node configuration and the data-directory identity check.
+
+use dtc_core::Limits;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything one coordinator node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's Raft id; must be a key of `peers`.
+    pub id: u64,
+    /// Address the gRPC server binds.
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Every member: id -> address other nodes use to reach it.
+    pub peers: BTreeMap<u64, String>,
+    /// Cluster name: written into the data directory and checked on every
+    /// Raft message, so nodes of two clusters never mix.
+    pub cluster: String,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and purge the log) after this many applied entries.
+    pub snapshot_every: u64,
+    pub limits: Limits,
+    /// Transactions driven at once on the leader; past it `Execute` gets
+    /// RESOURCE_EXHAUSTED instead of queueing without bound.
+    pub max_in_flight: usize,
+    /// How long completed outcomes stay queryable (idempotent retries).
+    pub outcome_retention: Duration,
+    /// After the decision, how long `Execute` waits for acknowledgements
+    /// before answering (so a client normally reads its own writes).
+    pub ack_wait: Duration,
+    /// Time allowed for one phase-2 (commit/abort) call before it is retried.
+    pub rpc_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// A config with production defaults for the given identity.
+    pub fn new(id: u64, listen: SocketAddr, data_dir: PathBuf, peers: BTreeMap<u64, String>) -> Self {
+        NodeConfig {
+            id,
+            listen,
+            data_dir,
+            peers,
+            cluster: "dtc".into(),
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            snapshot_every: 5000,
+            limits: Limits::default(),
+            max_in_flight: 1024,
+            outcome_retention: Duration::from_secs(3600),
+            ack_wait: Duration::from_secs(1),
+            rpc_timeout: Duration::from_secs(2),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.peers.contains_key(&self.id) {
+            return Err(ConfigError::IdNotInPeers(self.id));
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_min_ms <= self.heartbeat_ms {
+            return Err(ConfigError::Timing(
+                "the election timeout must be longer than the heartbeat interval".into(),
+            ));
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err(ConfigError::Timing(
+                "the election timeout range must have max > min".into(),
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::Timing("max in-flight must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid --peers entry {0:?}: expected ID=HOST:PORT, e.g. 1=127.0.0.1:7001")]
+    BadPeer(String),
+    #[error("--peers names node {0} twice")]
+    DuplicatePeer(u64),
+    #[error("--peers is empty")]
+    NoPeers,
+    #[error("--id {0} is not one of the --peers")]
+    IdNotInPeers(u64),
+    #[error("{0}")]
+    Timing(String),
+    #[error(
+        "data directory {dir} belongs to node {found_id} of cluster {found_cluster:?}, \
+         not node {id} of cluster {cluster:?}; refusing to start (point --data-dir at this node's \
+         own directory or an empty one)"
+    )]
+    WrongIdentity {
+        dir: PathBuf,
+        found_id: u64,
+        found_cluster: String,
+        id: u64,
+        cluster: String,
+    },
+    #[error("data directory {dir} is not usable: {why}")]
+    BadDataDir { dir: PathBuf, why: String },
+}
+
+/// Parses `1=host:port,2=host:port,...`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| ConfigError::BadPeer(part.into()))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::BadPeer(part.into()))?;
+        let addr = addr.trim();
+        let valid_addr = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid_addr {
+            return Err(ConfigError::BadPeer(part.into()));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(ConfigError::DuplicatePeer(id));
+        }
+    }
+    if peers.is_empty() {
+        return Err(ConfigError::NoPeers);
+    }
+    Ok(peers)
+}
+
+const IDENTITY_FILE: &str = "identity.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Identity {
+    cluster: String,
+    node_id: u64,
+}
+
+/// Makes sure `dir` is this node's: creates the identity file in an empty or
+/// new directory, refuses one that belongs to another node or cluster, and
+/// refuses a directory holding dtc data but no identity (never overwrite).
+pub fn claim_data_dir(dir: &Path, id: u64, cluster: &str) -> Result<(), ConfigError> {
+    let bad = |why: String| ConfigError::BadDataDir {
+        dir: dir.to_path_buf(),
+        why,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let found: Identity = serde_json::from_slice(&bytes)
+                .map_err(|e| bad(format!("{} is corrupt: {e}", path.display())))?;
+            if found.node_id != id || found.cluster != cluster {
+                return Err(ConfigError::WrongIdentity {
+                    dir: dir.to_path_buf(),
+                    found_id: found.node_id,
+                    found_cluster: found.cluster,
+                    id,
+                    cluster: cluster.to_string(),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if dir.join(dtc_store::LOG_FILE).exists() || dir.join(dtc_store::STATE_FILE).exists() {
+                return Err(bad(format!(
+                    "it holds dtc data but no {IDENTITY_FILE}; refusing to guess whose it is"
+                )));
+            }
+            let identity = Identity {
+                cluster: cluster.to_string(),
+                node_id: id,
+            };
+            let json = serde_json::to_vec_pretty(&identity).map_err(|e| bad(e.to_string()))?;
+            // Write-then-rename so a crash never leaves a half-written identity.
+            let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+            std::fs::write(&tmp, json)
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| bad(e.to_string()))
+        }
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+impl NodeConfig {
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_max_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_peer_lists_and_names_the_bad_entry() {
+        let p = parse_peers("1=127.0.0.1:7001, 2=localhost:7002,3=[::1]:7003").unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[&3], "[::1]:7003");
+        let err = parse_peers("1=127.0.0.1:7001,x=y").unwrap_err();
+        assert!(err.to_string().contains("\"x=y\""), "{err}");
+        assert!(matches!(
+            parse_peers("1=a:1,1=b:2"),
+            Err(ConfigError::DuplicatePeer(1))
+        ));
+        assert!(parse_peers("1=host").is_err());
+        assert!(parse_peers("").is_err());
+    }
+
+    #[test]
+    fn data_dir_of_another_node_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        claim_data_dir(dir.path(), 1, "dtc").unwrap();
+        claim_data_dir(dir.path(), 1, "dtc").unwrap();
+        let before = std::fs::read(dir.path().join(IDENTITY_FILE)).unwrap();
+        let err = claim_data_dir(dir.path(), 2, "dtc").unwrap_err();
+        assert!(err.to_string().contains("belongs to node 1"), "{err}");
+        assert!(claim_data_dir(dir.path(), 1, "other").is_err());
+        assert_eq!(std::fs::read(dir.path().join(IDENTITY_FILE)).unwrap(), before);
+    }
+
+    #[test]
+    fn data_dir_with_data_but_no_identity_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(dtc_store::LOG_FILE), b"x").unwrap();
+        assert!(claim_data_dir(dir.path(), 1, "dtc").is_err());
+    }
+}

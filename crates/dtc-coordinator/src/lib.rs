@@ -1,0 +1,34 @@
+//! # dtc-coordinator: one node of the replicated coordinator
+//!
+//! A node runs openraft (log and state machine from `dtc-store`), serves
+//! gRPC on one address, and — while it is leader — drives two-phase commit.
+//!
+//! ## Layout
+//! - [`node`]: startup (identity check, store, Raft, server, cluster
+//!   formation) and the leadership watcher.
+//! - [`network`]: the Raft transport over tonic (client and server).
+//! - [`service`]: the `Coordinator` and `InDoubt` gRPC services, with
+//!   forwarding from followers to the leader.
+//! - [`runtime`]: one task per transaction running a
+//!   [`dtc_core::TxnDriver`]; takeover on a new leader.
+//! - [`config`], [`channels`]: configuration, data-dir identity, gRPC channels.
+//!
+//! ## Flow of one transaction
+//! ```text
+//! client ─Execute─► any node ─(forward, ≤2 hops)─► leader
+//!   leader: validate ─► Begin ─Raft─► apply (pending index)
+//!           Prepare ─► every participant in parallel ─► votes
+//!           decision rule ─► Decide ─Raft─► apply (first wins) ─► reply = applied outcome
+//!           Commit/Abort ─► participants (retry until ack) ─► Complete ─Raft─► leaves pending index
+//! new leader: catch up (ensure_linearizable) ─► scan pending index ─► resume each driver
+//! ```
+
+pub mod channels;
+pub mod config;
+pub mod network;
+pub mod node;
+pub mod runtime;
+pub mod service;
+
+pub use config::{ConfigError, NodeConfig, parse_peers};
+pub use node::{NodeError, run};

@@ -1,0 +1,184 @@
+//! The Raft transport over tonic: the client side (`RaftNetworkFactory`) and
+//! the server side (`RaftTransport` service).
+//!
+//! openraft's requests and replies travel postcard-encoded inside a
+//! `RaftMessage { cluster, data }`. The reply is the whole
+//! `Result<Response, RaftError>`, so a remote Raft error reaches the sender
+//! as a `RemoteError` and a transport failure as `Unreachable`, which is what
+//! openraft's replication back-off expects.
+
+use crate::channels::Channels;
+use dtc_proto::v1::{RaftMessage, raft_transport_client::RaftTransportClient};
+use dtc_store::{NodeId, TypeConfig};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use serde::{Serialize, de::DeserializeOwned};
+use tonic::{Request, Response, Status};
+
+/// Creates one [`PeerClient`] per target node; channels are shared and
+/// connect lazily, so a dead peer costs nothing until it is tried.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub cluster: String,
+    pub channels: Channels,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            cluster: self.cluster.clone(),
+            channels: self.channels.clone(),
+        }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    cluster: String,
+    channels: Channels,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &self,
+        kind: RpcKind,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let data = postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let channel = self
+            .channels
+            .get(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = RaftTransportClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let mut request = Request::new(RaftMessage {
+            cluster: self.cluster.clone(),
+            data,
+        });
+        request.set_timeout(option.hard_ttl());
+        let reply = match kind {
+            RpcKind::Append => client.append_entries(request).await,
+            RpcKind::Vote => client.vote(request).await,
+            RpcKind::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|status| match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown => {
+                RPCError::Unreachable(Unreachable::new(&status))
+            }
+            _ => RPCError::Network(NetworkError::new(&status)),
+        })?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            postcard::from_bytes(&reply.into_inner().data)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum RpcKind {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.call(RpcKind::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        self.call(RpcKind::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.call(RpcKind::Vote, &rpc, &option).await
+    }
+}
+
+/// Server side: decodes a peer's request and hands it to the local Raft.
+pub struct RaftService {
+    pub raft: Raft<TypeConfig>,
+    pub cluster: String,
+}
+
+impl RaftService {
+    fn decode<T: DeserializeOwned>(&self, msg: RaftMessage) -> Result<T, Status> {
+        if msg.cluster != self.cluster {
+            return Err(Status::failed_precondition(format!(
+                "message from cluster {:?} refused by a node of cluster {:?}",
+                msg.cluster, self.cluster
+            )));
+        }
+        postcard::from_bytes(&msg.data)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+    }
+
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Response<RaftMessage>, Status> {
+        let data = postcard::to_stdvec(value)
+            .map_err(|e| Status::internal(format!("cannot encode raft reply: {e}")))?;
+        Ok(Response::new(RaftMessage {
+            cluster: self.cluster.clone(),
+            data,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl dtc_proto::v1::raft_transport_server::RaftTransport for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let req: AppendEntriesRequest<TypeConfig> = self.decode(request.into_inner())?;
+        let result = self.raft.append_entries(req).await;
+        self.encode(&result)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req: VoteRequest<NodeId> = self.decode(request.into_inner())?;
+        let result = self.raft.vote(req).await;
+        self.encode(&result)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let req: InstallSnapshotRequest<TypeConfig> = self.decode(request.into_inner())?;
+        let result = self.raft.install_snapshot(req).await;
+        self.encode(&result)
+    }
+}

@@ -1,0 +1,314 @@
+//! One coordinator node: opens the store, starts Raft and the gRPC server,
+//! forms the cluster on first start, and follows leadership changes.
+
+use crate::channels::Channels;
+use crate::config::{ConfigError, NodeConfig, claim_data_dir};
+use crate::network::{NetworkFactory, RaftService};
+use crate::runtime::{self, DriverHandle};
+use crate::service::{CoordinatorService, InDoubtService};
+use dtc_core::{Command, CommandResult};
+use dtc_proto::v1::{
+    coordinator_server::CoordinatorServer, in_doubt_server::InDoubtServer,
+    raft_transport_server::RaftTransportServer,
+};
+use dtc_store::{StateReader, TypeConfig};
+use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Errors that stop a node from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] dtc_store::StoreError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// This node's leadership, as the driver runtime sees it.
+#[derive(Debug, Clone)]
+pub enum Leadership {
+    NotLeader,
+    Leader {
+        term: u64,
+        /// Cancelled when the term ends for this node.
+        cancel: CancellationToken,
+        /// Takeover finished: every pending transaction has a driver.
+        ready: bool,
+    },
+}
+
+/// State shared by the services, the drivers and the leadership watcher.
+pub struct Shared {
+    pub config: NodeConfig,
+    pub raft: Raft<TypeConfig>,
+    pub reader: StateReader,
+    /// Channels to peers and participants, by address.
+    pub channels: Channels,
+    /// Running drivers by transaction id (leader only). A retry of a running
+    /// transaction joins its driver instead of starting another (corner case 6).
+    drivers: Mutex<HashMap<String, DriverHandle>>,
+    pub leadership: watch::Sender<Leadership>,
+    /// Bounds transactions in flight (new ones; takeover is never refused).
+    pub in_flight: Arc<Semaphore>,
+    /// Monotonic origin for driver deadlines.
+    started: Instant,
+}
+
+impl Shared {
+    pub fn lock_drivers(&self) -> MutexGuard<'_, HashMap<String, DriverHandle>> {
+        self.drivers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Monotonic milliseconds since the node started: the driver's clock.
+    pub fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Proposes a command through Raft and returns what apply produced.
+    /// Any error means this node cannot decide now (not leader, or stopped).
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, String> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub fn mark_ready(&self, term: u64) {
+        self.leadership.send_modify(|l| {
+            if let Leadership::Leader { term: t, ready, .. } = l
+                && *t == term
+            {
+                *ready = true;
+            }
+        });
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.config.id
+    }
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    config.validate()?;
+    claim_data_dir(&config.data_dir, config.id, &config.cluster)?;
+    let (log_store, state_machine) = dtc_store::open(&config.data_dir)?;
+    let reader = state_machine.reader();
+
+    let raft_config = openraft::Config {
+        cluster_name: config.cluster.clone(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        // Snapshots of a long retention window can be large; the default
+        // 200 ms per chunk is far too tight.
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let channels = Channels::default();
+    let network = NetworkFactory {
+        cluster: config.cluster.clone(),
+        channels: channels.clone(),
+    };
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| NodeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| NodeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+
+    let (leadership, _) = watch::channel(Leadership::NotLeader);
+    let shared = Arc::new(Shared {
+        in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+        config,
+        raft: raft.clone(),
+        reader,
+        channels,
+        drivers: Mutex::new(HashMap::new()),
+        leadership,
+        started: Instant::now(),
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
+    health_reporter.set_serving::<InDoubtServer<InDoubtService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(dtc_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Raft(format!("reflection: {e}")))?;
+
+    let max_msg = shared.config.limits.max_payload_bytes * shared.config.limits.max_branches + 1024 * 1024;
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            RaftTransportServer::new(RaftService {
+                raft: raft.clone(),
+                cluster: shared.config.cluster.clone(),
+            })
+            .max_decoding_message_size(usize::MAX),
+        )
+        .add_service(
+            CoordinatorServer::new(CoordinatorService::new(shared.clone()))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(InDoubtServer::new(InDoubtService::new(shared.clone())));
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn({
+        let stop = stop.clone();
+        server.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop.cancelled_owned(),
+        )
+    });
+    info!(id = shared.config.id, addr = %local, cluster = %shared.config.cluster, "coordinator listening");
+
+    // Form the cluster on first start. Every node of a fresh cluster calls
+    // this with the same member set, which openraft allows; a node that
+    // already has state (or learned it from a peer) refuses, harmlessly.
+    if !raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
+        let members: BTreeMap<u64, BasicNode> = shared
+            .config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) => info!("initialized a new cluster with {:?}", shared.config.peers),
+            Err(e) => info!("not initializing: {e}"),
+        }
+    }
+
+    let watcher = tokio::spawn(watch_leadership(shared.clone()));
+    let expirer = tokio::spawn(expire_outcomes(shared.clone()));
+
+    let serve_result = tokio::select! {
+        _ = shutdown => None,
+        r = serving => Some(r),
+    };
+    info!("shutting down");
+    stop.cancel();
+    watcher.abort();
+    expirer.abort();
+    if let Leadership::Leader { cancel, .. } = &*shared.leadership.borrow() {
+        cancel.cancel();
+    }
+    if let Err(e) = raft.shutdown().await {
+        warn!("raft shutdown: {e}");
+    }
+    match serve_result {
+        Some(Ok(Err(e))) => Err(NodeError::Serve(e)),
+        Some(Err(e)) => Err(NodeError::Raft(format!("server task: {e}"))),
+        _ => Ok(()),
+    }
+}
+
+/// Follows Raft metrics: on becoming leader, start a term's takeover; on
+/// losing leadership, cancel every driver of the old term.
+async fn watch_leadership(shared: Arc<Shared>) {
+    let mut metrics = shared.raft.metrics();
+    let mut current: Option<(u64, CancellationToken)> = None;
+    loop {
+        let (leading, term, leader) = {
+            let m = metrics.borrow_and_update();
+            (
+                m.state == ServerState::Leader && m.current_leader == Some(shared.config.id),
+                m.current_term,
+                m.current_leader,
+            )
+        };
+        match (&current, leading) {
+            (Some((t, _)), true) if *t == term => {}
+            (_, true) => {
+                if let Some((_, old)) = current.take() {
+                    old.cancel();
+                }
+                let cancel = CancellationToken::new();
+                info!(term, "became leader; taking over pending transactions");
+                shared.lock_drivers().clear();
+                shared.leadership.send_replace(Leadership::Leader {
+                    term,
+                    cancel: cancel.clone(),
+                    ready: false,
+                });
+                current = Some((term, cancel.clone()));
+                tokio::spawn(runtime::take_over(shared.clone(), term, cancel));
+            }
+            (Some((t, cancel)), false) => {
+                info!(term = t, new_leader = ?leader, "lost leadership; stopping drivers");
+                cancel.cancel();
+                current = None;
+                shared.lock_drivers().clear();
+                shared.leadership.send_replace(Leadership::NotLeader);
+            }
+            (None, false) => {}
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Periodically proposes `Expire` on the leader, so completed outcomes leave
+/// the state after the retention window.
+async fn expire_outcomes(shared: Arc<Shared>) {
+    let retention = shared.config.outcome_retention;
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !matches!(&*shared.leadership.borrow(), Leadership::Leader { ready: true, .. }) {
+            continue;
+        }
+        let cmd = Command::Expire {
+            now_ms: runtime::wall_ms(),
+            retention_ms: retention.as_millis() as u64,
+        };
+        match shared.propose(cmd).await {
+            Ok(CommandResult::Expired { count }) if count > 0 => {
+                info!(count, "expired completed outcomes past the retention window")
+            }
+            Ok(_) => {}
+            Err(e) => warn!("expire: {e}"),
+        }
+    }
+}

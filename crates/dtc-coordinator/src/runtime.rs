@@ -1,0 +1,470 @@
+//! The driver runtime: carries out the [`dtc_core::Action`]s of each
+//! transaction's [`TxnDriver`] on the leader, and runs takeover when this
+//! node becomes leader.
+//!
+//! One tokio task per transaction owns its `TxnDriver`; the I/O it asks for
+//! (prepare, proposals, phase-2 calls) runs in child tasks that report back
+//! as events, so a slow participant never blocks another transaction. All
+//! tasks of a leadership term share one `CancellationToken`: when the node
+//! stops being leader they stop at once, and waiting clients get UNAVAILABLE
+//! (they retry with the same id on the new leader, which has taken over).
+
+use crate::node::Shared;
+use backon::BackoffBuilder;
+use dtc_core::{Action, Command, CommandResult, Event, Outcome, RequestDigest, TxnDriver, TxnRecord};
+use dtc_proto::v1::{
+    AbortRequest, CommitRequest, PrepareRequest, participant_client::ParticipantClient,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// What waiting clients can see of a running transaction.
+#[derive(Debug, Clone, Default)]
+pub struct DriverStatus {
+    /// The applied outcome, once known.
+    pub outcome: Option<Outcome>,
+    /// Every participant acknowledged and `Complete` was applied.
+    pub done: bool,
+    /// The driver stopped before finishing (leadership lost).
+    pub stopped: bool,
+    /// The request was refused (same id, different request).
+    pub rejected: Option<String>,
+}
+
+/// A running driver, as seen by clients that join it.
+#[derive(Clone)]
+pub struct DriverHandle {
+    /// Unique per spawn, so a finished driver only removes its own entry.
+    pub serial: u64,
+    /// Digest of the request being run (None for drivers resumed by takeover
+    /// of a record created without a request).
+    pub digest: Option<RequestDigest>,
+    pub status: watch::Receiver<DriverStatus>,
+}
+
+/// How a driver starts.
+pub enum Start {
+    /// A fresh request: propose `Begin`, then prepare every branch.
+    New {
+        txn_id: String,
+        branches: Vec<(String, Vec<u8>)>,
+        timeout_ms: u32,
+        digest: RequestDigest,
+        permit: OwnedSemaphorePermit,
+    },
+    /// A record found in the pending index (takeover).
+    Resume(TxnRecord),
+}
+
+static SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// Spawns a driver and registers it. The caller holds the drivers lock.
+pub fn spawn_driver(
+    shared: &Arc<Shared>,
+    drivers: &mut HashMap<String, DriverHandle>,
+    start: Start,
+    cancel: CancellationToken,
+) -> DriverHandle {
+    let (txn_id, digest) = match &start {
+        Start::New { txn_id, digest, .. } => (txn_id.clone(), Some(*digest)),
+        Start::Resume(r) => (r.txn_id.clone(), r.digest),
+    };
+    let (status_tx, status_rx) = watch::channel(DriverStatus::default());
+    let handle = DriverHandle {
+        serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+        digest,
+        status: status_rx,
+    };
+    drivers.insert(txn_id.clone(), handle.clone());
+    let task = DriverTask {
+        shared: shared.clone(),
+        txn_id,
+        serial: handle.serial,
+        cancel,
+        status: status_tx,
+    };
+    tokio::spawn(task.run(start));
+    handle
+}
+
+enum Input {
+    Core(Event),
+    /// A proposal failed: this node is no longer leader (or Raft stopped).
+    ProposalFailed(String),
+}
+
+struct DriverTask {
+    shared: Arc<Shared>,
+    txn_id: String,
+    serial: u64,
+    cancel: CancellationToken,
+    status: watch::Sender<DriverStatus>,
+}
+
+impl DriverTask {
+    async fn run(self, start: Start) {
+        let outcome = tokio::select! {
+            r = self.drive(start) => r,
+            _ = self.cancel.cancelled() => Err("leadership lost".to_string()),
+        };
+        if let Err(why) = outcome {
+            debug!(txn_id = %self.txn_id, %why, "driver stopped");
+            self.status.send_modify(|s| s.stopped = true);
+        }
+        let mut drivers = self.shared.lock_drivers();
+        if drivers.get(&self.txn_id).map(|h| h.serial) == Some(self.serial) {
+            drivers.remove(&self.txn_id);
+        }
+    }
+
+    async fn drive(&self, start: Start) -> Result<(), String> {
+        let now = self.shared.clock_ms();
+        let (mut driver, actions, payloads, _permit) = match start {
+            Start::New {
+                txn_id,
+                branches,
+                timeout_ms,
+                digest,
+                permit,
+            } => {
+                let participants = branches.iter().map(|(p, _)| p.clone()).collect();
+                let begun = self
+                    .shared
+                    .propose(Command::Begin {
+                        txn_id,
+                        participants,
+                        digest,
+                        timeout_ms,
+                        at_ms: wall_ms(),
+                    })
+                    .await?;
+                let CommandResult::Begun { record, created } = begun else {
+                    return Err(format!("unexpected result of Begin: {begun:?}"));
+                };
+                if !created && record.digest.is_some() && record.digest != Some(digest) {
+                    self.status.send_modify(|s| {
+                        s.rejected = Some(format!(
+                            "transaction {} already exists with a different request",
+                            record.txn_id
+                        ))
+                    });
+                    return Ok(());
+                }
+                let (d, a) = if created {
+                    TxnDriver::start_new(&record, self.shared.clock_ms())
+                } else {
+                    TxnDriver::take_over(&record, self.shared.clock_ms())
+                };
+                let payloads: HashMap<String, Vec<u8>> = branches.into_iter().collect();
+                (d, a, payloads, Some(permit))
+            }
+            Start::Resume(record) => {
+                let (d, a) = TxnDriver::take_over(&record, now);
+                (d, a, HashMap::new(), None)
+            }
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
+        let mut queue: VecDeque<Action> = actions.into();
+        loop {
+            while let Some(action) = queue.pop_front() {
+                self.execute(action, &payloads, &tx);
+            }
+            if driver.is_done() {
+                self.status.send_modify(|s| s.done = true);
+                return Ok(());
+            }
+            let preparing = *driver.stage() == dtc_core::driver::Stage::Preparing;
+            let wait = Duration::from_millis(driver.deadline_ms().saturating_sub(self.shared.clock_ms()));
+            let input = tokio::select! {
+                input = rx.recv() => input,
+                _ = tokio::time::sleep(wait), if preparing => {
+                    Some(Input::Core(Event::Tick { now_ms: self.shared.clock_ms() }))
+                }
+            };
+            match input {
+                Some(Input::Core(event)) => queue.extend(driver.step(event)),
+                Some(Input::ProposalFailed(why)) => return Err(why),
+                None => return Err("driver channel closed".into()),
+            }
+        }
+    }
+
+    fn execute(
+        &self,
+        action: Action,
+        payloads: &HashMap<String, Vec<u8>>,
+        tx: &mpsc::UnboundedSender<Input>,
+    ) {
+        let shared = self.shared.clone();
+        let txn_id = self.txn_id.clone();
+        let tx = tx.clone();
+        let cancel = self.cancel.clone();
+        match action {
+            Action::SendPrepare {
+                participant,
+                remaining_ms,
+            } => {
+                let payload = payloads.get(&participant).cloned().unwrap_or_default();
+                tokio::spawn(async move {
+                    let deadline = Instant::now() + Duration::from_millis(remaining_ms);
+                    let run = send_prepare(&shared, &txn_id, &participant, payload, deadline);
+                    tokio::select! {
+                        vote = run => if let Some(vote) = vote {
+                            let _ = tx.send(Input::Core(Event::VoteReceived { participant, vote }));
+                        },
+                        _ = cancel.cancelled() => {}
+                    }
+                });
+            }
+            Action::ProposeDecision { outcome, phase2 } => {
+                tokio::spawn(async move {
+                    let cmd = Command::Decide {
+                        txn_id,
+                        outcome,
+                        phase2,
+                        at_ms: wall_ms(),
+                    };
+                    let input = match shared.propose(cmd).await {
+                        Ok(CommandResult::Decided { record }) => {
+                            Input::Core(Event::DecisionApplied { record })
+                        }
+                        Ok(other) => Input::ProposalFailed(format!("unexpected result {other:?}")),
+                        Err(e) => Input::ProposalFailed(e),
+                    };
+                    let _ = tx.send(input);
+                });
+            }
+            Action::SendDecision {
+                participant,
+                outcome,
+            } => {
+                tokio::spawn(async move {
+                    let run = send_decision(&shared, &txn_id, &participant, &outcome);
+                    tokio::select! {
+                        () = run => {
+                            let _ = tx.send(Input::Core(Event::Acked { participant }));
+                        }
+                        _ = cancel.cancelled() => {}
+                    }
+                });
+            }
+            Action::ProposeComplete => {
+                tokio::spawn(async move {
+                    let cmd = Command::Complete {
+                        txn_id,
+                        at_ms: wall_ms(),
+                    };
+                    let input = match shared.propose(cmd).await {
+                        Ok(_) => Input::Core(Event::CompleteApplied),
+                        Err(e) => Input::ProposalFailed(e),
+                    };
+                    let _ = tx.send(input);
+                });
+            }
+            Action::Finished { outcome } => {
+                info!(txn_id = %self.txn_id, outcome = ?outcome, "transaction decided");
+                self.status.send_modify(|s| s.outcome = Some(outcome));
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the leader's wall clock, written into
+/// entries for display and retention (never read inside apply).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn participant_client(
+    shared: &Shared,
+    participant: &str,
+) -> Result<ParticipantClient<tonic::transport::Channel>, String> {
+    // Looked up on every attempt: a participant that re-registered on a new
+    // endpoint is reached there on the next retry (corner case 15).
+    let endpoint = shared
+        .reader
+        .participant(participant)
+        .map_err(|e| format!("registry read failed: {e}"))?
+        .ok_or_else(|| format!("participant {participant} is not registered"))?;
+    let channel = shared.channels.get(&endpoint).map_err(|e| e.to_string())?;
+    Ok(ParticipantClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+}
+
+fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
+/// Sends `Prepare` until a vote arrives or the deadline passes (None: the
+/// driver's deadline tick decides). Transport failures are retried; an
+/// error status from the participant is an abort vote.
+async fn send_prepare(
+    shared: &Shared,
+    txn_id: &str,
+    participant: &str,
+    payload: Vec<u8>,
+    deadline: Instant,
+) -> Option<dtc_core::Vote> {
+    let mut delays = backoff();
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return None;
+        }
+        let mut client = match participant_client(shared, participant) {
+            Ok(c) => c,
+            Err(why) => return Some(dtc_core::Vote::Abort { reason: why }),
+        };
+        let mut req = tonic::Request::new(PrepareRequest {
+            txn_id: txn_id.to_string(),
+            participant: participant.to_string(),
+            payload: payload.clone(),
+            remaining_ms: remaining.as_millis().min(u32::MAX as u128) as u32,
+        });
+        req.set_timeout(remaining);
+        match client.prepare(req).await {
+            Ok(resp) => return Some(dtc_proto::vote_from_wire(&resp.into_inner())),
+            Err(status) if is_transient(&status) => {
+                debug!(txn_id, participant, %status, "prepare failed; retrying");
+            }
+            Err(status) if status.code() == tonic::Code::DeadlineExceeded => return None,
+            Err(status) => {
+                return Some(dtc_core::Vote::Abort {
+                    reason: format!("prepare failed: {}: {}", status.code(), status.message()),
+                });
+            }
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(1));
+        tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// Sends the decision until the participant acknowledges. Never gives up:
+/// a prepared participant holds locks until it hears (corner case 9); the
+/// caller's cancellation stops it when leadership moves.
+async fn send_decision(shared: &Shared, txn_id: &str, participant: &str, outcome: &Outcome) {
+    let mut delays = backoff();
+    let mut attempt: u64 = 0;
+    loop {
+        attempt += 1;
+        let result = match participant_client(shared, participant) {
+            Ok(mut client) => {
+                let r = match outcome {
+                    Outcome::Commit => {
+                        let mut req = tonic::Request::new(CommitRequest {
+                            txn_id: txn_id.to_string(),
+                            participant: participant.to_string(),
+                        });
+                        req.set_timeout(shared.config.rpc_timeout);
+                        client.commit(req).await.map(|_| ())
+                    }
+                    Outcome::Abort { reason } => {
+                        let mut req = tonic::Request::new(AbortRequest {
+                            txn_id: txn_id.to_string(),
+                            participant: participant.to_string(),
+                            reason: reason.clone(),
+                        });
+                        req.set_timeout(shared.config.rpc_timeout);
+                        client.abort(req).await.map(|_| ())
+                    }
+                };
+                r.map_err(|s| (s.code(), s.message().to_string()))
+            }
+            Err(why) => Err((tonic::Code::Unavailable, why)),
+        };
+        match result {
+            Ok(()) => return,
+            Err((code, msg)) => {
+                let loud = matches!(
+                    code,
+                    tonic::Code::NotFound | tonic::Code::FailedPrecondition | tonic::Code::DataLoss
+                );
+                if loud {
+                    // A participant that cannot apply a decided outcome (for a
+                    // commit: it lost its log) needs an operator. Keep retrying.
+                    error!(txn_id, participant, ?code, msg, attempt,
+                        "participant refuses the decision; operator attention needed");
+                } else if attempt.is_power_of_two() {
+                    warn!(txn_id, participant, ?code, msg, attempt, "decision not acknowledged yet; retrying");
+                }
+            }
+        }
+        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
+    }
+}
+
+/// Runs when this node becomes leader of `term`: waits until everything
+/// committed before the term is applied (corner case 2), reads the pending
+/// index, and resumes a driver for every transaction in it.
+pub async fn take_over(shared: Arc<Shared>, term: u64, cancel: CancellationToken) {
+    let started = Instant::now();
+    let caught_up = tokio::select! {
+        r = shared.raft.ensure_linearizable() => r,
+        _ = cancel.cancelled() => return,
+    };
+    if let Err(e) = caught_up {
+        warn!(term, error = %e, "takeover: lost leadership while catching up");
+        return;
+    }
+    let catch_up = started.elapsed();
+    let scan_started = Instant::now();
+    let reader = shared.reader.clone();
+    let pending = match tokio::task::spawn_blocking(move || reader.pending()).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            error!(term, error = %e, "takeover: cannot read the pending index");
+            return;
+        }
+        Err(e) => {
+            error!(term, error = %e, "takeover: scan task failed");
+            return;
+        }
+    };
+    let scan = scan_started.elapsed();
+    let (mut undecided, mut decided) = (0usize, 0usize);
+    {
+        let mut drivers = shared.lock_drivers();
+        for record in pending {
+            if drivers.contains_key(&record.txn_id) {
+                continue;
+            }
+            if record.outcome().is_some() {
+                decided += 1;
+            } else {
+                undecided += 1;
+            }
+            spawn_driver(&shared, &mut drivers, Start::Resume(record), cancel.clone());
+        }
+    }
+    info!(
+        term,
+        pending = undecided + decided,
+        undecided,
+        decided,
+        catch_up_ms = catch_up.as_secs_f64() * 1e3,
+        scan_ms = scan.as_secs_f64() * 1e3,
+        "takeover: found {} pending transactions; scan took {:.2} ms",
+        undecided + decided,
+        scan.as_secs_f64() * 1e3
+    );
+    shared.mark_ready(term);
+}

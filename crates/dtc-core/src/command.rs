@@ -1,0 +1,467 @@
+//! The replicated commands and their deterministic apply.
+//!
+//! Every command carries the times it needs (`at_ms`, chosen by the leader
+//! when it proposes), so apply reads no clock and gives the same result on
+//! every node (corner case 16). Decisions are first-wins: once a transaction
+//! has an outcome, later `Decide` commands leave it unchanged and return the
+//! outcome that stands (corner case 1).
+
+use crate::types::{Outcome, RequestDigest};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A Raft log entry's application payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Records a new transaction before any prepare is sent, so a leader that
+    /// takes over knows it exists. Idempotent: an existing record is returned.
+    Begin {
+        txn_id: String,
+        participants: Vec<String>,
+        digest: RequestDigest,
+        timeout_ms: u32,
+        at_ms: u64,
+    },
+    /// Records the decision. First decision wins. `phase2` lists the
+    /// participants that must acknowledge it (read-only voters are left out).
+    /// For an unknown transaction (an outcome query under presumed abort) a
+    /// record is created.
+    Decide {
+        txn_id: String,
+        outcome: Outcome,
+        phase2: Vec<String>,
+        at_ms: u64,
+    },
+    /// Every phase-2 participant acknowledged: the transaction leaves the
+    /// pending index and its outcome is kept for the retention window.
+    Complete { txn_id: String, at_ms: u64 },
+    /// Registers or moves a participant endpoint.
+    Register { name: String, endpoint: String },
+    /// Drops completed outcomes that finished at or before `now_ms - retention_ms`.
+    Expire { now_ms: u64, retention_ms: u64 },
+}
+
+impl Command {
+    /// The transaction this command is about, if any.
+    pub fn txn_id(&self) -> Option<&str> {
+        match self {
+            Command::Begin { txn_id, .. }
+            | Command::Decide { txn_id, .. }
+            | Command::Complete { txn_id, .. } => Some(txn_id),
+            _ => None,
+        }
+    }
+}
+
+/// Where a transaction is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Begun; no decision yet. In the pending index.
+    Preparing,
+    /// Decided; waiting for acknowledgements. In the pending index.
+    Decided {
+        outcome: Outcome,
+        /// Participants that must still acknowledge.
+        awaiting: Vec<String>,
+        decided_ms: u64,
+    },
+    /// Decided and acknowledged by everyone. Kept for the retention window.
+    Completed {
+        outcome: Outcome,
+        decided_ms: u64,
+        completed_ms: u64,
+    },
+}
+
+/// The replicated record of one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRecord {
+    pub txn_id: String,
+    pub participants: Vec<String>,
+    /// `None` when the record was created by a presumed-abort outcome query:
+    /// no request was ever seen, so any later request gets this outcome.
+    pub digest: Option<RequestDigest>,
+    pub timeout_ms: u32,
+    pub created_ms: u64,
+    pub phase: Phase,
+}
+
+impl TxnRecord {
+    /// The decided outcome, if any.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match &self.phase {
+            Phase::Preparing => None,
+            Phase::Decided { outcome, .. } | Phase::Completed { outcome, .. } => Some(outcome),
+        }
+    }
+
+    /// In the pending index: undecided, or decided but not fully acknowledged.
+    pub fn is_pending(&self) -> bool {
+        !matches!(self.phase, Phase::Completed { .. })
+    }
+}
+
+/// What applying a command produced. Returned to the proposer through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// The record after `Begin`; `created` is false if it already existed.
+    Begun { record: TxnRecord, created: bool },
+    /// The record after `Decide`: its outcome is the one that stands.
+    Decided { record: TxnRecord },
+    /// The record after `Complete` (None if the transaction is unknown).
+    Completed { record: Option<TxnRecord> },
+    Registered,
+    Expired { count: u64 },
+    /// Entries that are not commands (blank, membership).
+    Nothing,
+}
+
+/// The state apply reads and writes. `dtc-store` implements it on a redb
+/// write transaction; [`MemStore`] implements it in memory for tests.
+///
+/// Apply keeps the secondary indexes itself (pending, completion time), so an
+/// implementation is a plain set of tables with no logic of its own.
+pub trait ApplyStore {
+    type Error;
+    fn get_txn(&mut self, txn_id: &str) -> Result<Option<TxnRecord>, Self::Error>;
+    fn put_txn(&mut self, record: &TxnRecord) -> Result<(), Self::Error>;
+    fn delete_txn(&mut self, txn_id: &str) -> Result<(), Self::Error>;
+    fn set_pending(&mut self, txn_id: &str, pending: bool) -> Result<(), Self::Error>;
+    fn add_completed(&mut self, completed_ms: u64, txn_id: &str) -> Result<(), Self::Error>;
+    /// Removes and returns the completion-index entries with time <= `cutoff_ms`.
+    fn take_completed_until(&mut self, cutoff_ms: u64)
+    -> Result<Vec<(u64, String)>, Self::Error>;
+    fn put_participant(&mut self, name: &str, endpoint: &str) -> Result<(), Self::Error>;
+}
+
+/// Applies one command. Deterministic: the result depends only on the store's
+/// contents and the command.
+pub fn apply<S: ApplyStore>(store: &mut S, cmd: &Command) -> Result<CommandResult, S::Error> {
+    match cmd {
+        Command::Begin {
+            txn_id,
+            participants,
+            digest,
+            timeout_ms,
+            at_ms,
+        } => {
+            if let Some(record) = store.get_txn(txn_id)? {
+                return Ok(CommandResult::Begun {
+                    record,
+                    created: false,
+                });
+            }
+            let record = TxnRecord {
+                txn_id: txn_id.clone(),
+                participants: participants.clone(),
+                digest: Some(*digest),
+                timeout_ms: *timeout_ms,
+                created_ms: *at_ms,
+                phase: Phase::Preparing,
+            };
+            store.put_txn(&record)?;
+            store.set_pending(txn_id, true)?;
+            Ok(CommandResult::Begun {
+                record,
+                created: true,
+            })
+        }
+        Command::Decide {
+            txn_id,
+            outcome,
+            phase2,
+            at_ms,
+        } => {
+            let existing = store.get_txn(txn_id)?;
+            let mut record = match existing {
+                Some(r) if r.outcome().is_some() => {
+                    // First decision wins; the later one is dropped.
+                    return Ok(CommandResult::Decided { record: r });
+                }
+                Some(r) => r,
+                None => TxnRecord {
+                    txn_id: txn_id.clone(),
+                    participants: phase2.clone(),
+                    digest: None,
+                    timeout_ms: 0,
+                    created_ms: *at_ms,
+                    phase: Phase::Preparing,
+                },
+            };
+            // Only participants of the transaction can owe an acknowledgement.
+            let members: BTreeSet<&String> = record.participants.iter().collect();
+            let awaiting: Vec<String> = dedup(phase2.iter().filter(|p| members.contains(p)));
+            if awaiting.is_empty() {
+                record.phase = Phase::Completed {
+                    outcome: outcome.clone(),
+                    decided_ms: *at_ms,
+                    completed_ms: *at_ms,
+                };
+                store.put_txn(&record)?;
+                store.set_pending(txn_id, false)?;
+                store.add_completed(*at_ms, txn_id)?;
+            } else {
+                record.phase = Phase::Decided {
+                    outcome: outcome.clone(),
+                    awaiting,
+                    decided_ms: *at_ms,
+                };
+                store.put_txn(&record)?;
+                store.set_pending(txn_id, true)?;
+            }
+            Ok(CommandResult::Decided { record })
+        }
+        Command::Complete { txn_id, at_ms } => {
+            let Some(mut record) = store.get_txn(txn_id)? else {
+                return Ok(CommandResult::Completed { record: None });
+            };
+            if let Phase::Decided {
+                outcome,
+                decided_ms,
+                ..
+            } = &record.phase
+            {
+                record.phase = Phase::Completed {
+                    outcome: outcome.clone(),
+                    decided_ms: *decided_ms,
+                    completed_ms: *at_ms,
+                };
+                store.put_txn(&record)?;
+                store.set_pending(txn_id, false)?;
+                store.add_completed(*at_ms, txn_id)?;
+            }
+            // Preparing: a Complete can only follow a Decide, so this is a
+            // stale or misdirected command; leaving the record alone is safe.
+            Ok(CommandResult::Completed {
+                record: Some(record),
+            })
+        }
+        Command::Register { name, endpoint } => {
+            store.put_participant(name, endpoint)?;
+            Ok(CommandResult::Registered)
+        }
+        Command::Expire {
+            now_ms,
+            retention_ms,
+        } => {
+            let cutoff = now_ms.saturating_sub(*retention_ms);
+            let mut count = 0;
+            for (completed_ms, txn_id) in store.take_completed_until(cutoff)? {
+                // The index entry may be stale if the id was reused after an
+                // earlier expiry; only drop a record that completed at that time.
+                if let Some(r) = store.get_txn(&txn_id)?
+                    && matches!(r.phase, Phase::Completed { completed_ms: c, .. } if c == completed_ms)
+                {
+                    store.delete_txn(&txn_id)?;
+                    count += 1;
+                }
+            }
+            Ok(CommandResult::Expired { count })
+        }
+    }
+}
+
+fn dedup<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    names.filter(|n| seen.insert(*n)).cloned().collect()
+}
+
+/// An in-memory [`ApplyStore`], for unit and property tests and as the model
+/// the redb store is checked against.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MemStore {
+    pub txns: BTreeMap<String, TxnRecord>,
+    pub pending: BTreeSet<String>,
+    pub completed: BTreeSet<(u64, String)>,
+    pub participants: BTreeMap<String, String>,
+}
+
+impl ApplyStore for MemStore {
+    type Error = std::convert::Infallible;
+
+    fn get_txn(&mut self, txn_id: &str) -> Result<Option<TxnRecord>, Self::Error> {
+        Ok(self.txns.get(txn_id).cloned())
+    }
+    fn put_txn(&mut self, record: &TxnRecord) -> Result<(), Self::Error> {
+        self.txns.insert(record.txn_id.clone(), record.clone());
+        Ok(())
+    }
+    fn delete_txn(&mut self, txn_id: &str) -> Result<(), Self::Error> {
+        self.txns.remove(txn_id);
+        Ok(())
+    }
+    fn set_pending(&mut self, txn_id: &str, pending: bool) -> Result<(), Self::Error> {
+        if pending {
+            self.pending.insert(txn_id.to_string());
+        } else {
+            self.pending.remove(txn_id);
+        }
+        Ok(())
+    }
+    fn add_completed(&mut self, completed_ms: u64, txn_id: &str) -> Result<(), Self::Error> {
+        self.completed.insert((completed_ms, txn_id.to_string()));
+        Ok(())
+    }
+    fn take_completed_until(
+        &mut self,
+        cutoff_ms: u64,
+    ) -> Result<Vec<(u64, String)>, Self::Error> {
+        let rest = self.completed.split_off(&(cutoff_ms.saturating_add(1), String::new()));
+        let taken = std::mem::replace(&mut self.completed, rest);
+        Ok(taken.into_iter().collect())
+    }
+    fn put_participant(&mut self, name: &str, endpoint: &str) -> Result<(), Self::Error> {
+        self.participants
+            .insert(name.to_string(), endpoint.to_string());
+        Ok(())
+    }
+}
+
+impl MemStore {
+    /// Applies a command; the in-memory store cannot fail.
+    pub fn apply(&mut self, cmd: &Command) -> CommandResult {
+        match apply(self, cmd) {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn begin(id: &str, ps: &[&str], at: u64) -> Command {
+        Command::Begin {
+            txn_id: id.into(),
+            participants: ps.iter().map(|s| s.to_string()).collect(),
+            digest: [7; 32],
+            timeout_ms: 1000,
+            at_ms: at,
+        }
+    }
+
+    fn decide(id: &str, outcome: Outcome, phase2: &[&str], at: u64) -> Command {
+        Command::Decide {
+            txn_id: id.into(),
+            outcome,
+            phase2: phase2.iter().map(|s| s.to_string()).collect(),
+            at_ms: at,
+        }
+    }
+
+    #[test]
+    fn begin_puts_the_transaction_in_the_pending_index_once() {
+        let mut s = MemStore::default();
+        let r1 = s.apply(&begin("t", &["a", "b"], 1));
+        assert!(matches!(r1, CommandResult::Begun { created: true, .. }));
+        let r2 = s.apply(&begin("t", &["a", "b"], 2));
+        match r2 {
+            CommandResult::Begun { record, created } => {
+                assert!(!created);
+                assert_eq!(record.created_ms, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.pending.contains("t"));
+    }
+
+    #[test]
+    fn first_decision_wins_and_later_ones_return_it() {
+        let mut s = MemStore::default();
+        s.apply(&begin("t", &["a", "b"], 1));
+        s.apply(&decide("t", Outcome::Commit, &["a", "b"], 2));
+        let later = s.apply(&decide("t", Outcome::abort("takeover"), &["a", "b"], 3));
+        match later {
+            CommandResult::Decided { record } => {
+                assert_eq!(record.outcome(), Some(&Outcome::Commit));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn transaction_leaves_pending_index_only_after_complete() {
+        let mut s = MemStore::default();
+        s.apply(&begin("t", &["a", "b"], 1));
+        s.apply(&decide("t", Outcome::Commit, &["a", "b"], 2));
+        assert!(s.pending.contains("t"));
+        s.apply(&Command::Complete {
+            txn_id: "t".into(),
+            at_ms: 3,
+        });
+        assert!(!s.pending.contains("t"));
+        assert!(s.completed.contains(&(3, "t".to_string())));
+    }
+
+    #[test]
+    fn all_read_only_commit_completes_at_once() {
+        let mut s = MemStore::default();
+        s.apply(&begin("t", &["a"], 1));
+        s.apply(&decide("t", Outcome::Commit, &[], 2));
+        assert!(s.pending.is_empty());
+        assert!(matches!(s.txns["t"].phase, Phase::Completed { .. }));
+    }
+
+    #[test]
+    fn decide_for_unknown_transaction_records_presumed_abort() {
+        let mut s = MemStore::default();
+        let r = s.apply(&decide("ghost", Outcome::abort("unknown"), &[], 5));
+        match r {
+            CommandResult::Decided { record } => {
+                assert_eq!(record.digest, None);
+                assert!(!record.outcome().unwrap().is_commit());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.pending.is_empty());
+    }
+
+    #[test]
+    fn complete_before_decide_changes_nothing() {
+        let mut s = MemStore::default();
+        s.apply(&begin("t", &["a"], 1));
+        s.apply(&Command::Complete {
+            txn_id: "t".into(),
+            at_ms: 2,
+        });
+        assert_eq!(s.txns["t"].phase, Phase::Preparing);
+        assert!(s.pending.contains("t"));
+    }
+
+    #[test]
+    fn expire_drops_only_completed_outcomes_past_retention() {
+        let mut s = MemStore::default();
+        for (id, at) in [("old", 10), ("new", 100)] {
+            s.apply(&begin(id, &["a"], at));
+            s.apply(&decide(id, Outcome::Commit, &["a"], at));
+            s.apply(&Command::Complete {
+                txn_id: id.into(),
+                at_ms: at,
+            });
+        }
+        s.apply(&begin("open", &["a"], 0));
+        let r = s.apply(&Command::Expire {
+            now_ms: 150,
+            retention_ms: 100,
+        });
+        assert_eq!(r, CommandResult::Expired { count: 1 });
+        assert!(!s.txns.contains_key("old"));
+        assert!(s.txns.contains_key("new"));
+        assert!(s.txns.contains_key("open"), "pending is never expired");
+    }
+
+    #[test]
+    fn phase2_outside_the_participant_list_is_ignored() {
+        let mut s = MemStore::default();
+        s.apply(&begin("t", &["a"], 1));
+        let r = s.apply(&decide("t", Outcome::Commit, &["a", "zzz", "a"], 2));
+        match r {
+            CommandResult::Decided { record } => match record.phase {
+                Phase::Decided { awaiting, .. } => assert_eq!(awaiting, vec!["a".to_string()]),
+                p => panic!("{p:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+}

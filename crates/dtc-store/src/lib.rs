@@ -1,0 +1,209 @@
+//! # dtc-store: the durable half of a dtc node
+//!
+//! This crate stores everything a dtc coordinator must not forget: the Raft
+//! log that replicates decisions, and the state machine those decisions build
+//! (the record of every transaction, the pending index a new leader resumes
+//! from, and the participant registry). It implements openraft's storage-v2
+//! traits on two [redb] files and offers a read-only [`StateReader`] for the
+//! coordinator's queries.
+//!
+//! ## How data flows
+//! ```text
+//!  Raft::client_write(Command)           (leader; followers get AppendEntries)
+//!        │
+//!        ▼ append(entries)                 one durable redb commit per batch,
+//!  ┌─────────────────────────────┐         then the LogFlushed callback
+//!  │ LogStore   <dir>/raft-log.redb│
+//!  │   logs : index -> Entry      │ ◄── truncate (conflicts) / purge (after snapshot)
+//!  │   meta : vote, committed,    │
+//!  │          last_purged         │
+//!  └─────────────────────────────┘
+//!        │ committed entries
+//!        ▼ apply(batch)                    one durable redb commit per batch:
+//!  ┌───────────────────────────────────┐   dtc_core::apply() for each entry,
+//!  │ StateMachineStore <dir>/state.redb │   last_applied + membership in the
+//!  │   txns         : id -> TxnRecord   │   same transaction
+//!  │   pending      : id -> ()          │
+//!  │   completed    : (ms, id) -> ()    │ ──► build_snapshot / install_snapshot
+//!  │   participants : name -> endpoint  │     (current snapshot kept in `snapshot`)
+//!  │   meta         : applied, membership│
+//!  └───────────────────────────────────┘
+//!        │ redb read transactions (never block the writer)
+//!        ▼
+//!  StateReader: get_txn, list_txns, pending, participants, last_applied
+//! ```
+//!
+//! ## Durability
+//! - [`LogStore`]: `save_vote` and `append` commit with `Durability::Immediate`
+//!   (fsync) before they return, and `append` calls the `LogFlushed` callback
+//!   only after that commit. `purge` writes the new `last_purged_log_id` and
+//!   deletes the entries in one transaction, so a crash can never leave a hole
+//!   or lose the purge point. `save_committed` is a hint (see below) and does
+//!   not fsync on its own.
+//! - [`StateMachineStore`]: each `apply` batch is one `Immediate` transaction
+//!   that also records `last_applied`, so after a crash the state machine sits
+//!   exactly at the last committed batch and openraft re-applies from there.
+//!   Because the state machine is durable at every apply, the log may be
+//!   purged up to any snapshot without replaying anything: the snapshot is
+//!   only needed to catch up *other* nodes.
+//! - A redb commit is checksummed; a commit torn by a crash is rolled back
+//!   when the file is next opened.
+//!
+//! ## Threading
+//! Every redb write commit (an fsync) runs on `tokio::task::spawn_blocking`,
+//! never on a tokio worker. Reads are short redb read transactions served
+//! from redb's cache and run inline. Log and state machine live in separate
+//! files because one redb database admits a single writer at a time: applying
+//! a batch must not wait for a log append, or the reverse.
+//!
+//! ## Disk space
+//! A redb file never shrinks (except at its tail), but pages freed by deleted
+//! rows are reused by later commits. The log is purged after each snapshot and
+//! completed transactions are dropped by `Command::Expire`, so both files stay
+//! bounded by their peak live size rather than growing with history.
+//!
+//! [redb]: https://docs.rs/redb
+
+mod error;
+mod log_store;
+mod reader;
+mod state_machine;
+mod tables;
+
+use std::path::Path;
+
+pub use error::StoreError;
+pub use log_store::LogStore;
+pub use reader::StateReader;
+pub use state_machine::StateMachineStore;
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of a dtc cluster.
+    pub TypeConfig:
+        D = dtc_core::Command,
+        R = dtc_core::CommandResult,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A node's id in the cluster.
+pub type NodeId = u64;
+/// A Raft log id (term, leader node, index).
+pub type LogId = openraft::LogId<NodeId>;
+/// A log entry of this cluster.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// The membership the state machine last applied, with the log id it came from.
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+/// openraft's storage error for this cluster.
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// File name of the Raft log inside a node's data directory.
+pub const LOG_FILE: &str = "raft-log.redb";
+/// File name of the state machine inside a node's data directory.
+pub const STATE_FILE: &str = "state.redb";
+
+/// Opens (creating if missing) `<dir>/raft-log.redb` and `<dir>/state.redb`.
+///
+/// This blocks (it may fsync while creating tables); call it at start-up
+/// before the Raft node runs, or from `spawn_blocking`. The files are locked
+/// for this process: a second `open` of the same directory fails until every
+/// clone of the returned stores (and their readers) is dropped.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let log = LogStore::open(&dir.join(LOG_FILE))?;
+    let sm = StateMachineStore::open(&dir.join(STATE_FILE))?;
+    Ok((log, sm))
+}
+
+/// Runs a blocking redb job off the tokio workers and waits for it.
+///
+/// If the awaiting future is dropped the job still runs to completion: a
+/// commit is never abandoned half-way, it either lands or it does not.
+async fn run_blocking<T, F>(job: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(job).await {
+        Ok(result) => result,
+        Err(join) => Err(StoreError::Task(join.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dtc_core::{Command, Outcome};
+    use openraft::{CommittedLeaderId, EntryPayload, Membership};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn log_id(term: u64, node: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, node), index)
+    }
+
+    #[test]
+    fn entry_with_a_command_round_trips_through_postcard() {
+        let entries = vec![
+            Entry {
+                log_id: log_id(3, 1, 42),
+                payload: EntryPayload::Normal(Command::Begin {
+                    txn_id: "order-1".into(),
+                    participants: vec!["stock".into(), "payment".into()],
+                    digest: [9; 32],
+                    timeout_ms: 5_000,
+                    at_ms: 1_700_000_000_000,
+                }),
+            },
+            Entry {
+                log_id: log_id(3, 1, 43),
+                payload: EntryPayload::Normal(Command::Decide {
+                    txn_id: "order-1".into(),
+                    outcome: Outcome::abort("stock said no"),
+                    phase2: vec!["payment".into()],
+                    at_ms: 1_700_000_000_100,
+                }),
+            },
+            Entry {
+                log_id: log_id(4, 2, 44),
+                payload: EntryPayload::Blank,
+            },
+            Entry {
+                log_id: log_id(4, 2, 45),
+                payload: EntryPayload::Membership(Membership::new(
+                    vec![BTreeSet::from([1, 2, 3])],
+                    BTreeMap::from([(
+                        1,
+                        openraft::BasicNode {
+                            addr: "127.0.0.1:7001".into(),
+                        },
+                    )]),
+                )),
+            },
+        ];
+        for entry in entries {
+            let bytes = postcard::to_allocvec(&entry).unwrap();
+            let back: Entry = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back.log_id, entry.log_id);
+            assert_eq!(back.payload, entry.payload);
+        }
+    }
+
+    #[test]
+    fn truncated_entry_bytes_are_an_error_not_a_panic() {
+        let entry = Entry {
+            log_id: log_id(1, 1, 1),
+            payload: EntryPayload::Normal(Command::Register {
+                name: "a".into(),
+                endpoint: "http://a".into(),
+            }),
+        };
+        let bytes = postcard::to_allocvec(&entry).unwrap();
+        assert!(postcard::from_bytes::<Entry>(&bytes[..bytes.len() - 3]).is_err());
+    }
+}

@@ -1,0 +1,270 @@
+//! The Raft log and vote, in `raft-log.redb`.
+
+use crate::tables::{
+    COMMITTED_KEY, LAST_PURGED_KEY, LOG_META, LOGS, VOTE_KEY, decode, encode, get_meta,
+};
+use crate::{Entry, LogId, NodeId, StorageError, StoreError, TypeConfig, run_blocking};
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{OptionalSend, StorageIOError, Vote};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Most bytes of encoded entries one `limited_get_log_entries` returns, so one
+/// AppendEntries message stays well under tonic's default 4 MiB limit.
+const MAX_REPLICATION_BYTES: usize = 1024 * 1024;
+
+/// redb cache for the log: reads are mostly of recent entries (replication of
+/// what was just appended), so a modest cache suffices.
+const LOG_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// openraft's log store: entries, vote, committed and purge point in one redb
+/// file. Clones share the database; openraft serializes the writes.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// Opens (creating if missing) a log database file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = redb::Builder::new()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create(path)?;
+        crate::tables::init(&db, path, LOG_META, |txn| {
+            txn.open_table(LOGS)?;
+            Ok(())
+        })?;
+        Ok(LogStore { db: Arc::new(db) })
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(LOG_META)?;
+        get_meta(&t, "meta", key)
+    }
+
+    /// Writes one meta value in its own transaction, off the tokio workers.
+    async fn write_meta(
+        &self,
+        key: &'static str,
+        bytes: Vec<u8>,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(durability)?;
+            txn.open_table(LOG_META)?.insert(key, bytes.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn read_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(LOG_META)?;
+        let last_purged: Option<LogId> = get_meta(&meta, "meta", LAST_PURGED_KEY)?;
+        let logs = txn.open_table(LOGS)?;
+        let last_entry = match logs.last()? {
+            Some((k, v)) => Some(decode::<Entry>("logs", "entry", k.value(), v.value())?.log_id),
+            None => None,
+        };
+        // With no entries left (all purged), the last log id is the purge point.
+        let last_log_id = last_entry.or(last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id,
+        })
+    }
+
+    /// Reads entries in `range`, stopping early (after at least one entry)
+    /// once `max_bytes` of encoded entries have been read.
+    fn read_entries(
+        &self,
+        range: impl RangeBounds<u64>,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let logs = txn.open_table(LOGS)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for row in logs.range(range)? {
+            let (k, v) = row?;
+            let entry: Entry = decode("logs", "entry", k.value(), v.value())?;
+            if entry.log_id.index != k.value() {
+                return Err(StoreError::Inconsistent(format!(
+                    "log row {} holds the entry of index {}",
+                    k.value(),
+                    entry.log_id.index
+                )));
+            }
+            bytes += v.value().len();
+            out.push(entry);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_entries(range, usize::MAX)
+            .map_err(|e| StorageIOError::read_logs(&e).into())
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_entries(start..end, MAX_REPLICATION_BYTES)
+            .map_err(|e| StorageIOError::read_logs(&e).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        self.read_state()
+            .map_err(|e| StorageIOError::read_logs(&e).into())
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        // Immediate: a vote forgotten by a crash lets this node vote twice in a term.
+        let write = async {
+            let bytes = encode("vote", vote)?;
+            self.write_meta(VOTE_KEY, bytes, Durability::Immediate)
+                .await
+        };
+        write
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.read_meta(VOTE_KEY)
+            .map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // A hint only: the state machine is durable at every apply, so a lost
+        // `committed` costs nothing. Durability::None skips the fsync (this is
+        // called on every commit); the value reaches disk with the next
+        // durable commit, and can never be ahead of the durable log because
+        // `append` returns only after its entries are synced.
+        let write = async {
+            let bytes = encode("committed", &committed)?;
+            self.write_meta(COMMITTED_KEY, bytes, Durability::None)
+                .await
+        };
+        write
+            .await
+            .map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let committed: Option<Option<LogId>> = self
+            .read_meta(COMMITTED_KEY)
+            .map_err(|e| StorageIOError::read(&e))?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
+        let db = self.db.clone();
+        // Awaiting the commit here (rather than returning early and calling
+        // back from the blocking thread) keeps every log write in order: a
+        // later truncate or vote can never overtake this append.
+        run_blocking(move || {
+            let txn = db.begin_write()?; // Durability::Immediate by default
+            {
+                let mut logs = txn.open_table(LOGS)?;
+                for entry in &entries {
+                    let bytes = encode("entry", entry)?;
+                    logs.insert(entry.log_id.index, bytes.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(&e))?;
+        // Only now are the entries on disk.
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            let txn = db.begin_write()?;
+            txn.open_table(LOGS)?
+                .retain_in(log_id.index.., |_, _| false)?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        run_blocking(move || {
+            let txn = db.begin_write()?;
+            {
+                // The purge point and the deletion land together, so the log
+                // state read back after a crash is always consistent.
+                let mut meta = txn.open_table(LOG_META)?;
+                let current: Option<LogId> = get_meta(&meta, "meta", LAST_PURGED_KEY)?;
+                if current.is_some_and(|c| c >= log_id) {
+                    return Ok(());
+                }
+                meta.insert(
+                    LAST_PURGED_KEY,
+                    encode("last_purged", &log_id)?.as_slice(),
+                )?;
+                txn.open_table(LOGS)?
+                    .retain_in(..=log_id.index, |_, _| false)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
