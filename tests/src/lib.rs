@@ -1,1 +1,1054 @@
-//! placeholder
+//! # dtc-tests: a black-box harness for the `dtc` coordinator
+//!
+//! The integration tests in `tests/tests/` run real `dtc coordinator`
+//! processes and talk to them only through the wire contract
+//! (`proto/dtc/v1`). This library holds what they share:
+//!
+//! - [`dtc_bin`] finds the binary under test (`$DTC_BIN`, else
+//!   `target/<profile>/dtc` next to the test executable). Build it first with
+//!   `cargo build -p dtc-cli`; `cargo test --workspace` does that itself.
+//! - [`free_ports`] picks loopback ports by binding `127.0.0.1:0` (never fixed
+//!   ports, so tests run in parallel).
+//! - [`Cluster`] starts N nodes in a temporary directory, each logging to
+//!   `<tmp>/node-<id>.log` (`DTC_LOG=info` unless `DTC_LOG` is set), and can
+//!   [`Cluster::kill`] (SIGKILL) and [`Cluster::restart`] them with the same
+//!   flags. [`Cluster::leader`] asks every live node for `ClusterStatus`.
+//!   Dropping the cluster kills every child. When the test is failing
+//!   (`std::thread::panicking()`), the temporary directory is kept and its path
+//!   and the tail of every node's log are printed.
+//! - [`TestParticipant`] is an in-process participant service with an
+//!   in-memory record per transaction and knobs to vote abort or read-only, to
+//!   hold `Prepare`/`Commit` at a gate, and to fail `Commit` with UNAVAILABLE.
+//!   It also records protocol violations (a commit after an abort, ...).
+//! - [`wait_until`] / [`wait_for_ok`] poll a condition every few milliseconds,
+//!   always bounded by a deadline: no test synchronizes on a fixed sleep.
+//!
+//! Every RPC the harness makes carries a per-call timeout ([`request`]).
+
+use dtc_proto::v1 as pb;
+use pb::coordinator_client::CoordinatorClient;
+use pb::participant_server::{Participant, ParticipantServer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+pub use dtc_proto::v1;
+
+/// A coordinator client over a lazily connecting channel.
+pub type Client = CoordinatorClient<Channel>;
+
+/// How often conditions are re-checked while waiting.
+pub const POLL: Duration = Duration::from_millis(25);
+
+/// The `dtc` binary under test: `$DTC_BIN`, or `dtc` in the target directory
+/// of the running test executable (`target/<profile>/deps/<test>` →
+/// `target/<profile>/dtc`). Panics with instructions when it is missing.
+pub fn dtc_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("DTC_BIN") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "DTC_BIN={} does not exist", p.display());
+        return p;
+    }
+    let exe = std::env::current_exe().expect("cannot locate the test executable");
+    let deps = exe.parent().expect("test executable has no directory");
+    let bin = deps
+        .parent()
+        .expect("test executable is not under target/<profile>/deps")
+        .join(format!("dtc{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "the dtc binary is missing at {}: run `cargo build -p dtc-cli` first \
+         (or `cargo test --workspace`, which builds it), or set DTC_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// `n` distinct free loopback ports. All listeners are held until every port
+/// is chosen (so the kernel cannot hand the same one out twice), then dropped.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local_addr").port())
+        .collect()
+}
+
+/// One free loopback port.
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}
+
+/// `msg` with a per-call deadline (sent as `grpc-timeout` and enforced by
+/// the client channel).
+pub fn request<T>(msg: T, timeout: Duration) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.set_timeout(timeout);
+    req
+}
+
+/// A client for a node at `addr`. Connects lazily and reconnects after a
+/// restart; a dead node fails fast.
+pub fn client_for(addr: SocketAddr) -> Client {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid endpoint")
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        // An upper bound for any call, on top of the per-call timeouts.
+        .timeout(Duration::from_secs(60))
+        .connect_lazy();
+    CoordinatorClient::new(channel)
+}
+
+/// Statuses a client answers by retrying with the same txn id: no leader
+/// yet, leadership moved, the node it talked to died, or the call timed out.
+pub fn is_retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
+
+/// Polls `check` every [`POLL`] until it yields `Some`, for at most `within`.
+/// Each check is itself bounded by the remaining time. Panics naming `what`.
+pub async fn wait_until<T, F, Fut>(within: Duration, what: impl fmt::Display, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    let deadline = started + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(Some(v)) = tokio::time::timeout(left, check()).await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// Like [`wait_until`], but `check` says why it is not there yet; the last
+/// reason is part of the panic message.
+pub async fn wait_for_ok<T, E, F, Fut>(within: Duration, what: impl fmt::Display, mut check: F) -> T
+where
+    E: fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let last = match tokio::time::timeout(left, check()).await {
+            Ok(Ok(v)) => return v,
+            Ok(Err(e)) => format!("{e:?}"),
+            Err(_) => "the check itself did not finish in time".to_string(),
+        };
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}; last observation: {last}");
+        }
+        tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// Runs a whole test body with an upper bound, so a hang fails the test
+/// (with logs, when the cluster lives outside `fut`) instead of stalling CI.
+pub async fn bounded<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("the test did not finish within {limit:?}"),
+    }
+}
+
+/// An `ExecuteRequest` with one branch per `(participant, payload)`.
+pub fn execute_request(txn_id: &str, branches: &[(&str, &[u8])], timeout_ms: u32) -> pb::ExecuteRequest {
+    pb::ExecuteRequest {
+        txn_id: txn_id.to_string(),
+        branches: branches
+            .iter()
+            .map(|(p, payload)| pb::Branch {
+                participant: p.to_string(),
+                payload: payload.to_vec(),
+            })
+            .collect(),
+        timeout_ms,
+    }
+}
+
+/// The last `n` lines of a file (empty if unreadable).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// One coordinator process of a [`Cluster`].
+pub struct Node {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    client: Client,
+    starts: u32,
+}
+
+/// N `dtc coordinator` processes on loopback ports, in a temporary directory.
+pub struct Cluster {
+    root: Option<tempfile::TempDir>,
+    root_path: PathBuf,
+    nodes: BTreeMap<u64, Node>,
+    peers: String,
+    bin: PathBuf,
+}
+
+impl Cluster {
+    /// Starts `n` fresh nodes (ids 1..=n) that form a cluster by themselves.
+    /// Does not wait for a leader: see [`Cluster::wait_for_leader`].
+    pub fn start(n: usize) -> Cluster {
+        let bin = dtc_bin();
+        let root = tempfile::Builder::new()
+            .prefix("dtc-cluster-")
+            .tempdir()
+            .expect("create a temp dir");
+        let root_path = root.path().to_path_buf();
+        let ports = free_ports(n);
+        let addrs: Vec<SocketAddr> = ports
+            .iter()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+            .collect();
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = BTreeMap::new();
+        for (i, addr) in addrs.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            nodes.insert(
+                id,
+                Node {
+                    id,
+                    addr,
+                    data_dir: root_path.join(format!("node-{id}")),
+                    log_path: root_path.join(format!("node-{id}.log")),
+                    child: None,
+                    client: client_for(addr),
+                    starts: 0,
+                },
+            );
+        }
+        let mut cluster = Cluster {
+            root: Some(root),
+            root_path,
+            nodes,
+            peers,
+            bin,
+        };
+        for id in cluster.ids() {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        self.nodes
+            .get(&id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    /// The arguments node `id` runs with (the same on every restart).
+    pub fn args(&self, id: u64) -> Vec<String> {
+        let n = self.node(id);
+        vec![
+            "coordinator".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            n.addr.to_string(),
+            "--data-dir".into(),
+            n.data_dir.display().to_string(),
+            "--peers".into(),
+            self.peers.clone(),
+            "--election-timeout-ms".into(),
+            "150-300".into(),
+            "--heartbeat-ms".into(),
+            "50".into(),
+        ]
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let args = self.args(id);
+        let bin = self.bin.clone();
+        let node = self.node_mut(id);
+        assert!(node.child.is_none(), "node {id} is already running");
+        node.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .expect("open the node log");
+        writeln!(log, "=== harness: start #{} of node {id}: {} {}", node.starts, bin.display(), args.join(" "))
+            .expect("write the node log");
+        let stderr = log.try_clone().expect("clone the log handle");
+        let log_level = std::env::var("DTC_LOG").unwrap_or_else(|_| "info".into());
+        let child = Command::new(&bin)
+            .args(&args)
+            .env("DTC_LOG", log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        node.child = Some(child);
+    }
+
+    /// Every node id.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Ids of the nodes whose process is running.
+    pub fn live_ids(&mut self) -> Vec<u64> {
+        let ids = self.ids();
+        ids.into_iter().filter(|id| self.is_running(*id)).collect()
+    }
+
+    /// Whether node `id`'s process is running (reaps it if it exited).
+    pub fn is_running(&mut self, id: u64) -> bool {
+        let node = self.node_mut(id);
+        match node.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(status))) => {
+                eprintln!("harness: node {id} exited by itself: {status}");
+                node.child = None;
+                false
+            }
+            Some(Err(_)) | None => false,
+        }
+    }
+
+    /// Ids of nodes the harness started and has not killed (no reaping, so
+    /// it can be used through `&self`).
+    pub fn started_ids(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub fn addr(&self, id: u64) -> SocketAddr {
+        self.node(id).addr
+    }
+
+    /// `HOST:PORT,HOST:PORT,...` of every node, in id order.
+    pub fn addrs_arg(&self) -> String {
+        self.nodes
+            .values()
+            .map(|n| n.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn peers_arg(&self) -> &str {
+        &self.peers
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root_path
+    }
+
+    pub fn log_path(&self, id: u64) -> &Path {
+        &self.node(id).log_path
+    }
+
+    /// Current size of node `id`'s log, to read only what follows later.
+    pub fn log_len(&self, id: u64) -> u64 {
+        std::fs::metadata(self.log_path(id)).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Node `id`'s log from byte `offset` on.
+    pub fn log_since(&self, id: u64, offset: u64) -> String {
+        let bytes = std::fs::read(self.log_path(id)).unwrap_or_default();
+        let start = (offset as usize).min(bytes.len());
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
+    }
+
+    /// A client for node `id` (it may be dead: calls then fail fast).
+    pub fn client(&self, id: u64) -> Client {
+        self.node(id).client.clone()
+    }
+
+    /// SIGKILL node `id` and reap it.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        let mut child = node
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        let _ = child.kill();
+        let status = child.wait().expect("wait for a killed node");
+        let _ = OpenOptions::new()
+            .append(true)
+            .open(&node.log_path)
+            .and_then(|mut f| writeln!(f, "=== harness: node {id} killed (SIGKILL): {status}"));
+    }
+
+    /// Starts node `id` again with the same flags and data directory.
+    pub fn restart(&mut self, id: u64) {
+        self.spawn(id);
+    }
+
+    /// Node `id`'s own view (`ClusterStatus`), or None if it does not answer
+    /// within a second.
+    pub async fn status(&self, id: u64) -> Option<pb::ClusterStatusResponse> {
+        let mut c = self.client(id);
+        c.cluster_status(request(pb::ClusterStatusRequest {}, Duration::from_secs(1)))
+            .await
+            .ok()
+            .map(Response::into_inner)
+    }
+
+    /// Every started node's view, asked concurrently.
+    pub async fn statuses(&self) -> BTreeMap<u64, pb::ClusterStatusResponse> {
+        let ids = self.started_ids();
+        let answers = futures::future::join_all(ids.iter().map(|id| self.status(*id))).await;
+        ids.into_iter()
+            .zip(answers)
+            .filter_map(|(id, s)| s.map(|s| (id, s)))
+            .collect()
+    }
+
+    /// The node whose own role is "leader" (the highest term wins if a
+    /// deposed leader has not noticed yet), or None.
+    pub async fn leader(&self) -> Option<u64> {
+        self.statuses()
+            .await
+            .into_values()
+            .filter(|s| s.role == "leader")
+            .max_by_key(|s| s.term)
+            .map(|s| s.node_id)
+    }
+
+    /// Waits until some live node is leader; returns its id.
+    pub async fn wait_for_leader(&self, within: Duration) -> u64 {
+        let leader = wait_until(within, "a leader", || self.leader()).await;
+        leader
+    }
+
+    /// Waits until node `id` has applied everything the leader has.
+    pub async fn wait_caught_up(&self, id: u64, within: Duration) {
+        wait_for_ok(within, format_args!("node {id} to catch up with the leader"), || async {
+            let statuses = self.statuses().await;
+            let leader = statuses
+                .values()
+                .filter(|s| s.role == "leader")
+                .max_by_key(|s| s.term)
+                .ok_or_else(|| "no leader".to_string())?;
+            let me = statuses.get(&id).ok_or_else(|| format!("node {id} does not answer"))?;
+            if me.last_applied >= leader.last_applied && me.leader_id == Some(leader.node_id) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "node {id}: role {} last_applied {} leader_id {:?}; leader {}: last_applied {}",
+                    me.role, me.last_applied, me.leader_id, leader.node_id, leader.last_applied
+                ))
+            }
+        })
+        .await
+    }
+
+    /// Registers `p` through any live node, retrying while there is no leader.
+    pub async fn register(&self, p: &TestParticipant, within: Duration) {
+        let ids = self.started_ids();
+        let mut i = 0usize;
+        wait_for_ok(within, format_args!("registering participant {}", p.name()), || {
+            i += 1;
+            let mut c = self.client(ids[i % ids.len()]);
+            let req = pb::RegisterParticipantRequest {
+                name: p.name().to_string(),
+                endpoint: p.endpoint(),
+            };
+            async move {
+                match c.register_participant(request(req, Duration::from_secs(5))).await {
+                    Ok(_) => Ok(()),
+                    Err(s) if is_retryable(&s) => Err(s),
+                    Err(s) => panic!("RegisterParticipant failed: {s:?}"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// One `Execute` through node `via`, with a per-call timeout.
+    pub async fn execute(
+        &self,
+        via: u64,
+        req: pb::ExecuteRequest,
+        timeout: Duration,
+    ) -> Result<pb::ExecuteResponse, Status> {
+        self.client(via)
+            .execute(request(req, timeout))
+            .await
+            .map(Response::into_inner)
+    }
+
+    /// `Execute` through the nodes of `via` in turn (skipping killed ones),
+    /// retrying retryable statuses with the same request until an answer
+    /// arrives or `within` passes. Returns the answer or the last status.
+    pub async fn execute_retrying(
+        &self,
+        via: &[u64],
+        req: pb::ExecuteRequest,
+        within: Duration,
+    ) -> Result<pb::ExecuteResponse, Status> {
+        let deadline = Instant::now() + within;
+        let per_call = Duration::from_millis(u64::from(req.timeout_ms.max(5000)) + 5000);
+        let mut attempt = 0usize;
+        loop {
+            let started = self.started_ids();
+            let targets: Vec<u64> = via.iter().copied().filter(|id| started.contains(id)).collect();
+            assert!(!targets.is_empty(), "execute_retrying: none of {via:?} is running");
+            let target = targets[attempt % targets.len()];
+            attempt += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let r = self.execute(target, req.clone(), per_call.min(left)).await;
+            match r {
+                Err(s) if is_retryable(&s) && Instant::now() + POLL < deadline => {
+                    tokio::time::sleep(POLL).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `GetTransaction` through node `via`.
+    pub async fn get_txn(&self, via: u64, txn_id: &str) -> Result<pb::TransactionInfo, Status> {
+        let r = self
+            .client(via)
+            .get_transaction(request(
+                pb::GetTransactionRequest {
+                    txn_id: txn_id.to_string(),
+                },
+                Duration::from_secs(5),
+            ))
+            .await?
+            .into_inner();
+        r.transaction
+            .ok_or_else(|| Status::internal("GetTransaction answered without a transaction"))
+    }
+
+    /// Waits until `GetTransaction` (through any started node) shows `state`.
+    pub async fn wait_txn_state(&self, txn_id: &str, state: pb::TxnState, within: Duration) -> pb::TransactionInfo {
+        let mut i = 0usize;
+        wait_for_ok(within, format_args!("transaction {txn_id} to be {state:?}"), || {
+            i += 1;
+            let ids = self.started_ids();
+            let via = ids[i % ids.len()];
+            async move {
+                let t = self.get_txn(via, txn_id).await.map_err(|s| format!("{s:?}"))?;
+                if t.state == state as i32 {
+                    Ok(t)
+                } else {
+                    Err(format!("{t:?}"))
+                }
+            }
+        })
+        .await
+    }
+
+    /// `ListTransactions{pending_only: true}` through node `via` (first page).
+    pub async fn pending(&self, via: u64) -> Result<Vec<pb::TransactionInfo>, Status> {
+        Ok(self
+            .client(via)
+            .list_transactions(request(
+                pb::ListTransactionsRequest {
+                    pending_only: true,
+                    limit: 1000,
+                    after_txn_id: String::new(),
+                },
+                Duration::from_secs(5),
+            ))
+            .await?
+            .into_inner()
+            .transactions)
+    }
+
+    /// Waits until the pending list (through any started node) is empty.
+    pub async fn wait_no_pending(&self, within: Duration) {
+        let mut i = 0usize;
+        wait_for_ok(within, "an empty pending list", || {
+            i += 1;
+            let ids = self.started_ids();
+            let via = ids[i % ids.len()];
+            async move {
+                let p = self.pending(via).await.map_err(|s| format!("{s:?}"))?;
+                if p.is_empty() { Ok(()) } else { Err(format!("{p:?}")) }
+            }
+        })
+        .await
+    }
+
+    /// Runs `dtc status --coordinators <all> --json` and parses its output.
+    pub async fn status_json(&self) -> serde_json::Value {
+        let out = tokio::time::timeout(
+            Duration::from_secs(15),
+            tokio::process::Command::new(&self.bin)
+                .args(["status", "--coordinators", &self.addrs_arg(), "--json"])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("dtc status did not finish in 15 s")
+        .expect("run dtc status");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "dtc status failed ({}): stdout {stdout} stderr {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("dtc status --json printed invalid JSON ({e}): {stdout}"))
+    }
+
+    /// Prints the temp dir and the tail of every node's log to stderr.
+    pub fn dump(&self, lines: usize) {
+        eprintln!("==== dtc cluster in {} ====", self.root_path.display());
+        for n in self.nodes.values() {
+            eprintln!("---- node {} ({}) log: {} (last {lines} lines)", n.id, n.addr, n.log_path.display());
+            eprintln!("{}", tail(&n.log_path, lines));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in self.nodes.values_mut() {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            if let Some(root) = self.root.take() {
+                let kept = root.keep();
+                eprintln!("harness: the test failed; keeping {}", kept.display());
+            }
+            self.dump(60);
+        }
+    }
+}
+
+/// Runs a `dtc` command to completion (bounded), returning exit status and
+/// combined output. For one-shot invocations such as refused starts.
+pub fn run_dtc(args: &[&str], within: Duration) -> (ExitStatus, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out_path = dir.path().join("out.log");
+    let out = File::create(&out_path).expect("create output file");
+    let err = out.try_clone().expect("clone output handle");
+    let mut child = Command::new(dtc_bin())
+        .args(args)
+        .env("DTC_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("start dtc");
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "dtc {} did not exit within {within:?}; output:\n{}",
+                args.join(" "),
+                std::fs::read_to_string(&out_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(POLL);
+    };
+    (status, std::fs::read_to_string(&out_path).unwrap_or_default())
+}
+
+// ---------------------------------------------------------------------------
+// Test participant
+
+/// What a [`TestParticipant`] knows about one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchState {
+    /// Prepare arrived; no vote given yet (e.g. held at the gate).
+    Preparing,
+    /// Voted prepared; waiting for the decision.
+    Prepared,
+    /// Voted read-only: nothing to commit or abort.
+    ReadOnly,
+    Committed,
+    /// Voted abort, or was prepared and then aborted.
+    Aborted,
+    /// Abort arrived before any vote: a later Prepare is refused.
+    Tombstone,
+}
+
+impl BranchState {
+    /// Holds nothing and never will commit.
+    pub fn is_aborted(self) -> bool {
+        matches!(self, BranchState::Aborted | BranchState::Tombstone)
+    }
+}
+
+/// One transaction's record at a [`TestParticipant`].
+#[derive(Debug, Clone)]
+pub struct BranchRecord {
+    pub state: BranchState,
+    pub payload: Vec<u8>,
+    /// Calls that arrived (including duplicates and failed ones).
+    pub prepares: u32,
+    pub commits: u32,
+    pub aborts: u32,
+    /// Reason of the abort vote, or of the Abort call.
+    pub reason: String,
+}
+
+/// How a [`TestParticipant`] votes on new transactions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoteMode {
+    Prepared,
+    Abort(String),
+    ReadOnly,
+}
+
+struct PInner {
+    txns: BTreeMap<String, BranchRecord>,
+    vote: VoteMode,
+    fail_commit: bool,
+    violations: Vec<String>,
+}
+
+struct PShared {
+    name: String,
+    inner: Mutex<PInner>,
+    /// true = open.
+    prepare_gate: watch::Sender<bool>,
+    commit_gate: watch::Sender<bool>,
+}
+
+impl PShared {
+    fn lock(&self) -> MutexGuard<'_, PInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Clone)]
+struct ParticipantSvc(Arc<PShared>);
+
+fn vote_of(rec: &BranchRecord) -> pb::PrepareResponse {
+    let (vote, reason) = match rec.state {
+        BranchState::Prepared | BranchState::Committed => (pb::Vote::Prepared, String::new()),
+        BranchState::ReadOnly => (pb::Vote::ReadOnly, String::new()),
+        BranchState::Aborted | BranchState::Tombstone | BranchState::Preparing => {
+            (pb::Vote::Abort, rec.reason.clone())
+        }
+    };
+    pb::PrepareResponse {
+        vote: vote as i32,
+        reason,
+    }
+}
+
+#[tonic::async_trait]
+impl Participant for ParticipantSvc {
+    async fn prepare(&self, request: Request<pb::PrepareRequest>) -> Result<Response<pb::PrepareResponse>, Status> {
+        let req = request.into_inner();
+        let s = &self.0;
+        {
+            let mut inner = s.lock();
+            if req.participant != s.name {
+                inner
+                    .violations
+                    .push(format!("Prepare {} addressed to {:?}, not {:?}", req.txn_id, req.participant, s.name));
+            }
+            let rec = inner.txns.entry(req.txn_id.clone()).or_insert_with(|| BranchRecord {
+                state: BranchState::Preparing,
+                payload: req.payload.clone(),
+                prepares: 0,
+                commits: 0,
+                aborts: 0,
+                reason: String::new(),
+            });
+            rec.prepares += 1;
+            if rec.state != BranchState::Preparing {
+                // Duplicate, or after a tombstone: the recorded answer.
+                return Ok(Response::new(vote_of(rec)));
+            }
+        }
+        let mut gate = s.prepare_gate.subscribe();
+        let _ = gate.wait_for(|open| *open).await;
+        let mut inner = s.lock();
+        let vote = inner.vote.clone();
+        let rec = inner.txns.get_mut(&req.txn_id).expect("record exists");
+        if rec.state == BranchState::Preparing {
+            match vote {
+                VoteMode::Prepared => rec.state = BranchState::Prepared,
+                VoteMode::ReadOnly => rec.state = BranchState::ReadOnly,
+                VoteMode::Abort(reason) => {
+                    rec.state = BranchState::Aborted;
+                    rec.reason = reason;
+                }
+            }
+        }
+        Ok(Response::new(vote_of(rec)))
+    }
+
+    async fn commit(&self, request: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
+        let req = request.into_inner();
+        let s = &self.0;
+        {
+            let mut inner = s.lock();
+            match inner.txns.get_mut(&req.txn_id) {
+                Some(rec) => rec.commits += 1,
+                None => {
+                    inner
+                        .violations
+                        .push(format!("Commit of {}, which this participant never saw", req.txn_id));
+                    return Err(Status::failed_precondition(format!(
+                        "no record of transaction {} (log lost?)",
+                        req.txn_id
+                    )));
+                }
+            }
+        }
+        let mut gate = s.commit_gate.subscribe();
+        let _ = gate.wait_for(|open| *open).await;
+        let mut inner = s.lock();
+        if inner.fail_commit {
+            return Err(Status::unavailable("test participant: commit is failing on purpose"));
+        }
+        let rec = inner.txns.get_mut(&req.txn_id).expect("record exists");
+        match rec.state {
+            BranchState::Prepared => {
+                rec.state = BranchState::Committed;
+                Ok(Response::new(pb::CommitResponse {}))
+            }
+            BranchState::Committed => Ok(Response::new(pb::CommitResponse {})),
+            other => {
+                let msg = format!("Commit of {} in state {other:?}", req.txn_id);
+                inner.violations.push(msg.clone());
+                Err(Status::failed_precondition(msg))
+            }
+        }
+    }
+
+    async fn abort(&self, request: Request<pb::AbortRequest>) -> Result<Response<pb::AbortResponse>, Status> {
+        let req = request.into_inner();
+        let mut inner = self.0.lock();
+        let rec = inner.txns.entry(req.txn_id.clone()).or_insert_with(|| BranchRecord {
+            state: BranchState::Tombstone,
+            payload: Vec::new(),
+            prepares: 0,
+            commits: 0,
+            aborts: 0,
+            reason: req.reason.clone(),
+        });
+        rec.aborts += 1;
+        match rec.state {
+            BranchState::Preparing => {
+                rec.state = BranchState::Tombstone;
+                rec.reason = req.reason;
+            }
+            BranchState::Prepared => {
+                rec.state = BranchState::Aborted;
+                rec.reason = req.reason;
+            }
+            BranchState::ReadOnly | BranchState::Aborted | BranchState::Tombstone => {}
+            BranchState::Committed => {
+                let msg = format!("Abort of {}, which is committed", req.txn_id);
+                inner.violations.push(msg.clone());
+                return Err(Status::failed_precondition(msg));
+            }
+        }
+        Ok(Response::new(pb::AbortResponse {}))
+    }
+}
+
+/// An in-process participant service on a loopback port (see the module docs).
+pub struct TestParticipant {
+    shared: Arc<PShared>,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestParticipant {
+    /// Serves a participant named `name` on `127.0.0.1:0` on the current
+    /// tokio runtime. It votes prepared until told otherwise.
+    pub async fn start(name: &str) -> TestParticipant {
+        let shared = Arc::new(PShared {
+            name: name.to_string(),
+            inner: Mutex::new(PInner {
+                txns: BTreeMap::new(),
+                vote: VoteMode::Prepared,
+                fail_commit: false,
+                violations: Vec::new(),
+            }),
+            prepare_gate: watch::channel(true).0,
+            commit_gate: watch::channel(true).0,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a participant port");
+        let addr = listener.local_addr().expect("local_addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let svc = ParticipantServer::new(ParticipantSvc(shared.clone()));
+        let task = tokio::spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = r {
+                eprintln!("test participant server failed: {e}");
+            }
+        });
+        TestParticipant {
+            shared,
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// `http://127.0.0.1:PORT`, as registered with the cluster.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_vote(&self, vote: VoteMode) {
+        self.shared.lock().vote = vote;
+    }
+
+    /// Makes Prepare wait (after recording its arrival) until released.
+    pub fn hold_prepares(&self) {
+        self.shared.prepare_gate.send_replace(false);
+    }
+
+    pub fn release_prepares(&self) {
+        self.shared.prepare_gate.send_replace(true);
+    }
+
+    /// Makes Commit wait (after recording its arrival) until released.
+    pub fn hold_commits(&self) {
+        self.shared.commit_gate.send_replace(false);
+    }
+
+    pub fn release_commits(&self) {
+        self.shared.commit_gate.send_replace(true);
+    }
+
+    /// While set, Commit answers UNAVAILABLE (and changes nothing).
+    pub fn fail_commits(&self, fail: bool) {
+        self.shared.lock().fail_commit = fail;
+    }
+
+    pub fn record(&self, txn_id: &str) -> Option<BranchRecord> {
+        self.shared.lock().txns.get(txn_id).cloned()
+    }
+
+    pub fn state(&self, txn_id: &str) -> Option<BranchState> {
+        self.record(txn_id).map(|r| r.state)
+    }
+
+    /// Every transaction's record.
+    pub fn records(&self) -> BTreeMap<String, BranchRecord> {
+        self.shared.lock().txns.clone()
+    }
+
+    /// Protocol violations seen (commit after abort, commit of an unknown
+    /// transaction, abort after commit, misaddressed prepare).
+    pub fn violations(&self) -> Vec<String> {
+        self.shared.lock().violations.clone()
+    }
+
+    /// Waits until `txn_id`'s record satisfies `pred`.
+    pub async fn wait_for(
+        &self,
+        txn_id: &str,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&BranchRecord) -> bool,
+    ) -> BranchRecord {
+        wait_for_ok(within, format_args!("{} to see {txn_id} {what}", self.name()), || {
+            let r = self.record(txn_id);
+            let ok = r.as_ref().is_some_and(&pred);
+            async move {
+                match r {
+                    Some(r) if ok => Ok(r),
+                    other => Err(other),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits until `txn_id` is in `state`.
+    pub async fn wait_state(&self, txn_id: &str, state: BranchState, within: Duration) -> BranchRecord {
+        self.wait_for(txn_id, within, &format!("{state:?}"), |r| r.state == state)
+            .await
+    }
+}
+
+impl Drop for TestParticipant {
+    fn drop(&mut self) {
+        // Let held calls finish so the server can stop.
+        self.release_prepares();
+        self.release_commits();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+        if std::thread::panicking() {
+            let inner = self.shared.lock();
+            eprintln!(
+                "---- participant {} ({}): violations {:?}",
+                self.shared.name, self.addr, inner.violations
+            );
+            for (id, r) in &inner.txns {
+                eprintln!(
+                    "  {id}: {:?} prepares {} commits {} aborts {} reason {:?}",
+                    r.state, r.prepares, r.commits, r.aborts, r.reason
+                );
+            }
+        }
+    }
+}

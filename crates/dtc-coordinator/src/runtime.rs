@@ -124,7 +124,7 @@ impl DriverTask {
 
     async fn drive(&self, start: Start) -> Result<(), String> {
         let now = self.shared.clock_ms();
-        let (mut driver, actions, payloads, _permit) = match start {
+        let (mut driver, actions, payloads, mut permit) = match start {
             Start::New {
                 txn_id,
                 branches,
@@ -172,6 +172,11 @@ impl DriverTask {
         let mut queue: VecDeque<Action> = actions.into();
         loop {
             while let Some(action) = queue.pop_front() {
+                if matches!(action, Action::Finished { .. }) {
+                    // "In flight" bounds undecided transactions: a decided
+                    // one waiting on a slow participant no longer counts.
+                    drop(permit.take());
+                }
                 self.execute(action, &payloads, &tx);
             }
             if driver.is_done() {
@@ -417,13 +422,25 @@ async fn send_decision(shared: &Shared, txn_id: &str, participant: &str, outcome
 /// index, and resumes a driver for every transaction in it.
 pub async fn take_over(shared: Arc<Shared>, term: u64, cancel: CancellationToken) {
     let started = Instant::now();
-    let caught_up = tokio::select! {
-        r = shared.raft.ensure_linearizable() => r,
-        _ = cancel.cancelled() => return,
-    };
-    if let Err(e) = caught_up {
-        warn!(term, error = %e, "takeover: lost leadership while catching up");
-        return;
+    let mut delays = backoff();
+    loop {
+        let caught_up = tokio::select! {
+            r = shared.raft.ensure_linearizable() => r,
+            _ = cancel.cancelled() => return,
+        };
+        match caught_up {
+            Ok(_) => break,
+            // No quorum yet (peers still starting, or a partition): keep
+            // trying for as long as this term lasts; the watcher cancels us
+            // if leadership moves.
+            Err(e) => {
+                warn!(term, error = %e, "takeover: cannot confirm leadership yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        }
     }
     let catch_up = started.elapsed();
     let scan_started = Instant::now();

@@ -9,25 +9,26 @@
 //!
 //! ## How data flows
 //! ```text
-//!  Raft::client_write(Command)           (leader; followers get AppendEntries)
+//!  Raft::client_write(Command)   (leader; followers get AppendEntries)
 //!        │
-//!        ▼ append(entries)                 one durable redb commit per batch,
-//!  ┌─────────────────────────────┐         then the LogFlushed callback
-//!  │ LogStore   <dir>/raft-log.redb│
-//!  │   logs : index -> Entry      │ ◄── truncate (conflicts) / purge (after snapshot)
-//!  │   meta : vote, committed,    │
-//!  │          last_purged         │
-//!  └─────────────────────────────┘
+//!        ▼ append(entries): one durable commit per batch, then LogFlushed
+//!  ┌────────────────────────────────────────┐
+//!  │ LogStore           <dir>/raft-log.redb │ ◄── truncate (conflicts)
+//!  │   logs : index -> postcard(Entry)      │ ◄── purge (after a snapshot)
+//!  │   meta : vote, committed, last_purged  │
+//!  └────────────────────────────────────────┘
 //!        │ committed entries
-//!        ▼ apply(batch)                    one durable redb commit per batch:
-//!  ┌───────────────────────────────────┐   dtc_core::apply() for each entry,
-//!  │ StateMachineStore <dir>/state.redb │   last_applied + membership in the
-//!  │   txns         : id -> TxnRecord   │   same transaction
-//!  │   pending      : id -> ()          │
-//!  │   completed    : (ms, id) -> ()    │ ──► build_snapshot / install_snapshot
-//!  │   participants : name -> endpoint  │     (current snapshot kept in `snapshot`)
-//!  │   meta         : applied, membership│
-//!  └───────────────────────────────────┘
+//!        ▼ apply(batch): one durable commit per batch: dtc_core::apply()
+//!        │   per entry, last_applied + membership in the same commit
+//!  ┌────────────────────────────────────────┐
+//!  │ StateMachineStore     <dir>/state.redb │
+//!  │   txns         : id -> TxnRecord       │
+//!  │   pending      : id -> ()              │
+//!  │   completed    : (ms, id) -> ()        │
+//!  │   participants : name -> endpoint      │
+//!  │   meta         : applied, membership   │
+//!  │   snapshot     : current snapshot      │ ──► build_snapshot / install_snapshot
+//!  └────────────────────────────────────────┘
 //!        │ redb read transactions (never block the writer)
 //!        ▼
 //!  StateReader: get_txn, list_txns, pending, participants, last_applied
@@ -120,6 +121,14 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     let sm = StateMachineStore::open(&dir.join(STATE_FILE))?;
     Ok((log, sm))
 }
+
+// The coordinator shares these across tasks and threads.
+const _: () = {
+    const fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<LogStore>();
+    shareable::<StateMachineStore>();
+    shareable::<StateReader>();
+};
 
 /// Runs a blocking redb job off the tokio workers and waits for it.
 ///

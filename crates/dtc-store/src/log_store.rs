@@ -180,9 +180,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.write_meta(COMMITTED_KEY, bytes, Durability::None)
                 .await
         };
-        write
-            .await
-            .map_err(|e| StorageIOError::write(&e).into())
+        write.await.map_err(|e| StorageIOError::write(&e).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -254,10 +252,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 if current.is_some_and(|c| c >= log_id) {
                     return Ok(());
                 }
-                meta.insert(
-                    LAST_PURGED_KEY,
-                    encode("last_purged", &log_id)?.as_slice(),
-                )?;
+                meta.insert(LAST_PURGED_KEY, encode("last_purged", &log_id)?.as_slice())?;
                 txn.open_table(LOGS)?
                     .retain_in(..=log_id.index, |_, _| false)?;
             }
@@ -266,5 +261,57 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+    use openraft::storage::RaftLogStorageExt;
+
+    #[tokio::test]
+    async fn corrupt_log_row_is_a_read_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) = crate::open(dir.path()).unwrap();
+        let entries: Vec<Entry> = (1..=3)
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: openraft::EntryPayload::Blank,
+            })
+            .collect();
+        log.blocking_append(entries).await.unwrap();
+        {
+            let txn = log.db.begin_write().unwrap();
+            txn.open_table(LOGS)
+                .unwrap()
+                .insert(3, [0xff_u8; 4].as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        assert_eq!(log.try_get_log_entries(1..3).await.unwrap().len(), 2);
+        assert!(log.try_get_log_entries(1..4).await.is_err());
+        assert!(log.get_log_state().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn limited_read_stops_at_the_byte_cap_but_never_returns_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) = crate::open(dir.path()).unwrap();
+        let big = "x".repeat(300 * 1024);
+        let entries: Vec<Entry> = (1..=8)
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: openraft::EntryPayload::Normal(dtc_core::Command::Register {
+                    name: "p".into(),
+                    endpoint: big.clone(),
+                }),
+            })
+            .collect();
+        log.blocking_append(entries).await.unwrap();
+        let got = log.limited_get_log_entries(1, 9).await.unwrap();
+        assert_eq!(got.len(), 4, "4 x 300 KiB reaches the 1 MiB cap");
+        assert_eq!(got[0].log_id.index, 1);
+        assert_eq!(log.try_get_log_entries(1..9).await.unwrap().len(), 8);
     }
 }

@@ -173,7 +173,10 @@ impl ApplyStore for ApplyTables<'_> {
 
 /// Applies a batch in one durable write transaction. On failure returns the
 /// log id of the entry that failed, for openraft's error.
-fn apply_batch(db: &Database, entries: &[Entry]) -> Result<Vec<CommandResult>, (LogId, StoreError)> {
+fn apply_batch(
+    db: &Database,
+    entries: &[Entry],
+) -> Result<Vec<CommandResult>, (LogId, StoreError)> {
     let Some(last) = entries.last().map(|e| e.log_id) else {
         return Ok(Vec::new());
     };
@@ -276,7 +279,10 @@ fn build_snapshot_sync(db: &Database) -> Result<Snapshot<TypeConfig>, StoreError
         // Building runs beside apply and install; an install that finished
         // while we were reading holds newer state and must stay current.
         if current.is_none_or(|c| c.last_log_id <= meta.last_log_id) {
-            t.insert(SNAPSHOT_META_KEY, encode("snapshot meta", &meta)?.as_slice())?;
+            t.insert(
+                SNAPSHOT_META_KEY,
+                encode("snapshot meta", &meta)?.as_slice(),
+            )?;
             t.insert(SNAPSHOT_DATA_KEY, bytes.as_slice())?;
         }
         meta
@@ -380,10 +386,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         match tokio::task::spawn_blocking(move || apply_batch(&db, &entries)).await {
             Ok(Ok(results)) => Ok(results),
             Ok(Err((log_id, e))) => Err(StorageIOError::apply(log_id, &e).into()),
-            Err(join) => Err(StorageIOError::write_state_machine(&StoreError::Task(
-                join.to_string(),
-            ))
-            .into()),
+            Err(join) => {
+                Err(StorageIOError::write_state_machine(&StoreError::Task(join.to_string())).into())
+            }
         }
     }
 
@@ -411,5 +416,109 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         self.current_snapshot_sync()
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dtc_core::Command;
+    use openraft::CommittedLeaderId;
+
+    fn begin(id: &str) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(Command::Begin {
+                txn_id: id.into(),
+                participants: vec!["a".into()],
+                digest: [0; 32],
+                timeout_ms: 1,
+                at_ms: 1,
+            }),
+        }
+    }
+
+    fn put_raw(sm: &StateMachineStore, f: impl FnOnce(&redb::WriteTransaction)) {
+        let txn = sm.db.begin_write().unwrap();
+        f(&txn);
+        txn.commit().unwrap();
+    }
+
+    #[tokio::test]
+    async fn corrupt_txn_row_is_a_typed_error_for_reader_and_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = crate::open(dir.path()).unwrap();
+        put_raw(&sm, |txn| {
+            let mut t = txn.open_table(TXNS).unwrap();
+            t.insert("bad", [0xff_u8, 0xff, 0xff].as_slice()).unwrap();
+        });
+        let r = sm.reader();
+        assert!(matches!(
+            r.get_txn("bad"),
+            Err(StoreError::Decode { table: "txns", .. })
+        ));
+        assert!(r.list_txns(false, None, 10).is_err());
+        let err = sm.apply(vec![begin("bad")]).await.unwrap_err();
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        // The failed batch left nothing behind.
+        assert_eq!(r.last_applied().unwrap(), None);
+        // Building a snapshot reads every record, so it fails too, cleanly.
+        assert!(
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn pending_entry_without_a_record_is_reported_inconsistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm) = crate::open(dir.path()).unwrap();
+        put_raw(&sm, |txn| {
+            txn.open_table(PENDING)
+                .unwrap()
+                .insert("ghost", ())
+                .unwrap();
+        });
+        assert!(matches!(
+            sm.reader().pending(),
+            Err(StoreError::Inconsistent(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn garbage_snapshot_bytes_are_refused_and_leave_the_state_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm) = crate::open(dir.path()).unwrap();
+        sm.apply(vec![begin("keep")]).await.unwrap();
+        let meta = Meta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 1), 9)),
+            last_membership: Default::default(),
+            snapshot_id: "2-9-1".into(),
+        };
+        let junk = Box::new(Cursor::new(vec![1, 2, 3]));
+        assert!(sm.install_snapshot(&meta, junk).await.is_err());
+        assert!(sm.reader().get_txn("keep").unwrap().is_some());
+        assert!(sm.get_current_snapshot().await.unwrap().is_none());
+    }
+
+    #[test]
+    fn a_file_from_another_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let sm = StateMachineStore::open(&path).unwrap();
+            put_raw(&sm, |txn| {
+                let mut t = txn.open_table(SM_META).unwrap();
+                let v = encode("format", &99u32).unwrap();
+                t.insert(crate::tables::FORMAT_KEY, v.as_slice()).unwrap();
+            });
+        }
+        assert!(matches!(
+            StateMachineStore::open(&path),
+            Err(StoreError::UnsupportedFormat { found: 99, .. })
+        ));
     }
 }

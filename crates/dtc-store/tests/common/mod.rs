@@ -40,7 +40,7 @@ pub fn payload_for(index: u64) -> EntryPayload<dtc_store::TypeConfig> {
     if index == 1 {
         return EntryPayload::Membership(Membership::new(vec![BTreeSet::from([1, 2, 3])], ()));
     }
-    if index % 37 == 0 {
+    if index.is_multiple_of(37) {
         return EntryPayload::Blank;
     }
     EntryPayload::Normal(command_for(index))
@@ -76,7 +76,7 @@ pub fn command_for(index: u64) -> Command {
         },
         7..=10 => Command::Decide {
             txn_id,
-            outcome: if (h >> 33) % 3 == 0 {
+            outcome: if (h >> 33).is_multiple_of(3) {
                 Outcome::abort("no")
             } else {
                 Outcome::Commit
@@ -143,13 +143,21 @@ pub fn assert_pending_index_consistent(r: &StateReader) {
         .expect("every pending id has a record")
         .into_iter()
         .map(|t| {
-            assert!(t.is_pending(), "completed record {} is in the pending index", t.txn_id);
+            assert!(
+                t.is_pending(),
+                "completed record {} is in the pending index",
+                t.txn_id
+            );
             t.txn_id
         })
         .collect();
     for t in r.list_txns(false, None, usize::MAX).unwrap() {
         if t.is_pending() {
-            assert!(pending.contains(&t.txn_id), "{} is pending but not indexed", t.txn_id);
+            assert!(
+                pending.contains(&t.txn_id),
+                "{} is pending but not indexed",
+                t.txn_id
+            );
         }
     }
     assert_eq!(r.pending_count().unwrap(), pending.len() as u64);
