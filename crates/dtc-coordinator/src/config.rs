@@ -39,7 +39,12 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     /// A config with production defaults for the given identity.
-    pub fn new(id: u64, listen: SocketAddr, data_dir: PathBuf, peers: BTreeMap<u64, String>) -> Self {
+    pub fn new(
+        id: u64,
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        peers: BTreeMap<u64, String>,
+    ) -> Self {
         NodeConfig {
             id,
             listen,
@@ -73,7 +78,9 @@ impl NodeConfig {
             ));
         }
         if self.max_in_flight == 0 {
-            return Err(ConfigError::Timing("max in-flight must be at least 1".into()));
+            return Err(ConfigError::Timing(
+                "max in-flight must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -224,7 +231,10 @@ mod tests {
         let err = claim_data_dir(dir.path(), 2, "dtc").unwrap_err();
         assert!(err.to_string().contains("belongs to node 1"), "{err}");
         assert!(claim_data_dir(dir.path(), 1, "other").is_err());
-        assert_eq!(std::fs::read(dir.path().join(IDENTITY_FILE)).unwrap(), before);
+        assert_eq!(
+            std::fs::read(dir.path().join(IDENTITY_FILE)).unwrap(),
+            before
+        );
     }
 
     #[test]

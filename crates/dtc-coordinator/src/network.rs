@@ -64,7 +64,8 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let data = postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let data =
+            postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let channel = self
             .channels
             .get(&self.addr)
@@ -180,5 +181,41 @@ impl dtc_proto::v1::raft_transport_server::RaftTransport for RaftService {
         let req: InstallSnapshotRequest<TypeConfig> = self.decode(request.into_inner())?;
         let result = self.raft.install_snapshot(req).await;
         self.encode(&result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    #[test]
+    fn raft_requests_and_error_replies_survive_postcard() {
+        let entry = Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(3, 1), 7),
+            payload: EntryPayload::Normal(dtc_core::Command::Complete {
+                txn_id: "t-1".into(),
+                at_ms: 42,
+            }),
+        };
+        let req = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), 6)),
+            entries: vec![entry],
+            leader_commit: Some(LogId::new(CommittedLeaderId::new(3, 1), 6)),
+        };
+        let bytes = postcard::to_stdvec(&req).unwrap();
+        let back: AppendEntriesRequest<TypeConfig> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(format!("{req:?}"), format!("{back:?}"));
+
+        let reply: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            Err(RaftError::Fatal(openraft::error::Fatal::Stopped));
+        let bytes = postcard::to_stdvec(&reply).unwrap();
+        let back: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+            postcard::from_bytes(&bytes).unwrap();
+        assert!(matches!(
+            back,
+            Err(RaftError::Fatal(openraft::error::Fatal::Stopped))
+        ));
     }
 }

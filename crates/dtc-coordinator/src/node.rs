@@ -167,14 +167,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     health_reporter
         .set_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
-    health_reporter.set_serving::<InDoubtServer<InDoubtService>>().await;
+    health_reporter
+        .set_serving::<InDoubtServer<InDoubtService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(dtc_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| NodeError::Raft(format!("reflection: {e}")))?;
 
-    let max_msg = shared.config.limits.max_payload_bytes * shared.config.limits.max_branches + 1024 * 1024;
+    let max_msg =
+        shared.config.limits.max_payload_bytes * shared.config.limits.max_branches + 1024 * 1024;
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
@@ -204,7 +207,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // Form the cluster on first start. Every node of a fresh cluster calls
     // this with the same member set, which openraft allows; a node that
     // already has state (or learned it from a peer) refuses, harmlessly.
-    if !raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
+    if !raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?
+    {
         let members: BTreeMap<u64, BasicNode> = shared
             .config
             .peers
@@ -296,7 +303,10 @@ async fn expire_outcomes(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if !matches!(&*shared.leadership.borrow(), Leadership::Leader { ready: true, .. }) {
+        if !matches!(
+            &*shared.leadership.borrow(),
+            Leadership::Leader { ready: true, .. }
+        ) {
             continue;
         }
         let cmd = Command::Expire {
@@ -305,7 +315,10 @@ async fn expire_outcomes(shared: Arc<Shared>) {
         };
         match shared.propose(cmd).await {
             Ok(CommandResult::Expired { count }) if count > 0 => {
-                info!(count, "expired completed outcomes past the retention window")
+                info!(
+                    count,
+                    "expired completed outcomes past the retention window"
+                )
             }
             Ok(_) => {}
             Err(e) => warn!("expire: {e}"),

@@ -11,7 +11,9 @@
 
 use crate::node::Shared;
 use backon::BackoffBuilder;
-use dtc_core::{Action, Command, CommandResult, Event, Outcome, RequestDigest, TxnDriver, TxnRecord};
+use dtc_core::{
+    Action, Command, CommandResult, Event, Outcome, RequestDigest, TxnDriver, TxnRecord,
+};
 use dtc_proto::v1::{
     AbortRequest, CommitRequest, PrepareRequest, participant_client::ParticipantClient,
 };
@@ -184,7 +186,8 @@ impl DriverTask {
                 return Ok(());
             }
             let preparing = *driver.stage() == dtc_core::driver::Stage::Preparing;
-            let wait = Duration::from_millis(driver.deadline_ms().saturating_sub(self.shared.clock_ms()));
+            let wait =
+                Duration::from_millis(driver.deadline_ms().saturating_sub(self.shared.clock_ms()));
             let input = tokio::select! {
                 input = rx.recv() => input,
                 _ = tokio::time::sleep(wait), if preparing => {
@@ -406,10 +409,23 @@ async fn send_decision(shared: &Shared, txn_id: &str, participant: &str, outcome
                 if loud {
                     // A participant that cannot apply a decided outcome (for a
                     // commit: it lost its log) needs an operator. Keep retrying.
-                    error!(txn_id, participant, ?code, msg, attempt,
-                        "participant refuses the decision; operator attention needed");
+                    error!(
+                        txn_id,
+                        participant,
+                        ?code,
+                        msg,
+                        attempt,
+                        "participant refuses the decision; operator attention needed"
+                    );
                 } else if attempt.is_power_of_two() {
-                    warn!(txn_id, participant, ?code, msg, attempt, "decision not acknowledged yet; retrying");
+                    warn!(
+                        txn_id,
+                        participant,
+                        ?code,
+                        msg,
+                        attempt,
+                        "decision not acknowledged yet; retrying"
+                    );
                 }
             }
         }

@@ -27,7 +27,10 @@ const LEADER_WAIT: Duration = Duration::from_secs(3);
 enum Route {
     /// This node is the leader and has finished takeover.
     Local(CancellationToken),
-    Forward { addr: String, hops: u32 },
+    Forward {
+        addr: String,
+        hops: u32,
+    },
 }
 
 /// The remaining deadline of an incoming call, from its `grpc-timeout` header.
@@ -102,7 +105,9 @@ impl Router {
                     })?;
                     if hops >= MAX_HOPS {
                         return Err(unavailable_with_hint(
-                            format!("request forwarded {hops} times without reaching the leader; retry"),
+                            format!(
+                                "request forwarded {hops} times without reaching the leader; retry"
+                            ),
                             Some((id, &addr)),
                         ));
                     }
@@ -127,7 +132,10 @@ impl Router {
         }
     }
 
-    fn forward_client(&self, addr: &str) -> Result<CoordinatorClient<tonic::transport::Channel>, Status> {
+    fn forward_client(
+        &self,
+        addr: &str,
+    ) -> Result<CoordinatorClient<tonic::transport::Channel>, Status> {
         let ch = self
             .shared
             .channels
@@ -400,7 +408,10 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 let more = records.len() > limit;
                 let transactions: Vec<_> = records.iter().take(limit).map(txn_info).collect();
                 let next = if more {
-                    transactions.last().map(|t| t.txn_id.clone()).unwrap_or_default()
+                    transactions
+                        .last()
+                        .map(|t| t.txn_id.clone())
+                        .unwrap_or_default()
                 } else {
                     String::new()
                 };
@@ -560,7 +571,9 @@ impl pb::in_doubt_server::InDoubt for InDoubtService {
                     CommandResult::Decided { record } => {
                         Ok(Response::new(outcome_response(record.outcome())))
                     }
-                    other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+                    other => Err(Status::internal(format!(
+                        "unexpected apply result {other:?}"
+                    ))),
                 }
             }
             Route::Forward { addr, hops } => {
@@ -582,7 +595,12 @@ mod tests {
 
     #[test]
     fn grpc_timeout_header_parses_every_unit() {
-        for (v, ms) in [("5S", 5000u64), ("250m", 250), ("1M", 60_000), ("3000000u", 3000)] {
+        for (v, ms) in [
+            ("5S", 5000u64),
+            ("250m", 250),
+            ("1M", 60_000),
+            ("3000000u", 3000),
+        ] {
             let mut meta = MetadataMap::new();
             meta.insert("grpc-timeout", v.parse().unwrap());
             let d = incoming_deadline(&meta).unwrap();

@@ -105,13 +105,22 @@ impl TxnRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     /// The record after `Begin`; `created` is false if it already existed.
-    Begun { record: TxnRecord, created: bool },
+    Begun {
+        record: TxnRecord,
+        created: bool,
+    },
     /// The record after `Decide`: its outcome is the one that stands.
-    Decided { record: TxnRecord },
+    Decided {
+        record: TxnRecord,
+    },
     /// The record after `Complete` (None if the transaction is unknown).
-    Completed { record: Option<TxnRecord> },
+    Completed {
+        record: Option<TxnRecord>,
+    },
     Registered,
-    Expired { count: u64 },
+    Expired {
+        count: u64,
+    },
     /// Entries that are not commands (blank, membership).
     Nothing,
 }
@@ -129,8 +138,7 @@ pub trait ApplyStore {
     fn set_pending(&mut self, txn_id: &str, pending: bool) -> Result<(), Self::Error>;
     fn add_completed(&mut self, completed_ms: u64, txn_id: &str) -> Result<(), Self::Error>;
     /// Removes and returns the completion-index entries with time <= `cutoff_ms`.
-    fn take_completed_until(&mut self, cutoff_ms: u64)
-    -> Result<Vec<(u64, String)>, Self::Error>;
+    fn take_completed_until(&mut self, cutoff_ms: u64) -> Result<Vec<(u64, String)>, Self::Error>;
     fn put_participant(&mut self, name: &str, endpoint: &str) -> Result<(), Self::Error>;
 }
 
@@ -302,11 +310,10 @@ impl ApplyStore for MemStore {
         self.completed.insert((completed_ms, txn_id.to_string()));
         Ok(())
     }
-    fn take_completed_until(
-        &mut self,
-        cutoff_ms: u64,
-    ) -> Result<Vec<(u64, String)>, Self::Error> {
-        let rest = self.completed.split_off(&(cutoff_ms.saturating_add(1), String::new()));
+    fn take_completed_until(&mut self, cutoff_ms: u64) -> Result<Vec<(u64, String)>, Self::Error> {
+        let rest = self
+            .completed
+            .split_off(&(cutoff_ms.saturating_add(1), String::new()));
         let taken = std::mem::replace(&mut self.completed, rest);
         Ok(taken.into_iter().collect())
     }

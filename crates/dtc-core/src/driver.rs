@@ -52,7 +52,10 @@ pub enum Action {
         remaining_ms: u64,
     },
     /// Propose `Command::Decide` through Raft and report the applied record.
-    ProposeDecision { outcome: Outcome, phase2: Vec<String> },
+    ProposeDecision {
+        outcome: Outcome,
+        phase2: Vec<String>,
+    },
     /// Send the decision, retrying with backoff until acknowledged.
     SendDecision {
         participant: String,
@@ -254,7 +257,12 @@ impl TxnDriver {
     fn abort_phase2(&self) -> Vec<String> {
         self.participants
             .iter()
-            .filter(|p| !matches!(self.votes.get(*p), Some(Vote::Abort { .. } | Vote::ReadOnly)))
+            .filter(|p| {
+                !matches!(
+                    self.votes.get(*p),
+                    Some(Vote::Abort { .. } | Vote::ReadOnly)
+                )
+            })
             .cloned()
             .collect()
     }
@@ -403,7 +411,10 @@ mod tests {
         let (mut d, acts) = TxnDriver::take_over(&rec, 0);
         assert!(matches!(
             &acts[..],
-            [Action::ProposeDecision { outcome: Outcome::Abort { .. }, .. }]
+            [Action::ProposeDecision {
+                outcome: Outcome::Abort { .. },
+                ..
+            }]
         ));
         let CommandResult::Decided { record } = s.apply(&Command::Decide {
             txn_id: "t".into(),
