@@ -311,9 +311,11 @@ impl ApplyStore for MemStore {
         Ok(())
     }
     fn take_completed_until(&mut self, cutoff_ms: u64) -> Result<Vec<(u64, String)>, Self::Error> {
-        let rest = self
-            .completed
-            .split_off(&(cutoff_ms.saturating_add(1), String::new()));
+        // Everything at or before the cutoff; at the end of the clock, everything.
+        let rest = match cutoff_ms.checked_add(1) {
+            Some(next) => self.completed.split_off(&(next, String::new())),
+            None => BTreeSet::new(),
+        };
         let taken = std::mem::replace(&mut self.completed, rest);
         Ok(taken.into_iter().collect())
     }

@@ -35,7 +35,10 @@ fn assert_indexes_consistent(store: &MemStore) {
         .filter(|r| !matches!(r.phase, Phase::Completed { .. }))
         .map(|r| r.txn_id.clone())
         .collect();
-    assert_eq!(store.pending, pending, "pending index out of step with records");
+    assert_eq!(
+        store.pending, pending,
+        "pending index out of step with records"
+    );
     let completed: BTreeSet<(u64, String)> = store
         .txns
         .values()
@@ -219,7 +222,11 @@ impl Sim {
         let CommandResult::Begun { record, created } = result else {
             panic!("Begin returned {result:?}");
         };
-        assert_eq!(created, self.begun.insert(id.clone()), "Begin `created` flag");
+        assert_eq!(
+            created,
+            self.begun.insert(id.clone()),
+            "Begin `created` flag"
+        );
         if self.drivers.contains_key(&id) {
             return; // a retry attaches to the running driver
         }
@@ -276,7 +283,10 @@ impl Sim {
 
     fn apply_proposal(&mut self, k: usize, notify_live: bool) {
         let Proposal { cmd, epoch } = self.in_flight.remove(k);
-        let id = cmd.txn_id().expect("only txn commands are proposed").to_string();
+        let id = cmd
+            .txn_id()
+            .expect("only txn commands are proposed")
+            .to_string();
         let late = epoch != self.epoch;
         let decided_before = stored_outcome(&self.store, &id).is_some();
         let result = self.apply(&cmd);
@@ -400,10 +410,7 @@ impl Sim {
 
     /// Applies a command to the shared store and checks the store invariants.
     fn apply(&mut self, cmd: &Command) -> CommandResult {
-        let before = cmd
-            .txn_id()
-            .and_then(|id| self.store.txns.get(id))
-            .cloned();
+        let before = cmd.txn_id().and_then(|id| self.store.txns.get(id)).cloned();
         let result = self.store.apply(cmd);
         match &result {
             CommandResult::Begun { record, .. }
@@ -467,7 +474,13 @@ impl Sim {
     /// delivery of every proposal and message resolve every transaction.
     fn heal(&mut self) {
         self.restart();
-        let far = self.specs.values().map(|s| u64::from(s.timeout_ms)).max().unwrap_or(0) + 1;
+        let far = self
+            .specs
+            .values()
+            .map(|s| u64::from(s.timeout_ms))
+            .max()
+            .unwrap_or(0)
+            + 1;
         for _ in 0..20 {
             if self.in_flight.is_empty() && self.outbox.is_empty() {
                 break;
@@ -486,9 +499,17 @@ impl Sim {
             self.in_flight.len(),
             self.outbox.len()
         );
-        assert!(self.store.pending.is_empty(), "still pending: {:?}", self.store.pending);
+        assert!(
+            self.store.pending.is_empty(),
+            "still pending: {:?}",
+            self.store.pending
+        );
         for (id, driver) in &self.drivers {
-            assert!(driver.is_done(), "{id}: driver stuck in {:?}", driver.stage());
+            assert!(
+                driver.is_done(),
+                "{id}: driver stuck in {:?}",
+                driver.stage()
+            );
         }
         for id in &self.ids {
             let Some(record) = self.store.txns.get(id) else {
@@ -513,7 +534,11 @@ impl Sim {
             }
         }
         for ((id, p), told) in &self.received {
-            assert_eq!(Some(told), self.first_outcome.get(id), "{p} told wrong outcome");
+            assert_eq!(
+                Some(told),
+                self.first_outcome.get(id),
+                "{p} told wrong outcome"
+            );
         }
     }
 }
@@ -531,7 +556,11 @@ fn assert_commit_allowed(record: &TxnRecord, votes: Option<&BTreeMap<String, Vot
     }
     if let Phase::Decided { awaiting, .. } = &record.phase {
         for p in awaiting {
-            assert_eq!(votes.get(p), Some(&Vote::Prepared), "{id}: commit awaits {p}");
+            assert_eq!(
+                votes.get(p),
+                Some(&Vote::Prepared),
+                "{id}: commit awaits {p}"
+            );
         }
     }
 }
@@ -545,13 +574,13 @@ fn vote_strategy() -> impl Strategy<Value = Vote> {
 }
 
 fn txn_spec() -> impl Strategy<Value = TxnSpec> {
-    (prop::collection::vec(vote_strategy(), 2..=4), 50u32..=300).prop_map(
-        |(votes, timeout_ms)| TxnSpec {
+    (prop::collection::vec(vote_strategy(), 2..=4), 50u32..=300).prop_map(|(votes, timeout_ms)| {
+        TxnSpec {
             participants: (0..votes.len()).map(|i| format!("p{i}")).collect(),
             votes,
             timeout_ms,
-        },
-    )
+        }
+    })
 }
 
 /// One step of a schedule; `restart_weight` sets how often the leader changes
@@ -635,7 +664,6 @@ fn schedules_reach_every_interesting_case() {
         total.duplicate_acks += s.duplicate_acks;
         total.client_retry_after_completion += s.client_retry_after_completion;
     }
-    eprintln!("{total:?}");
     let Stats {
         commits,
         aborts,
@@ -654,7 +682,10 @@ fn schedules_reach_every_interesting_case() {
         ("late_commit_won", late_commit_won),
         ("late_decide_lost", late_decide_lost),
         ("duplicate_acks", duplicate_acks),
-        ("client_retry_after_completion", client_retry_after_completion),
+        (
+            "client_retry_after_completion",
+            client_retry_after_completion,
+        ),
     ] {
         assert!(n >= 10, "only {n} {name} in 300 schedules: {total:?}");
     }
@@ -817,7 +848,6 @@ proptest! {
 /// `cutoff_ms.saturating_add(1)` saturates, so an entry at exactly `u64::MAX`
 /// is never taken (the redb store uses `checked_add` and an unbounded range).
 #[test]
-#[ignore = "bug in MemStore::take_completed_until at cutoff u64::MAX"]
 fn expire_at_the_end_of_the_clock_drops_records_completed_then() {
     let mut store = MemStore::default();
     store.apply(&Command::Decide {
