@@ -22,8 +22,13 @@ fn compile(
     out: &std::path::Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["coordinator.proto", "participant.proto", "raft.proto"]
-        .map(|f| root.join("dtc/v1").join(f));
+    let files = [
+        "coordinator.proto",
+        "participant.proto",
+        "raft.proto",
+        "ledger.proto",
+    ]
+    .map(|f| root.join("dtc/v1").join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

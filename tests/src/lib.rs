@@ -12,10 +12,15 @@
 //! - [`Cluster`] starts N nodes in a temporary directory, each logging to
 //!   `<tmp>/node-<id>.log` (`DTC_LOG=info` unless `DTC_LOG` is set), and can
 //!   [`Cluster::kill`] (SIGKILL) and [`Cluster::restart`] them with the same
-//!   flags. [`Cluster::leader`] asks every live node for `ClusterStatus`.
+//!   flags ([`Cluster::prepare`] + [`Cluster::start_node`] start nodes one
+//!   at a time). [`Cluster::leader`] asks every live node for `ClusterStatus`;
+//!   [`Cluster::wait_for_stable_leader`] waits until all nodes follow it. A
+//!   node that exits without being killed fails the test at once, with its
+//!   log ([`Cluster::assert_no_crash`]).
 //!   Dropping the cluster kills every child. When the test is failing
 //!   (`std::thread::panicking()`), the temporary directory is kept and its path
-//!   and the tail of every node's log are printed.
+//!   and the tail of every node's log are printed; set `DTC_TEST_KEEP=1` to
+//!   keep it after passing tests too.
 //! - [`TestParticipant`] is an in-process participant service with an
 //!   in-memory record per transaction and knobs to vote abort or read-only, to
 //!   hold `Prepare`/`Commit` at a gate, and to fail `Commit` with UNAVAILABLE.
@@ -99,17 +104,21 @@ pub fn request<T>(msg: T, timeout: Duration) -> Request<T> {
     req
 }
 
-/// A client for a node at `addr`. Connects lazily and reconnects after a
+/// A channel to a node at `addr`. Connects lazily and reconnects after a
 /// restart; a dead node fails fast.
-pub fn client_for(addr: SocketAddr) -> Client {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
+pub fn channel_for(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
         .expect("valid endpoint")
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         // An upper bound for any call, on top of the per-call timeouts.
         .timeout(Duration::from_secs(60))
-        .connect_lazy();
-    CoordinatorClient::new(channel)
+        .connect_lazy()
+}
+
+/// A coordinator client for a node at `addr` (see [`channel_for`]).
+pub fn client_for(addr: SocketAddr) -> Client {
+    CoordinatorClient::new(channel_for(addr))
 }
 
 /// Statuses a client answers by retrying with the same txn id: no leader
@@ -175,7 +184,11 @@ pub async fn bounded<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
 }
 
 /// An `ExecuteRequest` with one branch per `(participant, payload)`.
-pub fn execute_request(txn_id: &str, branches: &[(&str, &[u8])], timeout_ms: u32) -> pb::ExecuteRequest {
+pub fn execute_request(
+    txn_id: &str,
+    branches: &[(&str, &[u8])],
+    timeout_ms: u32,
+) -> pb::ExecuteRequest {
     pb::ExecuteRequest {
         txn_id: txn_id.to_string(),
         branches: branches
@@ -198,15 +211,33 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Like [`tail`], leaving out openraft's INFO chatter (kept in the file).
+pub fn tail_filtered(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !(l.contains(" INFO openraft") || l.contains(" DEBUG openraft")))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// One coordinator process of a [`Cluster`].
 pub struct Node {
     pub id: u64,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
-    child: Option<Child>,
-    client: Client,
+    child: Mutex<Option<Child>>,
+    channel: Channel,
     starts: u32,
+}
+
+impl Node {
+    fn child(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// N `dtc coordinator` processes on loopback ports, in a temporary directory.
@@ -215,6 +246,7 @@ pub struct Cluster {
     root_path: PathBuf,
     nodes: BTreeMap<u64, Node>,
     peers: String,
+    extra_args: Vec<String>,
     bin: PathBuf,
 }
 
@@ -222,6 +254,22 @@ impl Cluster {
     /// Starts `n` fresh nodes (ids 1..=n) that form a cluster by themselves.
     /// Does not wait for a leader: see [`Cluster::wait_for_leader`].
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// [`Cluster::start`] with extra `dtc coordinator` flags for every node
+    /// (e.g. `--max-in-flight 1`).
+    pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::prepare(n, extra_args);
+        for id in cluster.ids() {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// Lays out `n` nodes (ports, directories, flags) without starting any:
+    /// start them one by one with [`Cluster::start_node`].
+    pub fn prepare(n: usize, extra_args: &[&str]) -> Cluster {
         let bin = dtc_bin();
         let root = tempfile::Builder::new()
             .prefix("dtc-cluster-")
@@ -249,23 +297,20 @@ impl Cluster {
                     addr,
                     data_dir: root_path.join(format!("node-{id}")),
                     log_path: root_path.join(format!("node-{id}.log")),
-                    child: None,
-                    client: client_for(addr),
+                    child: Mutex::new(None),
+                    channel: channel_for(addr),
                     starts: 0,
                 },
             );
         }
-        let mut cluster = Cluster {
+        Cluster {
             root: Some(root),
             root_path,
             nodes,
             peers,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             bin,
-        };
-        for id in cluster.ids() {
-            cluster.spawn(id);
         }
-        cluster
     }
 
     fn node(&self, id: u64) -> &Node {
@@ -283,7 +328,7 @@ impl Cluster {
     /// The arguments node `id` runs with (the same on every restart).
     pub fn args(&self, id: u64) -> Vec<String> {
         let n = self.node(id);
-        vec![
+        let mut args: Vec<String> = vec![
             "coordinator".into(),
             "--id".into(),
             id.to_string(),
@@ -297,22 +342,30 @@ impl Cluster {
             "150-300".into(),
             "--heartbeat-ms".into(),
             "50".into(),
-        ]
+        ];
+        args.extend(self.extra_args.iter().cloned());
+        args
     }
 
     fn spawn(&mut self, id: u64) {
         let args = self.args(id);
         let bin = self.bin.clone();
         let node = self.node_mut(id);
-        assert!(node.child.is_none(), "node {id} is already running");
+        assert!(node.child().is_none(), "node {id} is already running");
         node.starts += 1;
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&node.log_path)
             .expect("open the node log");
-        writeln!(log, "=== harness: start #{} of node {id}: {} {}", node.starts, bin.display(), args.join(" "))
-            .expect("write the node log");
+        writeln!(
+            log,
+            "=== harness: start #{} of node {id}: {} {}",
+            node.starts,
+            bin.display(),
+            args.join(" ")
+        )
+        .expect("write the node log");
         let stderr = log.try_clone().expect("clone the log handle");
         let log_level = std::env::var("DTC_LOG").unwrap_or_else(|_| "info".into());
         let child = Command::new(&bin)
@@ -323,7 +376,7 @@ impl Cluster {
             .stderr(Stdio::from(stderr))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        node.child = Some(child);
+        *node.child() = Some(child);
     }
 
     /// Every node id.
@@ -331,34 +384,45 @@ impl Cluster {
         self.nodes.keys().copied().collect()
     }
 
-    /// Ids of the nodes whose process is running.
-    pub fn live_ids(&mut self) -> Vec<u64> {
-        let ids = self.ids();
-        ids.into_iter().filter(|id| self.is_running(*id)).collect()
+    /// Ids of the nodes the harness started and has not killed. Panics if
+    /// one of them exited by itself (see [`Cluster::assert_no_crash`]).
+    pub fn live_ids(&self) -> Vec<u64> {
+        self.assert_no_crash();
+        self.started_ids()
     }
 
-    /// Whether node `id`'s process is running (reaps it if it exited).
-    pub fn is_running(&mut self, id: u64) -> bool {
-        let node = self.node_mut(id);
-        match node.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(None)) => true,
-            Some(Ok(Some(status))) => {
-                eprintln!("harness: node {id} exited by itself: {status}");
-                node.child = None;
-                false
-            }
-            Some(Err(_)) | None => false,
-        }
+    /// Whether node `id` was started and not killed by the harness.
+    pub fn is_running(&self, id: u64) -> bool {
+        self.node(id).child().is_some()
     }
 
-    /// Ids of nodes the harness started and has not killed (no reaping, so
-    /// it can be used through `&self`).
+    /// Ids of nodes the harness started and has not killed.
     pub fn started_ids(&self) -> Vec<u64> {
         self.nodes
             .values()
-            .filter(|n| n.child.is_some())
+            .filter(|n| n.child().is_some())
             .map(|n| n.id)
             .collect()
+    }
+
+    /// Panics, with the node's last log lines, if a node exited without the
+    /// harness killing it (a crash, or a refused start). Every wait loop on
+    /// the cluster calls this, so a crash fails the test at once instead of
+    /// surfacing as a timeout.
+    pub fn assert_no_crash(&self) {
+        for n in self.nodes.values() {
+            let mut child = n.child();
+            if let Some(c) = child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                *child = None;
+                panic!(
+                    "node {} exited by itself ({status}); last log lines:\n{}",
+                    n.id,
+                    tail_filtered(&n.log_path, 30)
+                );
+            }
+        }
     }
 
     pub fn addr(&self, id: u64) -> SocketAddr {
@@ -388,7 +452,9 @@ impl Cluster {
 
     /// Current size of node `id`'s log, to read only what follows later.
     pub fn log_len(&self, id: u64) -> u64 {
-        std::fs::metadata(self.log_path(id)).map(|m| m.len()).unwrap_or(0)
+        std::fs::metadata(self.log_path(id))
+            .map(|m| m.len())
+            .unwrap_or(0)
     }
 
     /// Node `id`'s log from byte `offset` on.
@@ -400,14 +466,19 @@ impl Cluster {
 
     /// A client for node `id` (it may be dead: calls then fail fast).
     pub fn client(&self, id: u64) -> Client {
-        self.node(id).client.clone()
+        CoordinatorClient::new(self.node(id).channel.clone())
+    }
+
+    /// A client of node `id`'s `InDoubt` service (what participants ask).
+    pub fn in_doubt(&self, id: u64) -> pb::in_doubt_client::InDoubtClient<Channel> {
+        pb::in_doubt_client::InDoubtClient::new(self.node(id).channel.clone())
     }
 
     /// SIGKILL node `id` and reap it.
     pub fn kill(&mut self, id: u64) {
-        let node = self.node_mut(id);
+        let node = self.node(id);
         let mut child = node
-            .child
+            .child()
             .take()
             .unwrap_or_else(|| panic!("node {id} is not running"));
         let _ = child.kill();
@@ -423,6 +494,12 @@ impl Cluster {
         self.spawn(id);
     }
 
+    /// Starts node `id` of a [`Cluster::prepare`]d cluster (same as
+    /// [`Cluster::restart`]; the name says what the test means).
+    pub fn start_node(&mut self, id: u64) {
+        self.spawn(id);
+    }
+
     /// Node `id`'s own view (`ClusterStatus`), or None if it does not answer
     /// within a second.
     pub async fn status(&self, id: u64) -> Option<pb::ClusterStatusResponse> {
@@ -435,7 +512,7 @@ impl Cluster {
 
     /// Every started node's view, asked concurrently.
     pub async fn statuses(&self) -> BTreeMap<u64, pb::ClusterStatusResponse> {
-        let ids = self.started_ids();
+        let ids = self.live_ids();
         let answers = futures::future::join_all(ids.iter().map(|id| self.status(*id))).await;
         ids.into_iter()
             .zip(answers)
@@ -456,8 +533,47 @@ impl Cluster {
 
     /// Waits until some live node is leader; returns its id.
     pub async fn wait_for_leader(&self, within: Duration) -> u64 {
-        let leader = wait_until(within, "a leader", || self.leader()).await;
-        leader
+        wait_until(within, "a leader", || self.leader()).await
+    }
+
+    /// Waits until every started node answers and names the same leader in
+    /// the same term as that leader's own view. Right after a start or a
+    /// restart a node may not have heard from the leader yet (and may still
+    /// call an election); workloads that expect no leader change start here.
+    pub async fn wait_for_stable_leader(&self, within: Duration) -> u64 {
+        wait_for_ok(within, "every node to agree on one leader", || async {
+            let ids = self.started_ids();
+            let statuses = self.statuses().await;
+            let leader = statuses
+                .values()
+                .filter(|s| s.role == "leader")
+                .max_by_key(|s| s.term)
+                .ok_or_else(|| format!("no leader: {statuses:?}"))?;
+            let agree = ids.iter().all(|id| {
+                statuses
+                    .get(id)
+                    .is_some_and(|s| s.leader_id == Some(leader.node_id) && s.term == leader.term)
+            });
+            if agree {
+                Ok(leader.node_id)
+            } else {
+                let views: Vec<String> = statuses
+                    .values()
+                    .map(|s| {
+                        format!(
+                            "node {}: {} term {} leader {:?}",
+                            s.node_id, s.role, s.term, s.leader_id
+                        )
+                    })
+                    .collect();
+                Err(format!(
+                    "{} of {} nodes answer: {views:?}",
+                    statuses.len(),
+                    ids.len()
+                ))
+            }
+        })
+        .await
     }
 
     /// Waits until node `id` has applied everything the leader has.
@@ -486,21 +602,28 @@ impl Cluster {
     pub async fn register(&self, p: &TestParticipant, within: Duration) {
         let ids = self.started_ids();
         let mut i = 0usize;
-        wait_for_ok(within, format_args!("registering participant {}", p.name()), || {
-            i += 1;
-            let mut c = self.client(ids[i % ids.len()]);
-            let req = pb::RegisterParticipantRequest {
-                name: p.name().to_string(),
-                endpoint: p.endpoint(),
-            };
-            async move {
-                match c.register_participant(request(req, Duration::from_secs(5))).await {
-                    Ok(_) => Ok(()),
-                    Err(s) if is_retryable(&s) => Err(s),
-                    Err(s) => panic!("RegisterParticipant failed: {s:?}"),
+        wait_for_ok(
+            within,
+            format_args!("registering participant {}", p.name()),
+            || {
+                i += 1;
+                let mut c = self.client(ids[i % ids.len()]);
+                let req = pb::RegisterParticipantRequest {
+                    name: p.name().to_string(),
+                    endpoint: p.endpoint(),
+                };
+                async move {
+                    match c
+                        .register_participant(request(req, Duration::from_secs(5)))
+                        .await
+                    {
+                        Ok(_) => Ok(()),
+                        Err(s) if is_retryable(&s) => Err(s),
+                        Err(s) => panic!("RegisterParticipant failed: {s:?}"),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -526,22 +649,41 @@ impl Cluster {
         req: pb::ExecuteRequest,
         within: Duration,
     ) -> Result<pb::ExecuteResponse, Status> {
+        self.execute_retrying_traced(via, req, within).await.0
+    }
+
+    /// [`Cluster::execute_retrying`], also returning every status it
+    /// retried, as `(node, status)`.
+    pub async fn execute_retrying_traced(
+        &self,
+        via: &[u64],
+        req: pb::ExecuteRequest,
+        within: Duration,
+    ) -> (Result<pb::ExecuteResponse, Status>, Vec<(u64, Status)>) {
         let deadline = Instant::now() + within;
         let per_call = Duration::from_millis(u64::from(req.timeout_ms.max(5000)) + 5000);
+        let mut retried = Vec::new();
         let mut attempt = 0usize;
         loop {
             let started = self.started_ids();
-            let targets: Vec<u64> = via.iter().copied().filter(|id| started.contains(id)).collect();
-            assert!(!targets.is_empty(), "execute_retrying: none of {via:?} is running");
+            let targets: Vec<u64> = via
+                .iter()
+                .copied()
+                .filter(|id| started.contains(id))
+                .collect();
+            assert!(
+                !targets.is_empty(),
+                "execute_retrying: none of {via:?} is running"
+            );
             let target = targets[attempt % targets.len()];
             attempt += 1;
             let left = deadline.saturating_duration_since(Instant::now());
-            let r = self.execute(target, req.clone(), per_call.min(left)).await;
-            match r {
+            match self.execute(target, req.clone(), per_call.min(left)).await {
                 Err(s) if is_retryable(&s) && Instant::now() + POLL < deadline => {
+                    retried.push((target, s));
                     tokio::time::sleep(POLL).await;
                 }
-                other => return other,
+                other => return (other, retried),
             }
         }
     }
@@ -563,21 +705,33 @@ impl Cluster {
     }
 
     /// Waits until `GetTransaction` (through any started node) shows `state`.
-    pub async fn wait_txn_state(&self, txn_id: &str, state: pb::TxnState, within: Duration) -> pb::TransactionInfo {
+    pub async fn wait_txn_state(
+        &self,
+        txn_id: &str,
+        state: pb::TxnState,
+        within: Duration,
+    ) -> pb::TransactionInfo {
         let mut i = 0usize;
-        wait_for_ok(within, format_args!("transaction {txn_id} to be {state:?}"), || {
-            i += 1;
-            let ids = self.started_ids();
-            let via = ids[i % ids.len()];
-            async move {
-                let t = self.get_txn(via, txn_id).await.map_err(|s| format!("{s:?}"))?;
-                if t.state == state as i32 {
-                    Ok(t)
-                } else {
-                    Err(format!("{t:?}"))
+        wait_for_ok(
+            within,
+            format_args!("transaction {txn_id} to be {state:?}"),
+            || {
+                i += 1;
+                let ids = self.started_ids();
+                let via = ids[i % ids.len()];
+                async move {
+                    let t = self
+                        .get_txn(via, txn_id)
+                        .await
+                        .map_err(|s| format!("{s:?}"))?;
+                    if t.state == state as i32 {
+                        Ok(t)
+                    } else {
+                        Err(format!("{t:?}"))
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -607,7 +761,11 @@ impl Cluster {
             let via = ids[i % ids.len()];
             async move {
                 let p = self.pending(via).await.map_err(|s| format!("{s:?}"))?;
-                if p.is_empty() { Ok(()) } else { Err(format!("{p:?}")) }
+                if p.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{p:?}"))
+                }
             }
         })
         .await
@@ -632,23 +790,29 @@ impl Cluster {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("dtc status --json printed invalid JSON ({e}): {stdout}"))
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("dtc status --json printed invalid JSON ({e}): {stdout}"))
     }
 
     /// Prints the temp dir and the tail of every node's log to stderr.
     pub fn dump(&self, lines: usize) {
         eprintln!("==== dtc cluster in {} ====", self.root_path.display());
         for n in self.nodes.values() {
-            eprintln!("---- node {} ({}) log: {} (last {lines} lines)", n.id, n.addr, n.log_path.display());
-            eprintln!("{}", tail(&n.log_path, lines));
+            eprintln!(
+                "---- node {} ({}) log: {} (last {lines} lines, openraft INFO left out)",
+                n.id,
+                n.addr,
+                n.log_path.display()
+            );
+            eprintln!("{}", tail_filtered(&n.log_path, lines));
         }
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for n in self.nodes.values_mut() {
-            if let Some(mut c) = n.child.take() {
+        for n in self.nodes.values() {
+            if let Some(mut c) = n.child().take() {
                 let _ = c.kill();
                 let _ = c.wait();
             }
@@ -659,6 +823,71 @@ impl Drop for Cluster {
                 eprintln!("harness: the test failed; keeping {}", kept.display());
             }
             self.dump(60);
+        } else if std::env::var_os("DTC_TEST_KEEP").is_some()
+            && let Some(root) = self.root.take()
+        {
+            eprintln!(
+                "harness: DTC_TEST_KEEP is set; keeping {}",
+                root.keep().display()
+            );
+        }
+    }
+}
+
+/// A `dtc` process started outside a [`Cluster`] (stdout and stderr to
+/// `log`); killed on drop.
+pub struct DtcProcess {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl DtcProcess {
+    pub fn spawn(args: &[&str], log: &Path) -> DtcProcess {
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the process log");
+        let err = out.try_clone().expect("clone the log handle");
+        let child = Command::new(dtc_bin())
+            .args(args)
+            .env("DTC_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("start dtc");
+        DtcProcess {
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for DtcProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- dtc process log {}:\n{}",
+                self.log.display(),
+                tail(&self.log, 40)
+            );
         }
     }
 }
@@ -694,7 +923,10 @@ pub fn run_dtc(args: &[&str], within: Duration) -> (ExitStatus, String) {
         }
         std::thread::sleep(POLL);
     };
-    (status, std::fs::read_to_string(&out_path).unwrap_or_default())
+    (
+        status,
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -732,6 +964,8 @@ pub struct BranchRecord {
     pub prepares: u32,
     pub commits: u32,
     pub aborts: u32,
+    /// The port each Commit arrived on (see [`TestParticipant::move_to_new_port`]).
+    pub commit_ports: Vec<u16>,
     /// Reason of the abort vote, or of the Abort call.
     pub reason: String,
 }
@@ -765,8 +999,10 @@ impl PShared {
     }
 }
 
+/// One server instance of a participant: its records, and the port it
+/// serves on (so a test can tell which endpoint a call reached).
 #[derive(Clone)]
-struct ParticipantSvc(Arc<PShared>);
+struct ParticipantSvc(Arc<PShared>, u16);
 
 fn vote_of(rec: &BranchRecord) -> pb::PrepareResponse {
     let (vote, reason) = match rec.state {
@@ -784,24 +1020,32 @@ fn vote_of(rec: &BranchRecord) -> pb::PrepareResponse {
 
 #[tonic::async_trait]
 impl Participant for ParticipantSvc {
-    async fn prepare(&self, request: Request<pb::PrepareRequest>) -> Result<Response<pb::PrepareResponse>, Status> {
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PrepareResponse>, Status> {
         let req = request.into_inner();
         let s = &self.0;
         {
             let mut inner = s.lock();
             if req.participant != s.name {
-                inner
-                    .violations
-                    .push(format!("Prepare {} addressed to {:?}, not {:?}", req.txn_id, req.participant, s.name));
+                inner.violations.push(format!(
+                    "Prepare {} addressed to {:?}, not {:?}",
+                    req.txn_id, req.participant, s.name
+                ));
             }
-            let rec = inner.txns.entry(req.txn_id.clone()).or_insert_with(|| BranchRecord {
-                state: BranchState::Preparing,
-                payload: req.payload.clone(),
-                prepares: 0,
-                commits: 0,
-                aborts: 0,
-                reason: String::new(),
-            });
+            let rec = inner
+                .txns
+                .entry(req.txn_id.clone())
+                .or_insert_with(|| BranchRecord {
+                    state: BranchState::Preparing,
+                    payload: req.payload.clone(),
+                    prepares: 0,
+                    commits: 0,
+                    aborts: 0,
+                    commit_ports: Vec::new(),
+                    reason: String::new(),
+                });
             rec.prepares += 1;
             if rec.state != BranchState::Preparing {
                 // Duplicate, or after a tombstone: the recorded answer.
@@ -826,17 +1070,24 @@ impl Participant for ParticipantSvc {
         Ok(Response::new(vote_of(rec)))
     }
 
-    async fn commit(&self, request: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
         let req = request.into_inner();
         let s = &self.0;
         {
             let mut inner = s.lock();
             match inner.txns.get_mut(&req.txn_id) {
-                Some(rec) => rec.commits += 1,
+                Some(rec) => {
+                    rec.commits += 1;
+                    rec.commit_ports.push(self.1);
+                }
                 None => {
-                    inner
-                        .violations
-                        .push(format!("Commit of {}, which this participant never saw", req.txn_id));
+                    inner.violations.push(format!(
+                        "Commit of {}, which this participant never saw",
+                        req.txn_id
+                    ));
                     return Err(Status::failed_precondition(format!(
                         "no record of transaction {} (log lost?)",
                         req.txn_id
@@ -848,7 +1099,9 @@ impl Participant for ParticipantSvc {
         let _ = gate.wait_for(|open| *open).await;
         let mut inner = s.lock();
         if inner.fail_commit {
-            return Err(Status::unavailable("test participant: commit is failing on purpose"));
+            return Err(Status::unavailable(
+                "test participant: commit is failing on purpose",
+            ));
         }
         let rec = inner.txns.get_mut(&req.txn_id).expect("record exists");
         match rec.state {
@@ -865,17 +1118,24 @@ impl Participant for ParticipantSvc {
         }
     }
 
-    async fn abort(&self, request: Request<pb::AbortRequest>) -> Result<Response<pb::AbortResponse>, Status> {
+    async fn abort(
+        &self,
+        request: Request<pb::AbortRequest>,
+    ) -> Result<Response<pb::AbortResponse>, Status> {
         let req = request.into_inner();
         let mut inner = self.0.lock();
-        let rec = inner.txns.entry(req.txn_id.clone()).or_insert_with(|| BranchRecord {
-            state: BranchState::Tombstone,
-            payload: Vec::new(),
-            prepares: 0,
-            commits: 0,
-            aborts: 0,
-            reason: req.reason.clone(),
-        });
+        let rec = inner
+            .txns
+            .entry(req.txn_id.clone())
+            .or_insert_with(|| BranchRecord {
+                state: BranchState::Tombstone,
+                payload: Vec::new(),
+                prepares: 0,
+                commits: 0,
+                aborts: 0,
+                commit_ports: Vec::new(),
+                reason: req.reason.clone(),
+            });
         rec.aborts += 1;
         match rec.state {
             BranchState::Preparing => {
@@ -905,6 +1165,33 @@ pub struct TestParticipant {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Serves `shared` on a fresh loopback port.
+async fn serve_participant(
+    shared: Arc<PShared>,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a participant port");
+    let addr = listener.local_addr().expect("local_addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let svc = ParticipantServer::new(ParticipantSvc(shared, addr.port()));
+    let task = tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await;
+        if let Err(e) = r {
+            eprintln!("test participant server failed: {e}");
+        }
+    });
+    (addr, stop, task)
+}
+
 impl TestParticipant {
     /// Serves a participant named `name` on `127.0.0.1:0` on the current
     /// tokio runtime. It votes prepared until told otherwise.
@@ -920,23 +1207,7 @@ impl TestParticipant {
             prepare_gate: watch::channel(true).0,
             commit_gate: watch::channel(true).0,
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a participant port");
-        let addr = listener.local_addr().expect("local_addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let svc = ParticipantServer::new(ParticipantSvc(shared.clone()));
-        let task = tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = r {
-                eprintln!("test participant server failed: {e}");
-            }
-        });
+        let (addr, stop, task) = serve_participant(shared.clone()).await;
         TestParticipant {
             shared,
             addr,
@@ -949,9 +1220,34 @@ impl TestParticipant {
         &self.shared.name
     }
 
+    /// Stops serving on the current port and serves the same records on a
+    /// new one (a participant restarted elsewhere with its log intact).
+    /// Re-register it for the cluster to find it.
+    pub async fn move_to_new_port(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Graceful stop closes the open connections too; bounded.
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+        let (addr, stop, task) = serve_participant(self.shared.clone()).await;
+        self.addr = addr;
+        self.stop = Some(stop);
+        self.task = task;
+    }
+
     /// `http://127.0.0.1:PORT`, as registered with the cluster.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The port it serves on now.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
     }
 
     pub fn set_vote(&self, vote: VoteMode) {
@@ -1008,21 +1304,30 @@ impl TestParticipant {
         what: &str,
         pred: impl Fn(&BranchRecord) -> bool,
     ) -> BranchRecord {
-        wait_for_ok(within, format_args!("{} to see {txn_id} {what}", self.name()), || {
-            let r = self.record(txn_id);
-            let ok = r.as_ref().is_some_and(&pred);
-            async move {
-                match r {
-                    Some(r) if ok => Ok(r),
-                    other => Err(other),
+        wait_for_ok(
+            within,
+            format_args!("{} to see {txn_id} {what}", self.name()),
+            || {
+                let r = self.record(txn_id);
+                let ok = r.as_ref().is_some_and(&pred);
+                async move {
+                    match r {
+                        Some(r) if ok => Ok(r),
+                        other => Err(other),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
     }
 
     /// Waits until `txn_id` is in `state`.
-    pub async fn wait_state(&self, txn_id: &str, state: BranchState, within: Duration) -> BranchRecord {
+    pub async fn wait_state(
+        &self,
+        txn_id: &str,
+        state: BranchState,
+        within: Duration,
+    ) -> BranchRecord {
         self.wait_for(txn_id, within, &format!("{state:?}"), |r| r.state == state)
             .await
     }

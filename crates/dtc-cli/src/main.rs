@@ -3,9 +3,15 @@
 //! - `dtc coordinator ...` runs one coordinator node until SIGINT/SIGTERM.
 //! - `dtc status ...` asks every given node for its view and prints the
 //!   cluster (text or `--json`).
+//! - `dtc participant ...` runs a ledger participant (crates/dtc-ledger).
+//! - `dtc deposit | transfer | balance | txn show | txn list` are clients
+//!   (crates/dtc-client); see `client_cmds` for their output.
 //!
-//! Exit codes: 0 ok, 2 usage error (clap), 3 unavailable.
+//! Exit codes: 0 ok / committed, 1 aborted (`txn show`: not found), 2 usage
+//! error, 3 unavailable or outcome unknown.
 
+mod client_cmds;
+mod participant;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -16,7 +22,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "dtc", version, about = "dtc: a replicated two-phase-commit transaction coordinator")]
+#[command(
+    name = "dtc",
+    version,
+    about = "dtc: a replicated two-phase-commit transaction coordinator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -32,6 +42,19 @@ enum Cmd {
     /// Show the members, leader, term, applied index, pending transactions
     /// and registered participants.
     Status(status::StatusArgs),
+    /// Run a ledger participant: accounts with integer balances, in a redb
+    /// file next to its participant log. Registers with the coordinators.
+    Participant(participant::ParticipantArgs),
+    /// Credit an account: `--to P/ACCOUNT --amount N`.
+    Deposit(client_cmds::DepositArgs),
+    /// Move money: `--from P/ACCOUNT --to P/ACCOUNT --amount N`, atomically
+    /// across ledgers.
+    Transfer(client_cmds::TransferArgs),
+    /// Print an account's committed balance.
+    Balance(client_cmds::BalanceArgs),
+    /// Inspect transactions.
+    #[command(subcommand)]
+    Txn(client_cmds::TxnCmd),
 }
 
 #[derive(clap::Args)]
@@ -82,8 +105,14 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
     let (a, b) = s
         .split_once('-')
         .ok_or_else(|| format!("{s:?} is not MIN-MAX"))?;
-    let a: u64 = a.trim().parse().map_err(|_| format!("{a:?} is not a number"))?;
-    let b: u64 = b.trim().parse().map_err(|_| format!("{b:?} is not a number"))?;
+    let a: u64 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a:?} is not a number"))?;
+    let b: u64 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{b:?} is not a number"))?;
     if a == 0 || b <= a {
         return Err(format!("{s:?}: need 0 < MIN < MAX"));
     }
@@ -91,8 +120,12 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
 }
 
 fn init_logging() {
+    init_logging_with("info,openraft=warn,h2=warn,tower=warn");
+}
+
+fn init_logging_with(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DTC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -104,13 +137,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -132,15 +166,14 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Coordinator(args) => {
             init_logging();
-            let mut config = dtc_coordinator::NodeConfig::new(
-                args.id,
-                args.listen,
-                args.data_dir,
-                args.peers,
-            );
+            let mut config =
+                dtc_coordinator::NodeConfig::new(args.id, args.listen, args.data_dir, args.peers);
             config.cluster = args.cluster;
             config.heartbeat_ms = args.heartbeat_ms;
-            (config.election_timeout_min_ms, config.election_timeout_max_ms) = args.election_timeout_ms;
+            (
+                config.election_timeout_min_ms,
+                config.election_timeout_max_ms,
+            ) = args.election_timeout_ms;
             config.max_in_flight = args.max_in_flight;
             config.outcome_retention = Duration::from_secs(args.outcome_retention_secs);
             config.limits.max_payload_bytes = args.max_payload_bytes;
@@ -158,5 +191,25 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Status(args) => rt.block_on(status::run(args)),
+        Cmd::Participant(args) => {
+            init_logging();
+            rt.block_on(participant::run(args, shutdown_signal()))
+        }
+        Cmd::Deposit(args) => {
+            init_logging_with("warn");
+            rt.block_on(client_cmds::deposit(args))
+        }
+        Cmd::Transfer(args) => {
+            init_logging_with("warn");
+            rt.block_on(client_cmds::transfer(args))
+        }
+        Cmd::Balance(args) => {
+            init_logging_with("warn");
+            rt.block_on(client_cmds::balance(args))
+        }
+        Cmd::Txn(cmd) => {
+            init_logging_with("warn");
+            rt.block_on(client_cmds::txn(cmd))
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! `dtc status`: every node's own view, merged into one picture.
 
-use dtc_proto::v1::{ClusterStatusRequest, ClusterStatusResponse, coordinator_client::CoordinatorClient};
+use dtc_proto::v1::{
+    ClusterStatusRequest, ClusterStatusResponse, coordinator_client::CoordinatorClient,
+};
 use serde::Serialize;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -44,12 +46,19 @@ struct Status {
 }
 
 async fn ask(addr: &str, timeout: Duration) -> Result<ClusterStatusResponse, String> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
     let endpoint = tonic::transport::Endpoint::from_shared(uri)
         .map_err(|e| format!("invalid address: {e}"))?
         .connect_timeout(timeout)
         .timeout(timeout);
-    let channel = endpoint.connect().await.map_err(|e| format!("cannot connect: {e}"))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
     CoordinatorClient::new(channel)
         .cluster_status(ClusterStatusRequest {})
         .await
@@ -59,8 +68,10 @@ async fn ask(addr: &str, timeout: Duration) -> Result<ClusterStatusResponse, Str
 
 pub async fn run(args: StatusArgs) -> ExitCode {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let answers = futures::future::join_all(args.coordinators.iter().map(|a| ask(a, timeout))).await;
-    let reachable: Vec<&ClusterStatusResponse> = answers.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let answers =
+        futures::future::join_all(args.coordinators.iter().map(|a| ask(a, timeout))).await;
+    let reachable: Vec<&ClusterStatusResponse> =
+        answers.iter().filter_map(|r| r.as_ref().ok()).collect();
     let leader_view = reachable.iter().find(|s| s.role == "leader").copied();
     let leader = leader_view
         .map(|s| s.node_id)
@@ -97,7 +108,10 @@ pub async fn run(args: StatusArgs) -> ExitCode {
             .map(|s| {
                 s.participants
                     .iter()
-                    .map(|p| Participant { name: p.name.clone(), endpoint: p.endpoint.clone() })
+                    .map(|p| Participant {
+                        name: p.name.clone(),
+                        endpoint: p.endpoint.clone(),
+                    })
                     .collect()
             })
             .unwrap_or_default(),
@@ -121,12 +135,24 @@ pub async fn run(args: StatusArgs) -> ExitCode {
 }
 
 fn print_table(s: &Status) {
-    let leader = s.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
-    println!("leader: {leader}   term: {}   pending: {}", s.term, s.pending);
-    println!("{:<4} {:<24} {:<12} {:>12}", "ID", "ADDRESS", "ROLE", "APPLIED");
+    let leader = s
+        .leader
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "none".into());
+    println!(
+        "leader: {leader}   term: {}   pending: {}",
+        s.term, s.pending
+    );
+    println!(
+        "{:<4} {:<24} {:<12} {:>12}",
+        "ID", "ADDRESS", "ROLE", "APPLIED"
+    );
     for n in &s.nodes {
         let id = n.id.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
-        let applied = n.last_applied.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+        let applied = n
+            .last_applied
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "-".into());
         println!("{id:<4} {:<24} {:<12} {applied:>12}", n.addr, n.role);
         if let Some(e) = &n.error {
             println!("     ({e})");

@@ -1,0 +1,99 @@
+//! `dtc participant`: runs a ledger participant (crates/dtc-ledger) until
+//! SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct ParticipantArgs {
+    /// Participant name, as branches address it ([A-Za-z0-9._:-], at most 64 bytes).
+    #[arg(long)]
+    name: String,
+    /// Address to listen on, e.g. 127.0.0.1:7101 (port 0 picks a free one).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Directory for the participant's redb file (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Coordinator addresses, HOST:PORT, comma separated.
+    #[arg(long, value_delimiter = ',', required = true, env = "DTC_COORDINATORS")]
+    coordinators: Vec<String>,
+    /// Endpoint to register, http://HOST:PORT (default: the listen address;
+    /// required when listening on 0.0.0.0).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// How often prepared transactions are checked for a missing decision.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    in_doubt_interval_ms: u64,
+    /// Print the start-up line as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(
+    args: ParticipantArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> ExitCode {
+    let name = args.name.clone();
+    let dir = args.data_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || dtc_ledger::participant(&name, &dir)).await;
+    let (mut builder, _ledger) = match opened {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            eprintln!(
+                "dtc participant: cannot open {}: {e}",
+                args.data_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("dtc participant: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    builder = builder
+        .coordinators(args.coordinators.clone())
+        .in_doubt_interval(Duration::from_millis(args.in_doubt_interval_ms.max(10)));
+    if let Some(a) = &args.advertise {
+        builder = builder.advertise(a.clone());
+    }
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("dtc participant: cannot listen on {}: {e}", args.listen);
+            return ExitCode::from(3);
+        }
+    };
+    let running = match builder.start(listener).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dtc participant: {e}");
+            return match e {
+                dtc_participant::ParticipantError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            };
+        }
+    };
+    let endpoint = running.endpoint().unwrap_or("").to_string();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "participant": running.name(),
+                "listen": running.local_addr().to_string(),
+                "endpoint": endpoint,
+            })
+        );
+    } else {
+        println!(
+            "participant {} serving on {} (registering {endpoint})",
+            running.name(),
+            running.local_addr()
+        );
+    }
+    shutdown.await;
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}

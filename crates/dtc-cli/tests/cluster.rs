@@ -1,0 +1,561 @@
+//! End to end against a real cluster: three `dtc coordinator` processes and
+//! two `dtc participant` ledgers (processes), driven through the client SDK
+//! and the CLI. Ports are free loopback ports; every wait has a deadline.
+
+use dtc_client::{Client, ClientConfig, TxnState};
+use dtc_proto::v1 as pb;
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DTC: &str = env!("CARGO_BIN_EXE_dtc");
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+struct Proc {
+    name: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// Coordinators 1..=3 and ledger participants, killed on drop. When the
+/// test fails, the directory is kept and each log's tail is printed.
+struct Env {
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
+    nodes: Vec<(u64, SocketAddr)>,
+    procs: Vec<Proc>,
+}
+
+impl Env {
+    fn start() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("dtc-cli-test-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().to_path_buf();
+        let ports = free_ports(3);
+        let nodes: Vec<(u64, SocketAddr)> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64 + 1, SocketAddr::from(([127, 0, 0, 1], *p))))
+            .collect();
+        let peers = nodes
+            .iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut env = Env {
+            dir: Some(dir),
+            root,
+            nodes: nodes.clone(),
+            procs: vec![],
+        };
+        for (id, addr) in nodes {
+            let data = env.root.join(format!("node-{id}"));
+            env.spawn(
+                &format!("node-{id}"),
+                &[
+                    "coordinator",
+                    "--id",
+                    &id.to_string(),
+                    "--listen",
+                    &addr.to_string(),
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                    "--peers",
+                    &peers,
+                ],
+            );
+        }
+        env
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str]) {
+        let log = self.root.join(format!("{name}.log"));
+        let out = File::create(&log).unwrap();
+        let child = Self::run(&log, out, args);
+        let args = args.iter().map(|a| a.to_string()).collect();
+        self.procs.push(Proc {
+            name: name.into(),
+            args,
+            child: Some(child),
+            log,
+        });
+    }
+
+    /// Starts a killed process again with the same arguments.
+    fn restart(&mut self, name: &str) {
+        let p = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .expect("no such process");
+        assert!(p.child.is_none(), "{name} is running");
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p.log)
+            .unwrap();
+        let args: Vec<&str> = p.args.iter().map(String::as_str).collect();
+        p.child = Some(Self::run(&p.log, out, &args));
+    }
+
+    fn run(_log: &Path, out: File, args: &[&str]) -> Child {
+        Command::new(DTC)
+            .args(args)
+            .env(
+                "DTC_LOG",
+                std::env::var("DTC_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {DTC}: {e}"))
+    }
+
+    fn coordinators(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(_, a)| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn client(&self) -> Client {
+        let addrs = self.nodes.iter().map(|(_, a)| a.to_string()).collect();
+        Client::with_config(
+            addrs,
+            ClientConfig {
+                retry_budget: Duration::from_secs(40),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn add_ledger(&mut self, name: &str) {
+        let port = free_ports(1)[0];
+        let data = self.root.join(name);
+        let coordinators = self.coordinators();
+        self.spawn(
+            name,
+            &[
+                "participant",
+                "--name",
+                name,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--coordinators",
+                &coordinators,
+                "--in-doubt-interval-ms",
+                "500",
+            ],
+        );
+    }
+
+    /// SIGKILL the process called `name`.
+    fn kill(&mut self, name: &str) {
+        let p = self
+            .procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .expect("no such process");
+        if let Some(mut c) = p.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The node whose own role is leader (highest term), if any answers.
+    async fn leader(&self) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for (id, addr) in &self.nodes {
+            if !self
+                .procs
+                .iter()
+                .any(|p| p.name == format!("node-{id}") && p.child.is_some())
+            {
+                continue;
+            }
+            let mut c = pb::coordinator_client::CoordinatorClient::new(
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect_timeout(Duration::from_millis(300))
+                    .timeout(Duration::from_secs(1))
+                    .connect_lazy(),
+            );
+            if let Ok(s) = c.cluster_status(pb::ClusterStatusRequest {}).await {
+                let s = s.into_inner();
+                if s.role == "leader" && best.is_none_or(|(_, t)| s.term > t) {
+                    best = Some((s.node_id, s.term));
+                }
+            }
+        }
+        best.map(|(id, _)| id)
+    }
+
+    /// Runs the CLI; returns (exit code, stdout, stderr).
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(DTC)
+            .args(args)
+            .arg("--coordinators")
+            .arg(self.coordinators())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            let kept = self.dir.take().map(|d| d.keep());
+            eprintln!("test failed; data and logs kept in {kept:?}");
+            for p in &self.procs {
+                eprintln!(
+                    "---- {} ({}) ----\n{}",
+                    p.name,
+                    p.log.display(),
+                    tail(&p.log, 40)
+                );
+            }
+        }
+    }
+}
+
+/// Polls `check` until it returns Some, at most `within`.
+async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ready(env: &Env, client: &Client, ledgers: &[&str]) {
+    for name in ledgers {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("{name} to register"),
+            || async { client.participant_endpoint(name).await.ok() },
+        )
+        .await;
+    }
+    wait_for(Duration::from_secs(30), "a leader", || env.leader()).await;
+}
+
+async fn committed_ids(client: &Client, ledger: &str) -> BTreeSet<String> {
+    client
+        .ledger_audit(ledger, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.outcome == pb::AuditOutcome::Committed as i32)
+        .map(|e| e.txn_id)
+        .collect()
+}
+
+async fn wait_no_pending(client: &Client) {
+    wait_for(
+        Duration::from_secs(30),
+        "no pending transactions",
+        || async {
+            client
+                .list_transactions(true)
+                .await
+                .ok()
+                .filter(|l| l.is_empty())
+                .map(|_| ())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_between_two_ledgers_commits_conserves_the_total_and_a_retried_id_applies_once()
+{
+    let mut env = Env::start();
+    env.add_ledger("bank-a");
+    env.add_ledger("bank-b");
+    let client = env.client();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        ready(&env, &client, &["bank-a", "bank-b"]).await;
+        let fund = client.deposit(("bank-a", "alice"), 1000).execute().await.unwrap();
+        assert!(fund.committed, "{fund:?}");
+
+        // Concurrent transfers on one pair of accounts: each commits, or
+        // aborts because another holds alice or bob (no-wait locking; two
+        // can even refuse each other, so none may commit). Either way every
+        // one has an outcome and the total holds.
+        let runs = futures::future::join_all((0..16).map(|_| {
+            let c = client.clone();
+            async move { c.transfer(("bank-a", "alice"), ("bank-b", "bob"), 10).execute().await }
+        }))
+        .await;
+        let mut committed = 0;
+        for r in runs {
+            let o = r.expect("every transfer has an outcome");
+            if o.committed {
+                committed += 1;
+            } else {
+                assert!(o.reason.contains("held by") || o.reason.contains("insufficient"), "{o:?}");
+            }
+        }
+        // Every decision acknowledged: no lock is left behind.
+        wait_no_pending(&client).await;
+        let alice = client.balance("bank-a", "alice").await.unwrap();
+        let bob = client.balance("bank-b", "bob").await.unwrap();
+        assert_eq!((alice, bob), (1000 - 10 * committed, 10 * committed));
+
+        // The same id again: the recorded outcome, applied once.
+        let first = client.transfer(("bank-a", "alice"), ("bank-b", "bob"), 7).id("retry-1").execute().await.unwrap();
+        let again = client.transfer(("bank-a", "alice"), ("bank-b", "bob"), 7).id("retry-1").execute().await.unwrap();
+        assert!(first.committed);
+        assert_eq!(first, again);
+        assert_eq!(client.balance("bank-b", "bob").await.unwrap(), 10 * committed + 7);
+        assert_eq!(client.balance("bank-a", "alice").await.unwrap() + client.balance("bank-b", "bob").await.unwrap(), 1000);
+        // Same id, different request: refused, nothing applied.
+        let e = client.transfer(("bank-a", "alice"), ("bank-b", "bob"), 8).id("retry-1").execute().await.unwrap_err();
+        assert!(matches!(e, dtc_client::ClientError::FailedPrecondition(_)), "{e:?}");
+        let audit_b = client.ledger_audit("bank-b", false).await.unwrap();
+        assert_eq!(audit_b.iter().filter(|e| e.txn_id == "retry-1").count(), 1);
+        let t = client.get_transaction("retry-1").await.unwrap();
+        assert_eq!(t.participants, vec!["bank-a".to_string(), "bank-b".to_string()]);
+        wait_no_pending(&client).await;
+
+        // The CLI, with its JSON and exit codes.
+        let (code, out, err) = env.cli(&["balance", "bank-b/bob", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v, serde_json::json!({"participant": "bank-b", "account": "bob", "balance": 10 * committed + 7}));
+        let (code, out, err) = env.cli(&["transfer", "--from", "bank-b/bob", "--to", "bank-a/alice", "--amount", "3", "--json", "--txn-id", "cli-1"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(out.trim()).unwrap(), serde_json::json!({"txn_id": "cli-1", "outcome": "committed"}));
+        let (code, out, _) = env.cli(&["transfer", "--from", "bank-b/bob", "--to", "bank-a/alice", "--amount", "1000000", "--json"]);
+        assert_eq!(code, 1);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["outcome"], "aborted");
+        assert!(v["reason"].as_str().unwrap().contains("insufficient funds"), "{v}");
+        let (code, _, err) = env.cli(&["deposit", "--to", "bank-a", "--amount", "5"]);
+        assert_eq!(code, 2);
+        assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+        let (code, _, err) = env.cli(&["deposit", "--to", "bank-a/alice", "--amount", "-5"]);
+        assert_eq!(code, 2, "{err}");
+        let (code, out, _) = env.cli(&["txn", "show", "cli-1", "--json"]);
+        assert_eq!(code, 0);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["state"], "committed");
+        let (code, _, _) = env.cli(&["txn", "show", "never-ran"]);
+        assert_eq!(code, 1);
+        let (code, out, _) = env.cli(&["txn", "list", "--pending", "--json"]);
+        assert_eq!(code, 0);
+        assert!(serde_json::from_str::<serde_json::Value>(out.trim()).unwrap().is_array());
+        let a = client.balance("bank-a", "alice").await.unwrap();
+        let b = client.balance("bank-b", "bob").await.unwrap();
+        assert_eq!(a + b, 1000);
+    })
+    .await
+    .expect("test took over 120 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_survive_a_leader_kill_and_none_applies_twice() {
+    let mut env = Env::start();
+    env.add_ledger("left");
+    env.add_ledger("right");
+    let client = env.client();
+    let killed = tokio::time::timeout(Duration::from_secs(150), async {
+        ready(&env, &client, &["left", "right"]).await;
+        assert!(
+            client
+                .deposit(("left", "l"), 1000)
+                .execute()
+                .await
+                .unwrap()
+                .committed
+        );
+        // Transfers run one after another in a task; the leader is killed
+        // while one is in flight (right after the 8th outcome arrives).
+        let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
+        let runner = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for i in 0..30 {
+                    let id = format!("f-{i:03}");
+                    // Sequential, so a transfer can only abort because of the failover.
+                    let o = client
+                        .transfer(("left", "l"), ("right", "r"), 1)
+                        .id(id.clone())
+                        .execute()
+                        .await
+                        .unwrap_or_else(|e| panic!("transfer {id} has no outcome: {e}"));
+                    outcomes.push(o);
+                    let _ = progress_tx.send(outcomes.len());
+                }
+                outcomes
+            })
+        };
+        progress.wait_for(|n| *n >= 8).await.unwrap();
+        let leader = env.leader().await.expect("a leader");
+        env.kill(&format!("node-{leader}"));
+        let killed = Some(leader);
+        let outcomes = runner.await.expect("the transfers finish");
+        let committed: BTreeSet<String> = outcomes
+            .iter()
+            .filter(|o| o.committed)
+            .map(|o| o.txn_id.clone())
+            .collect();
+        eprintln!(
+            "killed node {killed:?}: {} of {} transfers committed",
+            committed.len(),
+            outcomes.len()
+        );
+        assert!(committed.len() >= 20, "most transfers commit: {outcomes:?}");
+        wait_no_pending(&client).await;
+        let l = client.balance("left", "l").await.unwrap();
+        let r = client.balance("right", "r").await.unwrap();
+        assert_eq!(l + r, 1000, "total conserved");
+        assert_eq!(
+            r as usize,
+            committed.len(),
+            "every committed transfer applied exactly once"
+        );
+        assert_eq!(committed_ids(&client, "right").await, committed);
+        let left_ids: BTreeSet<String> = committed_ids(&client, "left")
+            .await
+            .into_iter()
+            .filter(|id| id.starts_with("f-"))
+            .collect();
+        assert_eq!(left_ids, committed);
+        for o in outcomes.iter().filter(|o| !o.committed) {
+            let t = client.get_transaction(&o.txn_id).await.unwrap();
+            assert_eq!(t.state, TxnState::Aborted, "{t:?}");
+        }
+        killed
+    })
+    .await
+    .expect("test took over 150 s");
+    assert!(killed.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_killed_mid_transfer_recovers_and_every_transfer_resolves() {
+    let mut env = Env::start();
+    env.add_ledger("src");
+    env.add_ledger("dst");
+    let client = env.client();
+    tokio::time::timeout(Duration::from_secs(150), async {
+        ready(&env, &client, &["src", "dst"]).await;
+        assert!(
+            client
+                .deposit(("src", "s"), 1000)
+                .execute()
+                .await
+                .unwrap()
+                .committed
+        );
+        let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
+        let runner = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for i in 0..40 {
+                    let id = format!("k-{i:03}");
+                    let o = client
+                        .transfer(("src", "s"), ("dst", "d"), 1)
+                        .id(id.clone())
+                        .timeout(Duration::from_millis(800))
+                        .execute()
+                        .await
+                        .unwrap_or_else(|e| panic!("transfer {id} has no outcome: {e}"));
+                    outcomes.push(o);
+                    let _ = progress_tx.send(outcomes.len());
+                }
+                outcomes
+            })
+        };
+        progress.wait_for(|n| *n >= 5).await.unwrap();
+        env.kill("dst"); // SIGKILL: prepared or decided work may be in doubt
+        let n = *progress.borrow();
+        progress.wait_for(|m| *m >= n + 2).await.unwrap(); // transfers abort meanwhile
+        env.restart("dst");
+        let outcomes = runner.await.expect("the transfers finish");
+        let committed: BTreeSet<String> = outcomes
+            .iter()
+            .filter(|o| o.committed)
+            .map(|o| o.txn_id.clone())
+            .collect();
+        eprintln!(
+            "{} of {} transfers committed around the participant crash",
+            committed.len(),
+            outcomes.len()
+        );
+        assert!(
+            committed.len() < outcomes.len(),
+            "some transfers aborted while dst was down"
+        );
+        wait_no_pending(&client).await;
+        let s = client.balance("src", "s").await.unwrap();
+        let d = client.balance("dst", "d").await.unwrap();
+        assert_eq!(s + d, 1000, "total conserved");
+        assert_eq!(d as usize, committed.len());
+        assert_eq!(committed_ids(&client, "dst").await, committed);
+        let src_ids: BTreeSet<String> = committed_ids(&client, "src")
+            .await
+            .into_iter()
+            .filter(|id| id.starts_with("k-"))
+            .collect();
+        assert_eq!(src_ids, committed);
+        // Nothing is left prepared (no lock held) at either ledger.
+        for ledger in ["src", "dst"] {
+            let prepared = client
+                .ledger_audit(ledger, true)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.outcome == pb::AuditOutcome::Prepared as i32)
+                .count();
+            assert_eq!(prepared, 0, "{ledger} still holds prepared transactions");
+        }
+    })
+    .await
+    .expect("test took over 150 s");
+}

@@ -1,0 +1,535 @@
+//! # dtc-client: the client SDK
+//!
+//! Runs distributed transactions on a dtc coordinator cluster and reads
+//! their state, surviving leader failover.
+//!
+//! ```text
+//! client.transaction().branch(p, payload)...execute()
+//!   txn id chosen here (uuid v4) when not given, so every retry reuses it
+//!   loop until an answer or the overall deadline:
+//!     Execute(txn id, branches, timeout) ─► a coordinator node (any node
+//!       forwards to the leader)
+//!     answer                         → TxnOutcome { committed, reason }
+//!     UNAVAILABLE + dtc-leader-hint  → next attempt goes to the hinted leader
+//!     UNAVAILABLE / DEADLINE_EXCEEDED / broken connection / INTERNAL
+//!                                    → back off, next node, SAME txn id
+//!     RESOURCE_EXHAUSTED             → back off, same node, same txn id
+//!     INVALID_ARGUMENT / FAILED_PRECONDITION / NOT_FOUND → returned at once
+//! ```
+//!
+//! **Why retrying is safe.** `Execute` is idempotent by txn id: a retry joins
+//! the running attempt or returns the decided outcome, never runs the
+//! transaction twice (within the cluster's outcome-retention window, an hour
+//! by default). RESOURCE_EXHAUSTED means the leader refused before starting
+//! anything, so it is retried too (backpressure becomes latency, bounded by
+//! the deadline); INTERNAL is retried because a connection torn down by a
+//! restarting node surfaces as INTERNAL. INVALID_ARGUMENT and
+//! FAILED_PRECONDITION (same id with a different request, unregistered
+//! participant) will not change by retrying.
+//!
+//! When the deadline passes without an answer, [`ClientError::Unavailable`]
+//! carries the txn id: the outcome is unknown, and retrying later with the
+//! same id (or [`Client::get_transaction`]) finds it.
+//!
+//! Ledger helpers ([`Client::deposit`], [`Client::transfer`],
+//! [`Client::balance`]) build `dtc.v1.LedgerPayload` branches for
+//! `dtc-ledger` participants and read balances from the participant itself
+//! (its endpoint comes from the cluster's participant registry).
+
+mod error;
+mod ledger;
+mod txn;
+
+pub use error::ClientError;
+pub use ledger::ledger_payload;
+pub use txn::{TxnBuilder, TxnOutcome, TxnState, TxnStatus};
+
+use dtc_proto::v1 as pb;
+use pb::coordinator_client::CoordinatorClient;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tracing::debug;
+
+pub use dtc_proto::v1 as proto;
+
+/// Metadata key of the leader hint on UNAVAILABLE answers: `ID=ADDR`.
+pub const LEADER_HINT_HEADER: &str = "dtc-leader-hint";
+
+/// Tunables of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// How long connecting to one node may take before the next is tried.
+    pub connect_timeout: Duration,
+    /// Extra time, beyond the transaction's prepare timeout, that `execute`
+    /// keeps retrying across failovers (default 30 s).
+    pub retry_budget: Duration,
+    /// Overall deadline of the other calls (reads, registration), retries
+    /// included (default 10 s).
+    pub call_deadline: Duration,
+    /// Prepare timeout assumed when a transaction sets none (the server's
+    /// default; used only to size the client's deadlines).
+    pub assumed_txn_timeout: Duration,
+    /// Back-off between attempts: from `min_backoff`, doubling, at most `max_backoff`.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_millis(500),
+            retry_budget: Duration::from_secs(30),
+            call_deadline: Duration::from_secs(10),
+            assumed_txn_timeout: Duration::from_secs(5),
+            min_backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A handle on a coordinator cluster. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addrs", &self.inner.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    addrs: Vec<String>,
+    config: ClientConfig,
+    /// Channels by address (configured nodes and hinted leaders).
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Where the next call goes first: the last node that answered, or a
+    /// leader named by a hint.
+    preferred: Mutex<Option<String>>,
+    next: AtomicUsize,
+}
+
+/// What an attempt's status means for the retry loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Will not change by retrying.
+    Never,
+    /// The leader refused before starting anything: retry later.
+    Overloaded,
+    /// No answer, or no leader: the request may or may not have run.
+    Ambiguous,
+}
+
+pub(crate) fn classify(status: &Status) -> Retry {
+    match status.code() {
+        Code::ResourceExhausted => Retry::Overloaded,
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Unknown
+        | Code::Cancelled
+        | Code::Aborted
+        | Code::Internal => Retry::Ambiguous,
+        _ => Retry::Never,
+    }
+}
+
+/// The leader address from an UNAVAILABLE answer's `dtc-leader-hint: ID=ADDR`.
+pub fn leader_hint(status: &Status) -> Option<String> {
+    let v = status.metadata().get(LEADER_HINT_HEADER)?.to_str().ok()?;
+    let (_, addr) = v.split_once('=')?;
+    let addr = addr.trim();
+    (!addr.is_empty()).then(|| addr.to_string())
+}
+
+fn to_uri(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// A request with a per-call deadline (sent as `grpc-timeout`).
+pub(crate) fn with_timeout<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(timeout);
+    req
+}
+
+/// Exponential back-off with jitter: `d` then up to `2d`, capped.
+pub(crate) struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        Backoff { next: min, max }
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        // Jitter without a random-number dependency: the clock's nanoseconds.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let frac = f64::from(nanos % 1000) / 1000.0;
+        base + base.mul_f64(frac * 0.5)
+    }
+}
+
+impl Client {
+    /// A client for the cluster whose nodes are `addrs` (`HOST:PORT` or
+    /// URLs; any subset of the members will do). Connections are made
+    /// lazily, so this succeeds while the cluster is down.
+    pub fn connect(addrs: Vec<String>) -> Result<Client, ClientError> {
+        Client::with_config(addrs, ClientConfig::default())
+    }
+
+    /// [`connect`](Self::connect) with explicit tunables.
+    pub fn with_config(addrs: Vec<String>, config: ClientConfig) -> Result<Client, ClientError> {
+        let addrs: Vec<String> = addrs
+            .into_iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            return Err(ClientError::Config("no coordinator address given".into()));
+        }
+        for a in &addrs {
+            let uri: tonic::codegen::http::Uri = to_uri(a)
+                .parse()
+                .map_err(|e| ClientError::Config(format!("coordinator address {a:?}: {e}")))?;
+            if uri.host().is_none() || uri.port_u16().is_none() {
+                return Err(ClientError::Config(format!(
+                    "coordinator address {a:?} is not HOST:PORT"
+                )));
+            }
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                addrs,
+                config,
+                channels: Mutex::new(HashMap::new()),
+                preferred: Mutex::new(None),
+                next: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The configured coordinator addresses.
+    pub fn addrs(&self) -> &[String] {
+        &self.inner.addrs
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// A lazily connecting channel to `addr` (cached by address).
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        let mut map = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = map.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(to_uri(addr))
+            .map_err(|e| ClientError::Config(format!("address {addr:?}: {e}")))?
+            .connect_timeout(self.inner.config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn first_target(&self) -> String {
+        let preferred = self
+            .inner
+            .preferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        preferred.unwrap_or_else(|| self.rotate())
+    }
+
+    fn rotate(&self) -> String {
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        self.inner.addrs[i % self.inner.addrs.len()].clone()
+    }
+
+    fn prefer(&self, addr: Option<String>) {
+        *self
+            .inner
+            .preferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
+    /// Calls a coordinator until it answers, a non-retryable status comes
+    /// back, or `until` passes. `call` gets a client and the per-call timeout.
+    /// Returns the answer or the last status, and whether any attempt ended
+    /// ambiguously (the request may have run).
+    pub(crate) async fn retrying<T, F, Fut>(
+        &self,
+        until: Instant,
+        per_call: Duration,
+        mut call: F,
+    ) -> (Result<T, Status>, bool)
+    where
+        F: FnMut(CoordinatorClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let config = &self.inner.config;
+        let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+        let mut target = self.first_target();
+        let mut ambiguous = false;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let left = until.saturating_duration_since(Instant::now());
+            let channel = match self.channel(&target) {
+                Ok(c) => c,
+                Err(e) => return (Err(Status::invalid_argument(e.to_string())), ambiguous),
+            };
+            let client = CoordinatorClient::new(channel)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(usize::MAX);
+            let status = match call(client, per_call.min(left).max(Duration::from_millis(1))).await
+            {
+                Ok(resp) => {
+                    self.prefer(Some(target));
+                    return (Ok(resp.into_inner()), ambiguous);
+                }
+                Err(s) => s,
+            };
+            let kind = classify(&status);
+            debug!(attempt, %target, code = ?status.code(), msg = status.message(), "coordinator call failed");
+            match kind {
+                Retry::Never => return (Err(status), ambiguous),
+                Retry::Overloaded => {}
+                Retry::Ambiguous => {
+                    ambiguous = true;
+                    match leader_hint(&status) {
+                        Some(hint) if hint != target => target = hint,
+                        _ => {
+                            // This node failed us: forget it as preferred and
+                            // try the next configured one.
+                            self.prefer(None);
+                            let mut next = self.rotate();
+                            if next == target && self.inner.addrs.len() > 1 {
+                                next = self.rotate();
+                            }
+                            target = next;
+                        }
+                    }
+                }
+            }
+            let delay = backoff.next_delay();
+            if Instant::now() + delay >= until {
+                return (Err(status), ambiguous);
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// A new transaction: add branches, then [`TxnBuilder::execute`].
+    pub fn transaction(&self) -> TxnBuilder {
+        TxnBuilder::new(self.clone())
+    }
+
+    fn call_deadline(&self) -> (Instant, Duration) {
+        let d = self.inner.config.call_deadline;
+        (Instant::now() + d, d.min(Duration::from_secs(5)))
+    }
+
+    /// One transaction's state (NOT_FOUND if unknown or past retention).
+    pub async fn get_transaction(&self, txn_id: &str) -> Result<TxnStatus, ClientError> {
+        let (until, per_call) = self.call_deadline();
+        let req = pb::GetTransactionRequest {
+            txn_id: txn_id.to_string(),
+        };
+        let (r, _) = self
+            .retrying(until, per_call, |mut c, t| {
+                let req = req.clone();
+                async move { c.get_transaction(with_timeout(req, t)).await }
+            })
+            .await;
+        let resp = r.map_err(|s| ClientError::from_status(s, None))?;
+        resp.transaction
+            .map(TxnStatus::from)
+            .ok_or_else(|| ClientError::Status {
+                code: Code::Internal,
+                message: "GetTransaction answered without a transaction".into(),
+            })
+    }
+
+    /// One page of transactions (ordered by id, after `after`).
+    pub async fn list_transactions_page(
+        &self,
+        pending_only: bool,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<TxnStatus>, Option<String>), ClientError> {
+        let (until, per_call) = self.call_deadline();
+        let req = pb::ListTransactionsRequest {
+            pending_only,
+            limit,
+            after_txn_id: after.unwrap_or_default().to_string(),
+        };
+        let (r, _) = self
+            .retrying(until, per_call, |mut c, t| {
+                let req = req.clone();
+                async move { c.list_transactions(with_timeout(req, t)).await }
+            })
+            .await;
+        let resp = r.map_err(|s| ClientError::from_status(s, None))?;
+        let next = (!resp.next_after_txn_id.is_empty()).then_some(resp.next_after_txn_id);
+        Ok((
+            resp.transactions.into_iter().map(TxnStatus::from).collect(),
+            next,
+        ))
+    }
+
+    /// Every transaction the cluster knows (or only the pending ones), all pages.
+    pub async fn list_transactions(
+        &self,
+        pending_only: bool,
+    ) -> Result<Vec<TxnStatus>, ClientError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, next) = self
+                .list_transactions_page(pending_only, after.as_deref(), 1000)
+                .await?;
+            out.extend(page);
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Registers (or moves) participant `name` at `endpoint` (`http://host:port`).
+    pub async fn register(&self, name: &str, endpoint: &str) -> Result<(), ClientError> {
+        let (until, per_call) = self.call_deadline();
+        let req = pb::RegisterParticipantRequest {
+            name: name.to_string(),
+            endpoint: endpoint.to_string(),
+        };
+        let (r, _) = self
+            .retrying(until, per_call, |mut c, t| {
+                let req = req.clone();
+                async move { c.register_participant(with_timeout(req, t)).await }
+            })
+            .await;
+        r.map(|_| ()).map_err(|s| ClientError::from_status(s, None))
+    }
+
+    /// The first answering node's own view of the cluster.
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse, ClientError> {
+        let (until, per_call) = self.call_deadline();
+        let (r, _) = self
+            .retrying(until, per_call, |mut c, t| async move {
+                c.cluster_status(with_timeout(pb::ClusterStatusRequest {}, t))
+                    .await
+            })
+            .await;
+        r.map_err(|s| ClientError::from_status(s, None))
+    }
+
+    /// The registered endpoint of participant `name`. Asks the nodes in turn
+    /// (a follower that has not applied a fresh registration yet is skipped).
+    pub async fn participant_endpoint(&self, name: &str) -> Result<String, ClientError> {
+        let per_call = self.inner.config.call_deadline.min(Duration::from_secs(2));
+        let mut last_err = None;
+        let mut answered = false;
+        for addr in self.inner.addrs.clone() {
+            let mut c = CoordinatorClient::new(self.channel(&addr)?);
+            match c
+                .cluster_status(with_timeout(pb::ClusterStatusRequest {}, per_call))
+                .await
+            {
+                Ok(resp) => {
+                    answered = true;
+                    if let Some(p) = resp
+                        .into_inner()
+                        .participants
+                        .into_iter()
+                        .find(|p| p.name == name)
+                    {
+                        return Ok(p.endpoint);
+                    }
+                }
+                Err(s) => last_err = Some(s),
+            }
+        }
+        match (answered, last_err) {
+            (false, Some(s)) => Err(ClientError::from_status(s, None)),
+            _ => Err(ClientError::UnknownParticipant(name.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_hint_is_read_from_metadata() {
+        let mut s = Status::unavailable("no");
+        s.metadata_mut()
+            .insert(LEADER_HINT_HEADER, "2=127.0.0.1:7002".parse().unwrap());
+        assert_eq!(leader_hint(&s).as_deref(), Some("127.0.0.1:7002"));
+        assert_eq!(leader_hint(&Status::unavailable("no")), None);
+    }
+
+    #[test]
+    fn statuses_are_classified_for_retry() {
+        assert_eq!(classify(&Status::invalid_argument("x")), Retry::Never);
+        assert_eq!(classify(&Status::failed_precondition("x")), Retry::Never);
+        assert_eq!(classify(&Status::not_found("x")), Retry::Never);
+        assert_eq!(
+            classify(&Status::resource_exhausted("x")),
+            Retry::Overloaded
+        );
+        assert_eq!(classify(&Status::unavailable("x")), Retry::Ambiguous);
+        assert_eq!(classify(&Status::deadline_exceeded("x")), Retry::Ambiguous);
+        assert_eq!(classify(&Status::internal("x")), Retry::Ambiguous);
+    }
+
+    #[test]
+    fn bad_addresses_are_refused_at_connect() {
+        assert!(matches!(
+            Client::connect(vec![]),
+            Err(ClientError::Config(_))
+        ));
+        assert!(matches!(
+            Client::connect(vec!["no port".into()]),
+            Err(ClientError::Config(_))
+        ));
+        assert!(Client::connect(vec!["127.0.0.1:1".into()]).is_ok());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(40));
+        let d: Vec<Duration> = (0..5).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(10) && d[0] <= Duration::from_millis(15));
+        assert!(d[4] >= Duration::from_millis(40) && d[4] <= Duration::from_millis(60));
+    }
+}

@@ -1,0 +1,67 @@
+//! Errors of the participant SDK.
+
+/// What can go wrong when opening, starting or reading a participant.
+#[derive(Debug, thiserror::Error)]
+pub enum ParticipantError {
+    /// The builder was given something unusable (a bad name, no endpoint to
+    /// advertise, ...). The message says which setting.
+    #[error("invalid participant configuration: {0}")]
+    Config(String),
+
+    /// The redb file could not be read or written.
+    #[error("participant storage: {0}")]
+    Storage(#[from] redb::Error),
+
+    /// A record in the participant log does not decode: the file was written
+    /// by an incompatible version, or is damaged.
+    #[error("participant log record {key:?} does not decode: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: postcard::Error,
+    },
+
+    /// The file holds a participant log of another format version.
+    #[error("participant log format {found} is not supported (this build reads {expected})")]
+    Format { found: u32, expected: u32 },
+
+    /// The application's [`crate::Resource::recover`] failed at start.
+    #[error("the resource failed to recover its prepared transactions: {0}")]
+    Recover(#[from] crate::ResourceError),
+
+    /// Creating the data directory, or binding/inspecting the listener.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+
+    /// A blocking storage task panicked or was cancelled.
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+/// redb has one error type per operation; they all fold into `redb::Error`.
+macro_rules! from_redb {
+    ($($t:ty),* $(,)?) => {$(
+        impl From<$t> for ParticipantError {
+            fn from(e: $t) -> Self {
+                ParticipantError::Storage(e.into())
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError,
+);

@@ -1,0 +1,443 @@
+//! Assembling and running a participant: the builder, start-up recovery, the
+//! gRPC server, registration and the in-doubt resolver.
+
+use crate::coordinators::Coordinators;
+use crate::log::{self, ParticipantLog};
+use crate::resolver::{InDoubtPass, Resolver};
+use crate::service::ParticipantService;
+use crate::writer::Writer;
+use crate::{ParticipantError, PreparedTxn, Resource};
+use dtc_proto::v1 as pb;
+use redb::{Database, Durability};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tracing::{error, info, warn};
+
+/// Name of the redb file [`open_database`] creates in a data directory.
+pub const DATABASE_FILE: &str = "participant.redb";
+
+/// Opens (creating if needed) `<dir>/participant.redb`, the file that holds
+/// the participant log and, typically, the application's own tables.
+/// Blocking; redb locks the file, so a second process opening it fails.
+pub fn open_database(dir: &Path) -> Result<Arc<Database>, ParticipantError> {
+    std::fs::create_dir_all(dir).map_err(|source| ParticipantError::Io {
+        what: format!("cannot create the data directory {}", dir.display()),
+        source,
+    })?;
+    let db = Database::create(dir.join(DATABASE_FILE))?;
+    Ok(Arc::new(db))
+}
+
+/// Entry point of the SDK: see [`ParticipantServer::builder`].
+#[derive(Debug)]
+pub struct ParticipantServer;
+
+impl ParticipantServer {
+    /// A participant named `name` (as registered with the coordinators)
+    /// whose log lives in `db` and whose local work is `resource`.
+    pub fn builder(
+        name: impl Into<String>,
+        db: Arc<Database>,
+        resource: impl Resource,
+    ) -> ParticipantBuilder {
+        ParticipantBuilder {
+            name: name.into(),
+            db,
+            resource: Arc::new(resource),
+            coordinators: Vec::new(),
+            advertise: None,
+            register: true,
+            in_doubt_interval: Duration::from_secs(5),
+            in_doubt_after: None,
+            rpc_timeout: Duration::from_secs(2),
+            routes: None,
+        }
+    }
+}
+
+/// Settings of a participant; [`ParticipantBuilder::start`] runs it.
+pub struct ParticipantBuilder {
+    name: String,
+    db: Arc<Database>,
+    resource: Arc<dyn Resource>,
+    coordinators: Vec<String>,
+    advertise: Option<String>,
+    register: bool,
+    in_doubt_interval: Duration,
+    in_doubt_after: Option<Duration>,
+    rpc_timeout: Duration,
+    routes: Option<Routes>,
+}
+
+impl std::fmt::Debug for ParticipantBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParticipantBuilder")
+            .field("name", &self.name)
+            .field("coordinators", &self.coordinators)
+            .field("advertise", &self.advertise)
+            .field("in_doubt_interval", &self.in_doubt_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ParticipantBuilder {
+    /// Coordinator addresses (`HOST:PORT` or URLs). Any node will do: a
+    /// follower forwards registration and outcome queries to the leader.
+    pub fn coordinators<I, S>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.coordinators = addrs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The endpoint to register (`http://host:port`). Defaults to the
+    /// listener's address, which must then not be a wildcard (0.0.0.0).
+    pub fn advertise(mut self, endpoint: impl Into<String>) -> Self {
+        self.advertise = Some(endpoint.into());
+        self
+    }
+
+    /// Whether to call `RegisterParticipant` at start (default: yes, when
+    /// coordinators are given).
+    pub fn register(mut self, register: bool) -> Self {
+        self.register = register;
+        self
+    }
+
+    /// How often prepared transactions are checked for a missing decision
+    /// (default 5 s).
+    pub fn in_doubt_interval(mut self, every: Duration) -> Self {
+        self.in_doubt_interval = every;
+        self
+    }
+
+    /// How long a transaction must have been prepared before a periodic pass
+    /// asks the coordinator about it (default: the interval). The pass at
+    /// start asks about every prepared transaction.
+    pub fn in_doubt_after(mut self, age: Duration) -> Self {
+        self.in_doubt_after = Some(age);
+        self
+    }
+
+    /// Timeout of each call to a coordinator (default 2 s).
+    pub fn rpc_timeout(mut self, timeout: Duration) -> Self {
+        self.rpc_timeout = timeout;
+        self
+    }
+
+    /// More gRPC services to serve on the same port (the application's own
+    /// API, e.g. `Routes::new(LedgerServer::new(svc))`).
+    pub fn routes(mut self, routes: Routes) -> Self {
+        self.routes = Some(routes);
+        self
+    }
+
+    /// Recovers, then serves on `listener` until [`RunningParticipant::shutdown`].
+    ///
+    /// Before the first call is accepted: the log tables are created or
+    /// checked, and [`Resource::recover`] gets every prepared transaction
+    /// (corner case 14). Then, in the background: registration (retried until
+    /// accepted) and the in-doubt resolver (a pass at once, then every
+    /// interval).
+    pub async fn start(
+        self,
+        listener: tokio::net::TcpListener,
+    ) -> Result<RunningParticipant, ParticipantError> {
+        dtc_core::validate_participant_name(&self.name)
+            .map_err(|e| ParticipantError::Config(e.to_string()))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ParticipantError::Io {
+                what: "cannot read the listener's address".into(),
+                source,
+            })?;
+        let coordinators = Arc::new(Coordinators::new(&self.coordinators, self.rpc_timeout)?);
+        let register = self.register && !coordinators.is_empty();
+        let endpoint = match &self.advertise {
+            Some(e) => Some(to_uri(e)),
+            None if local_addr.ip().is_unspecified() => None,
+            None => Some(format!("http://{local_addr}")),
+        };
+        if register && endpoint.is_none() {
+            return Err(ParticipantError::Config(format!(
+                "listening on {local_addr}, a wildcard address: give the endpoint to register \
+                 (advertise)"
+            )));
+        }
+
+        let recovered = {
+            let db = self.db.clone();
+            let resource = self.resource.clone();
+            tokio::task::spawn_blocking(move || recover(&db, &*resource))
+                .await
+                .map_err(|e| ParticipantError::Task(e.to_string()))??
+        };
+        info!(participant = %self.name, prepared = recovered,
+            "participant log opened; prepared transactions re-took their locks");
+
+        let writer = Arc::new(Writer::start(
+            self.name.clone(),
+            self.db.clone(),
+            self.resource.clone(),
+        )?);
+        let plog = ParticipantLog::new(self.db.clone());
+        let cancel = CancellationToken::new();
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<pb::participant_server::ParticipantServer<ParticipantService>>()
+            .await;
+        let participant = pb::participant_server::ParticipantServer::new(ParticipantService {
+            name: self.name.clone(),
+            writer: writer.clone(),
+        })
+        .max_decoding_message_size(64 * 1024 * 1024);
+        let routes = self
+            .routes
+            .unwrap_or_default()
+            .add_service(health_service)
+            .add_service(participant);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned()),
+        );
+
+        let (registered_tx, registered) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if register && let Some(endpoint) = endpoint.clone() {
+            tasks.push(tokio::spawn(crate::coordinators::register_loop(
+                self.name.clone(),
+                endpoint,
+                coordinators.clone(),
+                registered_tx,
+                cancel.clone(),
+            )));
+        } else if coordinators.is_empty() {
+            warn!(participant = %self.name,
+                "no coordinator addresses: not registering, and in-doubt transactions wait \
+                 for the coordinator to resend the decision");
+        }
+        let resolver = Arc::new(Resolver {
+            name: self.name.clone(),
+            log: plog.clone(),
+            writer: writer.clone(),
+            coordinators: coordinators.clone(),
+        });
+        if !coordinators.is_empty() {
+            let every = self.in_doubt_interval.max(Duration::from_millis(10));
+            let after = self.in_doubt_after.unwrap_or(every);
+            tasks.push(tokio::spawn(resolver.clone().run(
+                every,
+                after,
+                cancel.clone(),
+            )));
+        }
+        info!(participant = %self.name, %local_addr, endpoint = endpoint.as_deref().unwrap_or("-"),
+            "participant serving");
+        Ok(RunningParticipant {
+            name: self.name,
+            local_addr,
+            endpoint,
+            cancel,
+            server: Some(server),
+            tasks,
+            writer,
+            registered,
+            resolver,
+            log: plog,
+        })
+    }
+
+    /// [`start`](Self::start), then serve until `shutdown` completes (or the
+    /// server fails), then shut down gracefully.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ParticipantError> {
+        let mut running = self.start(listener).await?;
+        tokio::select! {
+            _ = shutdown => {}
+            r = running.server_done() => {
+                if let Err(e) = &r {
+                    error!(error = %e, "participant server failed");
+                }
+                running.shutdown().await;
+                return r;
+            }
+        }
+        running.shutdown().await;
+        Ok(())
+    }
+}
+
+/// `host:port` becomes `http://host:port`; URLs are kept.
+pub(crate) fn to_uri(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Creates/checks the log tables and lets the resource re-take the locks of
+/// every prepared transaction, in one durable write transaction. Blocking.
+fn recover(db: &Database, resource: &dyn Resource) -> Result<usize, ParticipantError> {
+    log::init(db)?;
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    let prepared: Vec<PreparedTxn> = log::prepared_in(&tx)?
+        .into_iter()
+        .map(|(txn_id, rec)| PreparedTxn {
+            txn_id,
+            payload: rec.payload,
+        })
+        .collect();
+    resource.recover(&tx, &prepared)?;
+    tx.commit()?;
+    Ok(prepared.len())
+}
+
+/// A participant that is serving. Dropping it without
+/// [`shutdown`](Self::shutdown) leaves the server running in the background
+/// until the runtime stops.
+pub struct RunningParticipant {
+    name: String,
+    local_addr: SocketAddr,
+    endpoint: Option<String>,
+    cancel: CancellationToken,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    tasks: Vec<JoinHandle<()>>,
+    writer: Arc<Writer>,
+    registered: watch::Receiver<bool>,
+    resolver: Arc<Resolver>,
+    log: ParticipantLog,
+}
+
+impl std::fmt::Debug for RunningParticipant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningParticipant")
+            .field("name", &self.name)
+            .field("local_addr", &self.local_addr)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningParticipant {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The endpoint registered with the coordinators (None: not registering).
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
+    /// Read access to the participant log.
+    pub fn log(&self) -> &ParticipantLog {
+        &self.log
+    }
+
+    /// Whether a `RegisterParticipant` call has been accepted.
+    pub fn is_registered(&self) -> bool {
+        *self.registered.borrow()
+    }
+
+    /// Waits until registration is accepted, at most `within`.
+    pub async fn wait_registered(&self, within: Duration) -> bool {
+        let mut rx = self.registered.clone();
+        tokio::time::timeout(within, rx.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Runs one in-doubt pass now over every prepared transaction, whatever
+    /// its age (what the start-up pass does).
+    pub async fn resolve_in_doubt(&self) -> InDoubtPass {
+        self.resolver.pass(Duration::ZERO).await
+    }
+
+    async fn server_done(&mut self) -> Result<(), ParticipantError> {
+        match self.server.as_mut() {
+            Some(h) => match h.await {
+                Ok(r) => {
+                    self.server = None;
+                    r.map_err(ParticipantError::Serve)
+                }
+                Err(e) => {
+                    self.server = None;
+                    Err(ParticipantError::Task(e.to_string()))
+                }
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops serving (calls in flight finish), stops the background tasks,
+    /// then lets the writer sync and answer what it has queued. Afterwards the
+    /// database has no other user in the SDK and can be reopened.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(mut server) = self.server.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut server)
+                .await
+                .is_err()
+        {
+            warn!(participant = %self.name, "calls still running after 5 s; closing them");
+            server.abort();
+            let _ = server.await;
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        self.writer.stop().await;
+        info!(participant = %self.name, "participant stopped");
+    }
+
+    /// Stops as abruptly as an in-process stop can, to test crash recovery:
+    /// nothing more is answered (calls in flight fail with UNAVAILABLE), the
+    /// operation the writer is running is dropped unwritten, queued ones are
+    /// dropped. Unlike a real crash, what an earlier operation of the same
+    /// batch wrote is kept (redb makes it durable when the file is closed).
+    /// Returns once the writer thread has exited, so a resource blocked in a
+    /// call must be let go for this to finish.
+    pub async fn kill(mut self) {
+        self.writer.crash();
+        self.cancel.cancel();
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        // Graceful on the server side so connection tasks end and release
+        // the services (and the database they hold); every call now fails fast.
+        if let Some(mut server) = self.server.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut server)
+                .await
+                .is_err()
+        {
+            server.abort();
+            let _ = server.await;
+        }
+        self.writer.join().await;
+        warn!(participant = %self.name, "participant killed");
+    }
+}

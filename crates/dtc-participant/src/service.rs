@@ -1,0 +1,103 @@
+//! The `dtc.v1.Participant` gRPC service: validates a call, hands it to the
+//! writer, and turns the writer's answer into a response or a status.
+
+use crate::Vote;
+use crate::writer::{OpError, Writer};
+use dtc_proto::v1 as pb;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+/// Longest transaction id accepted (the coordinator allows 128 bytes).
+const MAX_TXN_ID: usize = 1024;
+
+pub(crate) struct ParticipantService {
+    pub(crate) name: String,
+    pub(crate) writer: Arc<Writer>,
+}
+
+pub(crate) fn status_of(e: OpError) -> Status {
+    match e {
+        // The coordinator logs these as needing an operator and keeps retrying.
+        OpError::UnknownCommit(_) | OpError::Violation(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        // Transient: the coordinator resends.
+        OpError::Resource(_) | OpError::Storage(_) | OpError::Stopped => {
+            Status::unavailable(e.to_string())
+        }
+    }
+}
+
+impl ParticipantService {
+    fn check(&self, participant: &str, txn_id: &str) -> Result<(), Status> {
+        // An empty name is accepted: a client that does not know better.
+        if !participant.is_empty() && participant != self.name {
+            return Err(Status::failed_precondition(format!(
+                "this endpoint serves participant {:?}, not {participant:?}: the registry \
+                 points {participant:?} at the wrong endpoint",
+                self.name
+            )));
+        }
+        if txn_id.is_empty() {
+            return Err(Status::invalid_argument("txn_id must not be empty"));
+        }
+        if txn_id.len() > MAX_TXN_ID {
+            return Err(Status::invalid_argument(format!(
+                "txn_id is {} bytes, more than {MAX_TXN_ID}",
+                txn_id.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl pb::participant_server::Participant for ParticipantService {
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PrepareResponse>, Status> {
+        let msg = request.into_inner();
+        self.check(&msg.participant, &msg.txn_id)?;
+        // Relative on the wire (corner case 17); 0 means the time is up.
+        let deadline = Instant::now() + Duration::from_millis(u64::from(msg.remaining_ms));
+        let vote = self
+            .writer
+            .prepare(msg.txn_id, msg.payload, deadline)
+            .await
+            .map_err(status_of)?;
+        let (vote, reason) = match vote {
+            Vote::Prepared => (pb::Vote::Prepared, String::new()),
+            Vote::ReadOnly => (pb::Vote::ReadOnly, String::new()),
+            Vote::Abort(reason) => (pb::Vote::Abort, reason),
+        };
+        Ok(Response::new(pb::PrepareResponse {
+            vote: vote as i32,
+            reason,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let msg = request.into_inner();
+        self.check(&msg.participant, &msg.txn_id)?;
+        self.writer.commit(msg.txn_id).await.map_err(status_of)?;
+        Ok(Response::new(pb::CommitResponse {}))
+    }
+
+    async fn abort(
+        &self,
+        request: Request<pb::AbortRequest>,
+    ) -> Result<Response<pb::AbortResponse>, Status> {
+        let msg = request.into_inner();
+        self.check(&msg.participant, &msg.txn_id)?;
+        self.writer
+            .abort(msg.txn_id, msg.reason)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::AbortResponse {}))
+    }
+}

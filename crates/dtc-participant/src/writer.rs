@@ -1,0 +1,576 @@
+//! The single writer: every Prepare, Commit and Abort (from the coordinator
+//! or from the in-doubt resolver) runs here, one at a time, in its own redb
+//! write transaction, on a dedicated thread (never on a tokio worker).
+//!
+//! **Group commit.** Each operation commits with `Durability::None`; after a
+//! batch of queued operations the writer makes them all durable with one
+//! `Durability::Immediate` commit (one fsync), and only then are the answers
+//! released. So no vote or acknowledgement leaves the process before the
+//! record behind it is synced (corner case 19), each operation still rolls
+//! back alone (a refused prepare discards only its own changes), and a busy
+//! participant pays one sync per batch instead of one per call.
+//!
+//! **Idempotency.** Every operation first reads the transaction's record in
+//! its own write transaction. redb admits one writer at a time and there is
+//! one writer thread, so two duplicate Prepares can never both run the
+//! resource: the second finds the first one's record and returns its answer.
+
+use crate::log::{self, LogRecord, TxnState};
+use crate::{ParticipantError, Resource, ResourceError, Vote};
+use redb::{Database, Durability, WriteTransaction};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+/// Most operations made durable by one sync.
+const MAX_BATCH: usize = 256;
+
+/// Why an operation was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// Commit for a transaction this participant has no record of: its log
+    /// was lost (corner case 12). Never acknowledged.
+    #[error(
+        "commit for transaction {0}, which this participant has no record of: refused \
+         (its participant log may have been lost or replaced; operator attention needed)"
+    )]
+    UnknownCommit(String),
+    /// A decision that contradicts the recorded one (commit after abort, ...).
+    #[error("protocol violation: {0}")]
+    Violation(String),
+    /// The application's commit/abort failed; the decision must be resent.
+    #[error("the resource failed: {0}; retry later")]
+    Resource(String),
+    /// The participant's storage failed; it needs a restart.
+    #[error("participant storage failed: {0}")]
+    Storage(String),
+    /// The participant is shutting down.
+    #[error("the participant is stopping")]
+    Stopped,
+}
+
+impl From<ParticipantError> for OpError {
+    fn from(e: ParticipantError) -> Self {
+        OpError::Storage(e.to_string())
+    }
+}
+
+macro_rules! storage_err {
+    ($($t:ty),* $(,)?) => {$(
+        impl From<$t> for OpError {
+            fn from(e: $t) -> Self {
+                OpError::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError,
+);
+
+/// The answer to an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Vote(Vote),
+    Done,
+}
+
+type Reply = oneshot::Sender<Result<Answer, OpError>>;
+
+enum Op {
+    Prepare {
+        txn_id: String,
+        payload: Vec<u8>,
+        deadline: Instant,
+        reply: Reply,
+    },
+    Commit {
+        txn_id: String,
+        reply: Reply,
+    },
+    Abort {
+        txn_id: String,
+        reason: String,
+        reply: Reply,
+    },
+    Stop,
+}
+
+/// Handle to the writer thread.
+pub(crate) struct Writer {
+    ops: Mutex<Option<mpsc::Sender<Op>>>,
+    crashed: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub(crate) fn start(
+        name: String,
+        db: Arc<Database>,
+        resource: Arc<dyn Resource>,
+    ) -> Result<Writer, ParticipantError> {
+        let (tx, rx) = mpsc::channel();
+        let crashed = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            name: name.clone(),
+            db,
+            resource,
+            rx,
+            crashed: crashed.clone(),
+            poisoned: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("dtc-participant-writer-{name}"))
+            .spawn(move || worker.run())
+            .map_err(|source| ParticipantError::Io {
+                what: "cannot start the writer thread".into(),
+                source,
+            })?;
+        Ok(Writer {
+            ops: Mutex::new(Some(tx)),
+            crashed,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    async fn submit(&self, make: impl FnOnce(Reply) -> Op) -> Result<Answer, OpError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+            let sender = ops.as_ref().ok_or(OpError::Stopped)?;
+            sender.send(make(reply)).map_err(|_| OpError::Stopped)?;
+        }
+        answer.await.unwrap_or(Err(OpError::Stopped))
+    }
+
+    /// Prepares `txn_id` (or returns its recorded vote). Without a record
+    /// and past `deadline`, votes abort without running the resource.
+    pub(crate) async fn prepare(
+        &self,
+        txn_id: String,
+        payload: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vote, OpError> {
+        match self
+            .submit(|reply| Op::Prepare {
+                txn_id,
+                payload,
+                deadline,
+                reply,
+            })
+            .await?
+        {
+            Answer::Vote(v) => Ok(v),
+            Answer::Done => Err(OpError::Storage(
+                "writer answered a prepare without a vote".into(),
+            )),
+        }
+    }
+
+    pub(crate) async fn commit(&self, txn_id: String) -> Result<(), OpError> {
+        self.submit(|reply| Op::Commit { txn_id, reply })
+            .await
+            .map(|_| ())
+    }
+
+    pub(crate) async fn abort(&self, txn_id: String, reason: String) -> Result<(), OpError> {
+        self.submit(|reply| Op::Abort {
+            txn_id,
+            reason,
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Finishes the queued operations (synced and answered), then stops.
+    pub(crate) async fn stop(&self) {
+        self.close();
+        self.join().await;
+    }
+
+    /// From now on, answers nothing, as a crash would: the operation running
+    /// now and everything queued is dropped unanswered and unsynced (for
+    /// tests; see `RunningParticipant::kill`). Then [`join`](Self::join).
+    pub(crate) fn crash(&self) {
+        self.crashed.store(true, Ordering::SeqCst);
+        self.close();
+    }
+
+    /// Accepts no more operations.
+    fn close(&self) {
+        if let Some(ops) = self.ops.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = ops.send(Op::Stop);
+        }
+    }
+
+    /// Waits for the writer thread to exit.
+    pub(crate) async fn join(&self) {
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+struct Worker {
+    name: String,
+    db: Arc<Database>,
+    resource: Arc<dyn Resource>,
+    rx: mpsc::Receiver<Op>,
+    crashed: Arc<AtomicBool>,
+    /// Set after a failed sync or commit: redb refuses further writes and the
+    /// in-process view may hold unsynced records, so nothing more is answered
+    /// from it. A restart repairs the file.
+    poisoned: Option<String>,
+}
+
+fn reply_of(op: &mut Op) -> Option<Reply> {
+    // Replaces the sender with a closed one so the op can be consumed later.
+    let (dummy, _) = oneshot::channel();
+    match op {
+        Op::Prepare { reply, .. } | Op::Commit { reply, .. } | Op::Abort { reply, .. } => {
+            Some(std::mem::replace(reply, dummy))
+        }
+        Op::Stop => None,
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Runs a resource call, turning a panic into an error so one bad payload
+/// cannot take the writer (and so the whole participant) down.
+fn guarded<T>(f: impl FnOnce() -> Result<T, ResourceError>) -> Result<T, ResourceError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => Err(ResourceError(format!(
+            "the resource panicked: {}",
+            panic_message(p)
+        ))),
+    }
+}
+
+impl Worker {
+    fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    fn run(mut self) {
+        loop {
+            let Ok(first) = self.rx.recv() else { return };
+            let mut stop = matches!(first, Op::Stop);
+            let mut batch = Vec::new();
+            if !stop {
+                batch.push(first);
+            }
+            while !stop && batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(Op::Stop) => stop = true,
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let mut answers = Vec::with_capacity(batch.len());
+            let mut dirty = false;
+            for mut op in batch {
+                if self.crashed() {
+                    return;
+                }
+                let Some(reply) = reply_of(&mut op) else {
+                    continue;
+                };
+                let result = match &self.poisoned {
+                    Some(why) => Err(OpError::Storage(format!("{why}; restart the participant"))),
+                    None => {
+                        let (result, wrote) = self.apply(op);
+                        dirty |= wrote;
+                        result
+                    }
+                };
+                answers.push((reply, result));
+            }
+            if self.crashed() {
+                return;
+            }
+            if dirty
+                && self.poisoned.is_none()
+                && let Err(e) = self.sync()
+            {
+                error!(participant = %self.name, error = %e,
+                    "syncing the participant log failed; refusing every further operation until restart");
+                self.poisoned = Some(format!("sync failed: {e}"));
+            }
+            if let Some(why) = &self.poisoned {
+                // Nothing written since the last good sync may be answered.
+                for (_, result) in answers.iter_mut() {
+                    if result.is_ok() {
+                        *result = Err(OpError::Storage(why.clone()));
+                    }
+                }
+            }
+            for (reply, result) in answers {
+                let _ = reply.send(result);
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    fn sync(&self) -> Result<(), OpError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn begin(&self) -> Result<WriteTransaction, OpError> {
+        let mut tx = self.db.begin_write()?;
+        // Made durable by the batch's sync before anyone hears about it.
+        tx.set_durability(Durability::None)?;
+        Ok(tx)
+    }
+
+    fn commit(&mut self, tx: WriteTransaction) -> Result<(), OpError> {
+        tx.commit().map_err(|e| {
+            self.poisoned = Some(format!("commit failed: {e}"));
+            OpError::Storage(e.to_string())
+        })
+    }
+
+    /// Writes `record` in a fresh transaction (after the resource's changes
+    /// were rolled back).
+    fn record_alone(&mut self, txn_id: &str, record: &LogRecord) -> Result<(), OpError> {
+        let tx = self.begin()?;
+        log::put_in(&tx, txn_id, record)?;
+        self.commit(tx)
+    }
+
+    /// Carries out one operation; returns its result and whether it wrote.
+    fn apply(&mut self, op: Op) -> (Result<Answer, OpError>, bool) {
+        let result = match op {
+            Op::Prepare {
+                txn_id,
+                payload,
+                deadline,
+                ..
+            } => self.prepare(&txn_id, payload, deadline),
+            Op::Commit { txn_id, .. } => self.commit_txn(&txn_id),
+            Op::Abort { txn_id, reason, .. } => self.abort_txn(&txn_id, &reason),
+            Op::Stop => Ok((Answer::Done, false)),
+        };
+        match result {
+            Ok((answer, wrote)) => (Ok(answer), wrote),
+            Err(e) => (Err(e), false),
+        }
+    }
+
+    fn prepare(
+        &mut self,
+        txn_id: &str,
+        payload: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<(Answer, bool), OpError> {
+        let tx = self.begin()?;
+        if let Some(rec) = log::get_in(&tx, txn_id)? {
+            tx.abort()?;
+            if rec.payload != payload && rec.state != TxnState::Tombstone {
+                warn!(participant = %self.name, txn_id,
+                    "duplicate prepare with a different payload; answering the recorded vote");
+            }
+            let vote = match rec.state {
+                TxnState::Prepared | TxnState::Committed => Vote::Prepared,
+                TxnState::ReadOnly => Vote::ReadOnly,
+                TxnState::Aborted => Vote::Abort(rec.reason),
+                TxnState::Tombstone => {
+                    Vote::Abort(format!("aborted before it was prepared ({})", rec.reason))
+                }
+            };
+            debug!(participant = %self.name, txn_id, ?vote, "duplicate prepare answered from the log");
+            return Ok((Answer::Vote(vote), false));
+        }
+        let now_ms = log::wall_ms();
+        let refuse = |reason: String| LogRecord {
+            state: TxnState::Aborted,
+            payload: payload.clone(),
+            reason,
+            voted_prepared: false,
+            updated_at_ms: now_ms,
+        };
+        if Instant::now() >= deadline {
+            // Not prepared yet, so refusing is still allowed (corner case 13).
+            let rec = refuse("the prepare deadline passed before this participant prepared".into());
+            log::put_in(&tx, txn_id, &rec)?;
+            self.commit(tx)?;
+            return Ok((Answer::Vote(Vote::Abort(rec.reason)), true));
+        }
+        let vote = guarded(|| self.resource.prepare(&tx, txn_id, &payload));
+        if self.crashed() {
+            return Err(OpError::Stopped); // the transaction is dropped unwritten
+        }
+        match vote {
+            Ok(Vote::Prepared) => {
+                let rec = LogRecord {
+                    state: TxnState::Prepared,
+                    payload: payload.clone(),
+                    reason: String::new(),
+                    voted_prepared: true,
+                    updated_at_ms: now_ms,
+                };
+                log::put_in(&tx, txn_id, &rec)?;
+                self.commit(tx)?;
+                Ok((Answer::Vote(Vote::Prepared), true))
+            }
+            Ok(Vote::ReadOnly) => {
+                drop(tx); // a read-only branch leaves nothing behind
+                let rec = LogRecord {
+                    state: TxnState::ReadOnly,
+                    payload: payload.clone(),
+                    reason: String::new(),
+                    voted_prepared: false,
+                    updated_at_ms: now_ms,
+                };
+                self.record_alone(txn_id, &rec)?;
+                Ok((Answer::Vote(Vote::ReadOnly), true))
+            }
+            Ok(Vote::Abort(reason)) => {
+                drop(tx);
+                debug!(participant = %self.name, txn_id, %reason, "voting abort");
+                self.record_alone(txn_id, &refuse(reason.clone()))?;
+                Ok((Answer::Vote(Vote::Abort(reason)), true))
+            }
+            Err(e) => {
+                drop(tx);
+                let reason = format!("prepare failed: {e}");
+                warn!(participant = %self.name, txn_id, %reason, "voting abort");
+                self.record_alone(txn_id, &refuse(reason.clone()))?;
+                Ok((Answer::Vote(Vote::Abort(reason)), true))
+            }
+        }
+    }
+
+    fn commit_txn(&mut self, txn_id: &str) -> Result<(Answer, bool), OpError> {
+        let tx = self.begin()?;
+        let Some(rec) = log::get_in(&tx, txn_id)? else {
+            tx.abort()?;
+            let e = OpError::UnknownCommit(txn_id.to_string());
+            error!(participant = %self.name, txn_id, "{e}");
+            return Err(e);
+        };
+        match rec.state {
+            TxnState::Committed => {
+                tx.abort()?;
+                debug!(participant = %self.name, txn_id, "duplicate commit acknowledged");
+                Ok((Answer::Done, false))
+            }
+            TxnState::ReadOnly => {
+                tx.abort()?;
+                debug!(participant = %self.name, txn_id, "commit for a read-only branch: nothing to do");
+                Ok((Answer::Done, false))
+            }
+            TxnState::Aborted | TxnState::Tombstone => {
+                tx.abort()?;
+                let e = OpError::Violation(format!(
+                    "commit for transaction {txn_id}, which this participant has {} ({})",
+                    if rec.state == TxnState::Aborted {
+                        "aborted"
+                    } else {
+                        "tombstoned (aborted before prepare)"
+                    },
+                    rec.reason
+                ));
+                error!(participant = %self.name, txn_id, "{e}");
+                Err(e)
+            }
+            TxnState::Prepared => {
+                let applied = guarded(|| self.resource.commit(&tx, txn_id, &rec.payload));
+                if self.crashed() {
+                    return Err(OpError::Stopped);
+                }
+                if let Err(e) = applied {
+                    drop(tx);
+                    error!(participant = %self.name, txn_id, error = %e,
+                        "commit failed in the resource; waiting for the coordinator to resend it");
+                    return Err(OpError::Resource(e.0));
+                }
+                let done = LogRecord {
+                    state: TxnState::Committed,
+                    updated_at_ms: log::wall_ms(),
+                    ..rec
+                };
+                log::put_in(&tx, txn_id, &done)?;
+                self.commit(tx)?;
+                debug!(participant = %self.name, txn_id, "committed");
+                Ok((Answer::Done, true))
+            }
+        }
+    }
+
+    fn abort_txn(&mut self, txn_id: &str, reason: &str) -> Result<(Answer, bool), OpError> {
+        let tx = self.begin()?;
+        let Some(rec) = log::get_in(&tx, txn_id)? else {
+            // Abort before prepare: a tombstone makes a late prepare vote
+            // abort (corner case 11).
+            let rec = LogRecord {
+                state: TxnState::Tombstone,
+                payload: Vec::new(),
+                reason: reason.to_string(),
+                voted_prepared: false,
+                updated_at_ms: log::wall_ms(),
+            };
+            log::put_in(&tx, txn_id, &rec)?;
+            self.commit(tx)?;
+            info!(participant = %self.name, txn_id, "abort before prepare: tombstone recorded");
+            return Ok((Answer::Done, true));
+        };
+        match rec.state {
+            TxnState::Aborted | TxnState::Tombstone | TxnState::ReadOnly => {
+                tx.abort()?;
+                debug!(participant = %self.name, txn_id, state = rec.state.as_str(), "abort acknowledged");
+                Ok((Answer::Done, false))
+            }
+            TxnState::Committed => {
+                tx.abort()?;
+                let e = OpError::Violation(format!(
+                    "abort for transaction {txn_id}, which this participant has committed"
+                ));
+                error!(participant = %self.name, txn_id, "{e}");
+                Err(e)
+            }
+            TxnState::Prepared => {
+                let undone = guarded(|| self.resource.abort(&tx, txn_id, &rec.payload, reason));
+                if self.crashed() {
+                    return Err(OpError::Stopped);
+                }
+                if let Err(e) = undone {
+                    drop(tx);
+                    error!(participant = %self.name, txn_id, error = %e,
+                        "abort failed in the resource; waiting for the coordinator to resend it");
+                    return Err(OpError::Resource(e.0));
+                }
+                let done = LogRecord {
+                    state: TxnState::Aborted,
+                    reason: reason.to_string(),
+                    updated_at_ms: log::wall_ms(),
+                    ..rec
+                };
+                log::put_in(&tx, txn_id, &done)?;
+                self.commit(tx)?;
+                debug!(participant = %self.name, txn_id, "aborted");
+                Ok((Answer::Done, true))
+            }
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! The participant SDK against a test resource, over real gRPC on loopback:
+//! idempotency under duplicate and reordered messages, tombstones, refused
+//! commits, deadlines, and restarts at each point of a branch's life.
+
+use dtc_participant::redb::{self, ReadableDatabase, ReadableTable, TableDefinition};
+use dtc_participant::{
+    ParticipantServer, PreparedTxn, Resource, ResourceError, RunningParticipant, TxnState, Vote,
+};
+use dtc_proto::v1 as pb;
+use pb::participant_client::ParticipantClient;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Rows the test resource writes: `pending:<id>` at prepare, `done:<id>` at
+/// commit (and `pending` removed at commit/abort).
+const KV: TableDefinition<&str, &str> = TableDefinition::new("test_kv");
+const NAME: &str = "p1";
+
+/// A resource whose behaviour depends on the payload: `abort`, `ro`, `err`,
+/// `panic`, `gate` (blocks until released), anything else prepares.
+#[derive(Default)]
+struct TestResource {
+    calls: Mutex<HashMap<(String, &'static str), usize>>,
+    recovered: Mutex<Vec<PreparedTxn>>,
+    entered: Notify,
+    gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl TestResource {
+    fn count(&self, txn: &str, what: &'static str) -> usize {
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .get(&(txn.to_string(), what))
+            .unwrap_or(&0)
+    }
+
+    fn note(&self, txn: &str, what: &'static str) {
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .entry((txn.to_string(), what))
+            .or_default() += 1;
+    }
+}
+
+impl Resource for TestResource {
+    fn prepare(
+        &self,
+        tx: &redb::WriteTransaction,
+        txn_id: &str,
+        payload: &[u8],
+    ) -> Result<Vote, ResourceError> {
+        self.note(txn_id, "prepare");
+        // Changes made before a refusal must be discarded by the SDK.
+        tx.open_table(KV)?
+            .insert(format!("pending:{txn_id}").as_str(), "x")?;
+        match payload {
+            b"abort" => Ok(Vote::Abort("test says no".into())),
+            b"ro" => Ok(Vote::ReadOnly),
+            b"err" => Err(ResourceError::new("disk on fire")),
+            b"panic" => panic!("resource bug"),
+            b"gate" => {
+                let gate = self.gate.lock().unwrap().take();
+                self.entered.notify_one();
+                if let Some(g) = gate {
+                    let _ = g.recv_timeout(Duration::from_secs(20));
+                }
+                Ok(Vote::Prepared)
+            }
+            _ => Ok(Vote::Prepared),
+        }
+    }
+
+    fn commit(
+        &self,
+        tx: &redb::WriteTransaction,
+        txn_id: &str,
+        _payload: &[u8],
+    ) -> Result<(), ResourceError> {
+        self.note(txn_id, "commit");
+        let mut t = tx.open_table(KV)?;
+        t.remove(format!("pending:{txn_id}").as_str())?;
+        t.insert(format!("done:{txn_id}").as_str(), "x")?;
+        Ok(())
+    }
+
+    fn abort(
+        &self,
+        tx: &redb::WriteTransaction,
+        txn_id: &str,
+        _payload: &[u8],
+        _reason: &str,
+    ) -> Result<(), ResourceError> {
+        self.note(txn_id, "abort");
+        tx.open_table(KV)?
+            .remove(format!("pending:{txn_id}").as_str())?;
+        Ok(())
+    }
+
+    fn recover(
+        &self,
+        _tx: &redb::WriteTransaction,
+        prepared: &[PreparedTxn],
+    ) -> Result<(), ResourceError> {
+        self.recovered
+            .lock()
+            .unwrap()
+            .extend(prepared.iter().cloned());
+        Ok(())
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    resource: Arc<TestResource>,
+    running: Option<RunningParticipant>,
+    client: ParticipantClient<Channel>,
+}
+
+async fn start_on(
+    dir: &Path,
+    resource: Arc<TestResource>,
+) -> (RunningParticipant, ParticipantClient<Channel>) {
+    let db = dtc_participant::open_database(dir).expect("open the database");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = ParticipantServer::builder(NAME, db, resource)
+        .start(listener)
+        .await
+        .expect("start the participant");
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", running.local_addr()))
+            .unwrap()
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+    (running, ParticipantClient::new(channel))
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let resource = Arc::new(TestResource::default());
+        let (running, client) = start_on(dir.path(), resource.clone()).await;
+        Harness {
+            dir,
+            resource,
+            running: Some(running),
+            client,
+        }
+    }
+
+    fn running(&self) -> &RunningParticipant {
+        self.running.as_ref().unwrap()
+    }
+
+    /// Stops and starts again on the same file with a fresh resource.
+    async fn restart(&mut self) {
+        self.running.take().unwrap().shutdown().await;
+        self.start_again().await;
+    }
+
+    async fn start_again(&mut self) {
+        self.resource = Arc::new(TestResource::default());
+        let (running, client) = start_on(self.dir.path(), self.resource.clone()).await;
+        self.running = Some(running);
+        self.client = client;
+    }
+
+    async fn prepare(
+        &self,
+        txn: &str,
+        payload: &[u8],
+        remaining_ms: u32,
+    ) -> Result<(pb::Vote, String), tonic::Status> {
+        let r = self
+            .client
+            .clone()
+            .prepare(pb::PrepareRequest {
+                txn_id: txn.into(),
+                participant: NAME.into(),
+                payload: payload.to_vec(),
+                remaining_ms,
+            })
+            .await?
+            .into_inner();
+        Ok((pb::Vote::try_from(r.vote).unwrap(), r.reason))
+    }
+
+    async fn commit(&self, txn: &str) -> Result<(), tonic::Status> {
+        self.client
+            .clone()
+            .commit(pb::CommitRequest {
+                txn_id: txn.into(),
+                participant: NAME.into(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn abort(&self, txn: &str) -> Result<(), tonic::Status> {
+        self.client
+            .clone()
+            .abort(pb::AbortRequest {
+                txn_id: txn.into(),
+                participant: NAME.into(),
+                reason: "test abort".into(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    fn state(&self, txn: &str) -> Option<TxnState> {
+        self.running().log().get(txn).unwrap().map(|r| r.state)
+    }
+}
+
+/// The test resource's rows, read from the file directly (after shutdown).
+fn kv_rows(dir: &Path) -> Vec<String> {
+    let db = redb::Database::open(dir.join(dtc_participant::DATABASE_FILE)).unwrap();
+    let tx = db.begin_read().unwrap();
+    let t = match tx.open_table(KV) {
+        Ok(t) => t,
+        Err(_) => return vec![],
+    };
+    t.iter()
+        .unwrap()
+        .map(|r| r.unwrap().0.value().to_string())
+        .collect()
+}
+
+const T: u32 = 5000;
+
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("test took over 60 s")
+}
+
+#[tokio::test]
+async fn duplicate_prepare_commit_and_abort_get_the_recorded_answer_and_run_once() {
+    bounded(async {
+        let h = Harness::start().await;
+        assert_eq!(
+            h.prepare("t1", b"x", T).await.unwrap().0,
+            pb::Vote::Prepared
+        );
+        assert_eq!(
+            h.prepare("t1", b"x", T).await.unwrap().0,
+            pb::Vote::Prepared
+        );
+        assert_eq!(h.resource.count("t1", "prepare"), 1);
+        assert_eq!(h.state("t1"), Some(TxnState::Prepared));
+        h.commit("t1").await.unwrap();
+        h.commit("t1").await.unwrap();
+        assert_eq!(h.resource.count("t1", "commit"), 1);
+        // A late duplicate prepare after the commit gets the recorded vote.
+        assert_eq!(
+            h.prepare("t1", b"x", T).await.unwrap().0,
+            pb::Vote::Prepared
+        );
+        assert_eq!(h.resource.count("t1", "prepare"), 1);
+        // Abort after commit contradicts the decision.
+        let e = h.abort("t1").await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("committed"), "{e:?}");
+        assert_eq!(h.resource.count("t1", "abort"), 0);
+        assert_eq!(h.state("t1"), Some(TxnState::Committed));
+
+        // And the abort path, duplicated.
+        assert_eq!(
+            h.prepare("t2", b"x", T).await.unwrap().0,
+            pb::Vote::Prepared
+        );
+        h.abort("t2").await.unwrap();
+        h.abort("t2").await.unwrap();
+        assert_eq!(h.resource.count("t2", "abort"), 1);
+        let e = h.commit("t2").await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(e.message().contains("aborted"), "{e:?}");
+        assert_eq!(h.resource.count("t2", "commit"), 0);
+        let (vote, reason) = h.prepare("t2", b"x", T).await.unwrap();
+        assert_eq!(
+            vote,
+            pb::Vote::Abort,
+            "a prepare after the abort is refused"
+        );
+        assert!(reason.contains("test abort"), "{reason}");
+        h.running.unwrap().shutdown().await;
+        assert_eq!(kv_rows(h.dir.path()), vec!["done:t1".to_string()]);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn concurrent_duplicate_prepares_run_the_resource_once() {
+    bounded(async {
+        let h = Harness::start().await;
+        let votes = futures::future::join_all((0..32).map(|_| h.prepare("same", b"x", T))).await;
+        for v in votes {
+            assert_eq!(v.unwrap().0, pb::Vote::Prepared);
+        }
+        assert_eq!(h.resource.count("same", "prepare"), 1);
+        let acks = futures::future::join_all((0..16).map(|_| h.commit("same"))).await;
+        assert!(acks.iter().all(|a| a.is_ok()), "{acks:?}");
+        assert_eq!(h.resource.count("same", "commit"), 1);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn abort_before_prepare_leaves_a_tombstone_so_a_late_prepare_votes_abort() {
+    bounded(async {
+        let h = Harness::start().await;
+        h.abort("early").await.unwrap();
+        assert_eq!(h.state("early"), Some(TxnState::Tombstone));
+        let (vote, reason) = h.prepare("early", b"x", T).await.unwrap();
+        assert_eq!(vote, pb::Vote::Abort);
+        assert!(reason.contains("before it was prepared"), "{reason}");
+        assert_eq!(
+            h.resource.count("early", "prepare"),
+            0,
+            "the resource never ran"
+        );
+        h.abort("early").await.unwrap();
+        assert_eq!(
+            h.commit("early").await.unwrap_err().code(),
+            Code::FailedPrecondition
+        );
+        assert_eq!(h.state("early"), Some(TxnState::Tombstone));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn commit_for_an_unknown_transaction_is_refused_and_never_acknowledged() {
+    bounded(async {
+        let h = Harness::start().await;
+        for _ in 0..3 {
+            let e = h.commit("ghost").await.unwrap_err();
+            assert_eq!(e.code(), Code::FailedPrecondition);
+            assert!(e.message().contains("no record"), "{e:?}");
+        }
+        assert_eq!(h.state("ghost"), None, "a refused commit records nothing");
+        assert_eq!(h.resource.count("ghost", "commit"), 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn refusals_discard_the_resource_changes_and_are_recorded() {
+    bounded(async {
+        let h = Harness::start().await;
+        let (v, reason) = h.prepare("no", b"abort", T).await.unwrap();
+        assert_eq!((v, reason.as_str()), (pb::Vote::Abort, "test says no"));
+        let (v, reason) = h.prepare("err", b"err", T).await.unwrap();
+        assert_eq!(v, pb::Vote::Abort);
+        assert!(reason.contains("disk on fire"), "{reason}");
+        let (v, reason) = h.prepare("boom", b"panic", T).await.unwrap();
+        assert_eq!(v, pb::Vote::Abort);
+        assert!(reason.contains("panicked"), "{reason}");
+        assert_eq!(
+            h.prepare("ro", b"ro", T).await.unwrap().0,
+            pb::Vote::ReadOnly
+        );
+        // Recorded: duplicates get the same answers without running again.
+        assert_eq!(
+            h.prepare("no", b"abort", T).await.unwrap().1,
+            "test says no"
+        );
+        assert_eq!(
+            h.prepare("ro", b"ro", T).await.unwrap().0,
+            pb::Vote::ReadOnly
+        );
+        assert_eq!(h.resource.count("no", "prepare"), 1);
+        assert_eq!(h.resource.count("ro", "prepare"), 1);
+        assert_eq!(h.state("no"), Some(TxnState::Aborted));
+        assert_eq!(h.state("ro"), Some(TxnState::ReadOnly));
+        // The coordinator's abort of a refused branch is simply acknowledged.
+        h.abort("no").await.unwrap();
+        assert_eq!(h.resource.count("no", "abort"), 0);
+        // Still serving after the panic.
+        assert_eq!(
+            h.prepare("after", b"x", T).await.unwrap().0,
+            pb::Vote::Prepared
+        );
+        h.running.unwrap().shutdown().await;
+        assert_eq!(kv_rows(h.dir.path()), vec!["pending:after".to_string()]);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn no_time_left_votes_abort_before_preparing_but_never_after() {
+    bounded(async {
+        let h = Harness::start().await;
+        let (v, reason) = h.prepare("late", b"x", 0).await.unwrap();
+        assert_eq!(v, pb::Vote::Abort);
+        assert!(reason.contains("deadline"), "{reason}");
+        assert_eq!(h.resource.count("late", "prepare"), 0);
+        // Once prepared, a duplicate with no time left still says prepared
+        // (corner case 13: no unilateral abort after the vote).
+        assert_eq!(
+            h.prepare("ok", b"x", T).await.unwrap().0,
+            pb::Vote::Prepared
+        );
+        assert_eq!(
+            h.prepare("ok", b"x", 0).await.unwrap().0,
+            pb::Vote::Prepared
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn calls_for_another_participant_name_or_without_an_id_are_refused() {
+    bounded(async {
+        let h = Harness::start().await;
+        let e = h
+            .client
+            .clone()
+            .prepare(pb::PrepareRequest {
+                txn_id: "t".into(),
+                participant: "other".into(),
+                payload: vec![],
+                remaining_ms: T,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        let e = h.prepare("", b"x", T).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn prepared_transactions_survive_a_restart_and_are_handed_to_recover() {
+    bounded(async {
+        let mut h = Harness::start().await;
+        h.prepare("p1", b"alpha", T).await.unwrap();
+        h.prepare("p2", b"beta", T).await.unwrap();
+        h.commit("p2").await.unwrap();
+        h.abort("gone").await.unwrap();
+        h.restart().await;
+        let recovered = h.resource.recovered.lock().unwrap().clone();
+        assert_eq!(
+            recovered,
+            vec![PreparedTxn {
+                txn_id: "p1".into(),
+                payload: b"alpha".to_vec()
+            }]
+        );
+        assert_eq!(h.state("p1"), Some(TxnState::Prepared));
+        assert_eq!(h.state("p2"), Some(TxnState::Committed));
+        assert_eq!(h.state("gone"), Some(TxnState::Tombstone));
+        // Decided but maybe not acknowledged: the coordinator resends, and
+        // the duplicate is acknowledged without applying twice.
+        h.commit("p2").await.unwrap();
+        assert_eq!(h.resource.count("p2", "commit"), 0);
+        h.commit("p1").await.unwrap();
+        assert_eq!(h.resource.count("p1", "commit"), 1);
+        h.running.take().unwrap().shutdown().await;
+        let mut rows = kv_rows(h.dir.path());
+        rows.sort();
+        assert_eq!(rows, vec!["done:p1".to_string(), "done:p2".to_string()]);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn crash_before_the_prepare_record_is_written_leaves_no_record() {
+    bounded(async {
+        let mut h = Harness::start().await;
+        let (release, gate) = std::sync::mpsc::channel();
+        *h.resource.gate.lock().unwrap() = Some(gate);
+        let entered = h.resource.entered.notified();
+        let pending = {
+            let c = h.client.clone();
+            tokio::spawn(async move {
+                let mut c = c;
+                c.prepare(pb::PrepareRequest {
+                    txn_id: "mid".into(),
+                    participant: NAME.into(),
+                    payload: b"gate".to_vec(),
+                    remaining_ms: T,
+                })
+                .await
+            })
+        };
+        entered.await; // the resource is inside prepare, the record is not written
+        let killing = tokio::spawn(h.running.take().unwrap().kill());
+        release.send(()).unwrap();
+        killing.await.unwrap();
+        let answer = pending.await.unwrap();
+        assert!(
+            answer.is_err(),
+            "a killed participant must not vote: {answer:?}"
+        );
+
+        h.start_again().await;
+        assert_eq!(h.state("mid"), None, "nothing was recorded");
+        assert!(h.resource.recovered.lock().unwrap().is_empty());
+        // What the coordinator then does: commit is impossible (it never saw a
+        // yes vote, but if it did, refusing is right); abort leaves a tombstone.
+        assert_eq!(
+            h.commit("mid").await.unwrap_err().code(),
+            Code::FailedPrecondition
+        );
+        h.abort("mid").await.unwrap();
+        assert_eq!(h.prepare("mid", b"x", T).await.unwrap().0, pb::Vote::Abort);
+        h.running.take().unwrap().shutdown().await;
+        assert!(
+            kv_rows(h.dir.path()).is_empty(),
+            "the resource's change was not kept"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_server_answers_grpc_health_checks() {
+    bounded(async {
+        let h = Harness::start().await;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", h.running().local_addr()))
+                .unwrap()
+                .connect_lazy();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        for service in ["", "dtc.v1.Participant"] {
+            let r = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                r.status,
+                tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+                "service {service:?}"
+            );
+        }
+    })
+    .await
+}
