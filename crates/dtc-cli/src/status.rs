@@ -72,7 +72,12 @@ pub async fn run(args: StatusArgs) -> ExitCode {
         futures::future::join_all(args.coordinators.iter().map(|a| ask(a, timeout))).await;
     let reachable: Vec<&ClusterStatusResponse> =
         answers.iter().filter_map(|r| r.as_ref().ok()).collect();
-    let leader_view = reachable.iter().find(|s| s.role == "leader").copied();
+    // A restarted ex-leader can briefly claim its old term; the highest term wins.
+    let leader_view = reachable
+        .iter()
+        .filter(|s| s.role == "leader")
+        .max_by_key(|s| s.term)
+        .copied();
     let leader = leader_view
         .map(|s| s.node_id)
         .or_else(|| reachable.iter().find_map(|s| s.leader_id));

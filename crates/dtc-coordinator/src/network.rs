@@ -28,6 +28,11 @@ use tonic::{Request, Response, Status};
 pub struct NetworkFactory {
     pub cluster: String,
     pub channels: Channels,
+    /// Pause before retrying an unreachable peer. Must stay well under the
+    /// election timeout: a (re)started peer that hears nothing from the
+    /// leader before its election timer fires campaigns with a higher vote
+    /// and deposes a healthy leader. openraft's default is 500 ms.
+    pub unreachable_backoff: std::time::Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -39,6 +44,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: node.addr.clone(),
             cluster: self.cluster.clone(),
             channels: self.channels.clone(),
+            unreachable_backoff: self.unreachable_backoff,
         }
     }
 }
@@ -48,6 +54,7 @@ pub struct PeerClient {
     addr: String,
     cluster: String,
     channels: Channels,
+    unreachable_backoff: std::time::Duration,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
@@ -126,6 +133,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
         self.call(RpcKind::Vote, &rpc, &option).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(self.unreachable_backoff))
     }
 }
 

@@ -129,6 +129,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let network = NetworkFactory {
         cluster: config.cluster.clone(),
         channels: channels.clone(),
+        unreachable_backoff: Duration::from_millis(config.heartbeat_ms.min(50)),
     };
     let raft = Raft::new(
         config.id,
@@ -211,6 +212,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .is_initialized()
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?
+        && !peers_already_formed(&shared).await
     {
         let members: BTreeMap<u64, BasicNode> = shared
             .config
@@ -245,6 +247,45 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         Some(Ok(Err(e))) => Err(NodeError::Serve(e)),
         Some(Err(e)) => Err(NodeError::Raft(format!("server task: {e}"))),
         _ => Ok(()),
+    }
+}
+
+/// True if some peer already belongs to an initialized cluster. A pristine
+/// node that starts late must then wait to be replicated to: initializing
+/// would make it campaign at once and depose the healthy leader.
+async fn peers_already_formed(shared: &Shared) -> bool {
+    let probes = shared
+        .config
+        .peers
+        .iter()
+        .filter(|(id, _)| **id != shared.config.id)
+        .map(|(id, addr)| {
+            let channels = shared.channels.clone();
+            async move {
+                let channel = channels.get(addr).ok()?;
+                let mut req = tonic::Request::new(dtc_proto::v1::ClusterStatusRequest {});
+                req.set_timeout(Duration::from_millis(300));
+                let status = dtc_proto::v1::coordinator_client::CoordinatorClient::new(channel)
+                    .cluster_status(req)
+                    .await
+                    .ok()?
+                    .into_inner();
+                (!status.members.is_empty()).then_some(*id)
+            }
+        });
+    let formed: Vec<u64> = futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if formed.is_empty() {
+        false
+    } else {
+        info!(
+            ?formed,
+            "peers already form a cluster; joining it instead of initializing"
+        );
+        true
     }
 }
 

@@ -132,6 +132,38 @@ impl Router {
         }
     }
 
+    /// A forwarded call that failed in transport (the leader died, or the
+    /// connection broke) is a leadership problem for the client: answer
+    /// UNAVAILABLE so it retries with the same id. Statuses the leader itself
+    /// chose pass through unchanged.
+    fn forward_failed(&self, addr: &str, status: Status) -> Status {
+        match status.code() {
+            tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
+                if status.metadata().get(LEADER_HINT_HEADER).is_none() =>
+            {
+                let hint = self
+                    .shared
+                    .config
+                    .peers
+                    .iter()
+                    .find(|(_, a)| a.as_str() == addr)
+                    .map(|(id, a)| (*id, a.as_str()));
+                unavailable_with_hint(
+                    format!(
+                        "forwarding to the leader at {addr} failed ({}: {}); retry with the same txn_id",
+                        status.code(),
+                        status.message()
+                    ),
+                    hint,
+                )
+            }
+            _ => status,
+        }
+    }
+
     fn forward_client(
         &self,
         addr: &str,
@@ -345,6 +377,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     .forward_client(&addr)?
                     .execute(self.router.forwarded(fwd, &meta, hops))
                     .await
+                    .map_err(|e| self.router.forward_failed(&addr, e))
             }
         }
     }
@@ -374,12 +407,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     transaction: Some(txn_info(&record)),
                 }))
             }
-            Route::Forward { addr, hops } => {
-                self.router
-                    .forward_client(&addr)?
-                    .get_transaction(self.router.forwarded(msg, &meta, hops))
-                    .await
-            }
+            Route::Forward { addr, hops } => self
+                .router
+                .forward_client(&addr)?
+                .get_transaction(self.router.forwarded(msg, &meta, hops))
+                .await
+                .map_err(|e| self.router.forward_failed(&addr, e)),
         }
     }
 
@@ -420,12 +453,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     next_after_txn_id: next,
                 }))
             }
-            Route::Forward { addr, hops } => {
-                self.router
-                    .forward_client(&addr)?
-                    .list_transactions(self.router.forwarded(msg, &meta, hops))
-                    .await
-            }
+            Route::Forward { addr, hops } => self
+                .router
+                .forward_client(&addr)?
+                .list_transactions(self.router.forwarded(msg, &meta, hops))
+                .await
+                .map_err(|e| self.router.forward_failed(&addr, e)),
         }
     }
 
@@ -500,12 +533,12 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     .map_err(|e| Status::unavailable(format!("not registered: {e}; retry")))?;
                 Ok(Response::new(pb::RegisterParticipantResponse {}))
             }
-            Route::Forward { addr, hops } => {
-                self.router
-                    .forward_client(&addr)?
-                    .register_participant(self.router.forwarded(msg, &meta, hops))
-                    .await
-            }
+            Route::Forward { addr, hops } => self
+                .router
+                .forward_client(&addr)?
+                .register_participant(self.router.forwarded(msg, &meta, hops))
+                .await
+                .map_err(|e| self.router.forward_failed(&addr, e)),
         }
     }
 }
@@ -584,6 +617,7 @@ impl pb::in_doubt_server::InDoubt for InDoubtService {
                 pb::in_doubt_client::InDoubtClient::new(ch)
                     .query_outcome(self.router.forwarded(msg, &meta, hops))
                     .await
+                    .map_err(|e| self.router.forward_failed(&addr, e))
             }
         }
     }
