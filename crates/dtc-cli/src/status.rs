@@ -10,7 +10,7 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct StatusArgs {
     /// Coordinator addresses, HOST:PORT, comma separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required = true, env = "DTC_COORDINATORS")]
     coordinators: Vec<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
