@@ -29,6 +29,28 @@
 //!   always bounded by a deadline: no test synchronizes on a fixed sleep.
 //!
 //! Every RPC the harness makes carries a per-call timeout ([`request`]).
+//!
+//! The failover suite (docs/testing.md) adds:
+//!
+//! - [`ClusterOptions`]: timing, a proxy per coordinator link
+//!   ([`net::Mesh`], via `--peer-addr-override`), environment for a node's
+//!   next start (`FAILPOINTS`), and tolerating crashes
+//!   ([`Cluster::expect_crashes`], [`Cluster::take_exited`]).
+//! - [`Cluster::pause`] / [`Cluster::resume`] (SIGSTOP / SIGCONT).
+//! - [`net`]: per-link TCP proxies that refuse or black-hole traffic.
+//! - [`ledger`]: `dtc participant` ledger processes behind proxies.
+//! - [`testbed`]: coordinators + ledgers + a client, with a supervisor that
+//!   restarts crashed processes and a fault timeline.
+//! - [`bank`], [`checker`], [`nemesis`], [`report`]: the Jepsen-style bank
+//!   workload, its checker, the seeded fault schedule and the run report.
+
+pub mod bank;
+pub mod checker;
+pub mod ledger;
+pub mod nemesis;
+pub mod net;
+pub mod report;
+pub mod testbed;
 
 use dtc_proto::v1 as pb;
 use pb::coordinator_client::CoordinatorClient;
@@ -41,6 +63,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
@@ -232,6 +255,10 @@ pub struct Node {
     child: Mutex<Option<Child>>,
     channel: Channel,
     starts: u32,
+    /// Environment for the next start only (e.g. `FAILPOINTS`): a restarted
+    /// node runs without it unless it is set again.
+    next_env: Vec<(String, String)>,
+    paused: AtomicBool,
 }
 
 impl Node {
@@ -248,6 +275,44 @@ pub struct Cluster {
     peers: String,
     extra_args: Vec<String>,
     bin: PathBuf,
+    heartbeat_ms: u64,
+    election_timeout_ms: (u64, u64),
+    mesh: Option<Arc<net::Mesh>>,
+    /// When set, a node that exits by itself is recorded (see
+    /// [`Cluster::take_exited`]) instead of failing the test.
+    crashes_expected: AtomicBool,
+    exited: Mutex<Vec<(u64, ExitStatus)>>,
+}
+
+/// How [`Cluster::with_options`] lays out a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    /// More `dtc coordinator` flags for every node.
+    pub extra_args: Vec<String>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: (u64, u64),
+    /// Route every coordinator → coordinator link through a proxy
+    /// ([`Cluster::mesh`]). Needs a tokio runtime.
+    pub proxied: bool,
+    /// Environment for the *first* start of every node (e.g. `FAILPOINTS`);
+    /// restarts run without it.
+    pub first_start_env: Vec<(String, String)>,
+}
+
+impl ClusterOptions {
+    /// `nodes` nodes with the timing of [`Cluster::start`] (50 ms heartbeat,
+    /// 150-300 ms election timeout), no proxies, no extra environment.
+    pub fn new(nodes: usize) -> Self {
+        ClusterOptions {
+            nodes,
+            extra_args: Vec::new(),
+            heartbeat_ms: 50,
+            election_timeout_ms: (150, 300),
+            proxied: false,
+            first_start_env: Vec::new(),
+        }
+    }
 }
 
 impl Cluster {
@@ -270,6 +335,23 @@ impl Cluster {
     /// Lays out `n` nodes (ports, directories, flags) without starting any:
     /// start them one by one with [`Cluster::start_node`].
     pub fn prepare(n: usize, extra_args: &[&str]) -> Cluster {
+        let mut options = ClusterOptions::new(n);
+        options.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        Cluster::prepare_options(options)
+    }
+
+    /// Lays out and starts a cluster as `options` say.
+    pub fn with_options(options: ClusterOptions) -> Cluster {
+        let mut cluster = Cluster::prepare_options(options);
+        for id in cluster.ids() {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// [`Cluster::prepare`] with [`ClusterOptions`].
+    pub fn prepare_options(options: ClusterOptions) -> Cluster {
+        let n = options.nodes;
         let bin = dtc_bin();
         let root = tempfile::Builder::new()
             .prefix("dtc-cluster-")
@@ -300,16 +382,28 @@ impl Cluster {
                     child: Mutex::new(None),
                     channel: channel_for(addr),
                     starts: 0,
+                    next_env: options.first_start_env.clone(),
+                    paused: AtomicBool::new(false),
                 },
             );
         }
+        let mesh = options.proxied.then(|| {
+            let members: BTreeMap<u64, SocketAddr> =
+                nodes.iter().map(|(id, n)| (*id, n.addr)).collect();
+            Arc::new(net::Mesh::start(&members))
+        });
         Cluster {
             root: Some(root),
             root_path,
             nodes,
             peers,
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            extra_args: options.extra_args,
             bin,
+            heartbeat_ms: options.heartbeat_ms,
+            election_timeout_ms: options.election_timeout_ms,
+            mesh,
+            crashes_expected: AtomicBool::new(false),
+            exited: Mutex::new(Vec::new()),
         }
     }
 
@@ -339,10 +433,19 @@ impl Cluster {
             "--peers".into(),
             self.peers.clone(),
             "--election-timeout-ms".into(),
-            "150-300".into(),
+            format!(
+                "{}-{}",
+                self.election_timeout_ms.0, self.election_timeout_ms.1
+            ),
             "--heartbeat-ms".into(),
-            "50".into(),
+            self.heartbeat_ms.to_string(),
         ];
+        if let Some(mesh) = &self.mesh {
+            for o in mesh.overrides_for(id) {
+                args.push("--peer-addr-override".into());
+                args.push(o);
+            }
+        }
         args.extend(self.extra_args.iter().cloned());
         args
     }
@@ -350,6 +453,9 @@ impl Cluster {
     fn spawn(&mut self, id: u64) {
         let args = self.args(id);
         let bin = self.bin.clone();
+        // Core dumps of crash points (if the system writes any) land in the
+        // run directory, not in the source tree.
+        let cwd = self.root_path.clone();
         let node = self.node_mut(id);
         assert!(node.child().is_none(), "node {id} is already running");
         node.starts += 1;
@@ -366,17 +472,120 @@ impl Cluster {
             args.join(" ")
         )
         .expect("write the node log");
+        let env = std::mem::take(&mut node.next_env);
+        if !env.is_empty() {
+            writeln!(log, "=== harness: with environment {env:?}").expect("write the node log");
+        }
         let stderr = log.try_clone().expect("clone the log handle");
         let log_level = std::env::var("DTC_LOG").unwrap_or_else(|_| "info".into());
         let child = Command::new(&bin)
             .args(&args)
             .env("DTC_LOG", log_level)
+            .env_remove("FAILPOINTS")
+            .envs(env)
+            .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(stderr))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        node.paused.store(false, Ordering::SeqCst);
         *node.child() = Some(child);
+    }
+
+    /// Environment for node `id`'s next start only (e.g.
+    /// `("FAILPOINTS", "coordinator.takeover.scan=return")`).
+    pub fn set_next_start_env(&mut self, id: u64, env: &[(&str, &str)]) {
+        self.node_mut(id).next_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// The proxies between the nodes, if the cluster was laid out with
+    /// [`ClusterOptions::proxied`].
+    pub fn mesh(&self) -> Option<&Arc<net::Mesh>> {
+        self.mesh.as_ref()
+    }
+
+    /// From now on a node that exits by itself is recorded for
+    /// [`Cluster::take_exited`] instead of failing the test (crash-point
+    /// and nemesis tests).
+    pub fn expect_crashes(&self, expected: bool) {
+        self.crashes_expected.store(expected, Ordering::SeqCst);
+    }
+
+    /// Nodes that exited by themselves since the last call (only with
+    /// [`Cluster::expect_crashes`]), with their exit status. They count as
+    /// stopped: [`Cluster::restart`] starts them again.
+    pub fn take_exited(&self) -> Vec<(u64, ExitStatus)> {
+        self.assert_no_crash();
+        std::mem::take(&mut *self.exited.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Keeps the run directory after the cluster is dropped (a failed check
+    /// that does not panic while the cluster lives); returns its path.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        if let Some(root) = self.root.take() {
+            let _ = root.keep();
+        }
+        self.root_path.clone()
+    }
+
+    /// How many times node `id` was started.
+    pub fn starts(&self, id: u64) -> u32 {
+        self.node(id).starts
+    }
+
+    /// The OS process id of node `id`, if it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).child().as_ref().map(Child::id)
+    }
+
+    /// Stops node `id` with SIGSTOP: it keeps its sockets and state but
+    /// does nothing (a long GC pause, a VM freeze) until [`Cluster::resume`].
+    pub fn pause(&self, id: u64) {
+        let pid = self
+            .pid(id)
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        self.node(id).paused.store(true, Ordering::SeqCst);
+        self.harness_note(id, "paused (SIGSTOP)");
+    }
+
+    /// Continues a paused node (SIGCONT).
+    pub fn resume(&self, id: u64) {
+        if let Some(pid) = self.pid(id) {
+            signal(pid, nix::sys::signal::Signal::SIGCONT);
+        }
+        self.node(id).paused.store(false, Ordering::SeqCst);
+        self.harness_note(id, "resumed (SIGCONT)");
+    }
+
+    /// Whether node `id` is paused.
+    pub fn is_paused(&self, id: u64) -> bool {
+        self.node(id).paused.load(Ordering::SeqCst)
+    }
+
+    fn harness_note(&self, id: u64, what: &str) {
+        let _ = OpenOptions::new()
+            .append(true)
+            .open(&self.node(id).log_path)
+            .and_then(|mut f| writeln!(f, "=== harness: node {id} {what}"));
+    }
+
+    /// Waits until node `id` exits by itself (a crash point fired); returns
+    /// its status. The node counts as stopped afterwards.
+    pub async fn wait_exit(&self, id: u64, within: Duration) -> ExitStatus {
+        wait_until(within, format_args!("node {id} to exit"), || {
+            let mut child = self.node(id).child();
+            let status = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if status.is_some() {
+                *child = None;
+            }
+            async move { status }
+        })
+        .await
     }
 
     /// Every node id.
@@ -416,6 +625,19 @@ impl Cluster {
                 && let Ok(Some(status)) = c.try_wait()
             {
                 *child = None;
+                if self.crashes_expected.load(Ordering::SeqCst) {
+                    let _ = OpenOptions::new()
+                        .append(true)
+                        .open(&n.log_path)
+                        .and_then(|mut f| {
+                            writeln!(f, "=== harness: node {} exited by itself: {status}", n.id)
+                        });
+                    self.exited
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((n.id, status));
+                    continue;
+                }
                 panic!(
                     "node {} exited by itself ({status}); last log lines:\n{}",
                     n.id,
@@ -483,6 +705,7 @@ impl Cluster {
             .unwrap_or_else(|| panic!("node {id} is not running"));
         let _ = child.kill();
         let status = child.wait().expect("wait for a killed node");
+        node.paused.store(false, Ordering::SeqCst);
         let _ = OpenOptions::new()
             .append(true)
             .open(&node.log_path)
@@ -831,6 +1054,14 @@ impl Drop for Cluster {
                 root.keep().display()
             );
         }
+    }
+}
+
+/// Sends `sig` to process `pid` (SIGSTOP / SIGCONT for pauses).
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    if let Err(e) = nix::sys::signal::kill(pid, sig) {
+        eprintln!("harness: cannot send {sig} to {pid}: {e}");
     }
 }
 

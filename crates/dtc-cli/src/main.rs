@@ -11,8 +11,11 @@
 //! error, 3 unavailable or outcome unknown.
 
 mod client_cmds;
+mod demo;
+mod local_cluster;
 mod participant;
 mod status;
+mod up;
 
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
@@ -55,6 +58,17 @@ enum Cmd {
     /// Inspect transactions.
     #[command(subcommand)]
     Txn(client_cmds::TxnCmd),
+    /// Run a local cluster under random transfers, SIGKILL the leader and a
+    /// ledger, and check that nothing was lost.
+    ///
+    /// Three coordinators and two ledgers run as child processes on free
+    /// loopback ports in a temporary directory. Exit status 0 only if the
+    /// total balance is unchanged and every transaction has the same outcome
+    /// at the coordinators, at every ledger it touched and at its client.
+    Demo(demo::DemoArgs),
+    /// Start a local cluster (3 coordinators, 2 seeded ledgers) and keep it
+    /// running until Ctrl-C.
+    Up(up::UpArgs),
 }
 
 #[derive(clap::Args)]
@@ -71,6 +85,14 @@ struct CoordinatorArgs {
     /// Every member as ID=HOST:PORT, comma separated (this node included).
     #[arg(long, value_parser = parse_peers_arg)]
     peers: BTreeMap<u64, String>,
+    /// Address this node uses to reach peer ID instead of the address in
+    /// --peers (the membership), as ID=HOST:PORT; repeat it or separate with
+    /// commas. For a peer behind NAT or a port forward; the failover tests
+    /// route each link through a proxy this way. Other nodes, clients and
+    /// leader hints keep using the member address.
+    #[arg(long = "peer-addr-override", value_name = "ID=HOST:PORT", value_delimiter = ',',
+          value_parser = parse_override)]
+    peer_addr_override: Vec<(u64, String)>,
     /// Cluster name; a node refuses data and messages of another cluster.
     #[arg(long, default_value = "dtc")]
     cluster: String,
@@ -99,6 +121,13 @@ struct CoordinatorArgs {
 
 fn parse_peers_arg(s: &str) -> Result<BTreeMap<u64, String>, String> {
     dtc_coordinator::parse_peers(s).map_err(|e| e.to_string())
+}
+
+fn parse_override(s: &str) -> Result<(u64, String), String> {
+    let map = dtc_coordinator::parse_peers(s).map_err(|e| e.to_string())?;
+    map.into_iter()
+        .next()
+        .ok_or_else(|| format!("{s:?} is not ID=HOST:PORT"))
 }
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -156,6 +185,20 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Crash points for the failover tests (docs/testing.md): armed from
+    // $FAILPOINTS when compiled in (feature `failpoints`), refused when not,
+    // so a test never silently runs without the crash it asked for.
+    let _failpoints = if fail::has_failpoints() {
+        Some(fail::FailScenario::setup())
+    } else if std::env::var_os("FAILPOINTS").is_some() {
+        eprintln!(
+            "dtc: FAILPOINTS is set but this binary was built without the `failpoints` \
+             feature (cargo build -p dtc-cli --features failpoints)"
+        );
+        return ExitCode::from(2);
+    } else {
+        None
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -168,6 +211,7 @@ fn main() -> ExitCode {
             init_logging();
             let mut config =
                 dtc_coordinator::NodeConfig::new(args.id, args.listen, args.data_dir, args.peers);
+            config.peer_addr_overrides = args.peer_addr_override.into_iter().collect();
             config.cluster = args.cluster;
             config.heartbeat_ms = args.heartbeat_ms;
             (
@@ -211,5 +255,7 @@ fn main() -> ExitCode {
             init_logging_with("warn");
             rt.block_on(client_cmds::txn(cmd))
         }
+        Cmd::Demo(args) => rt.block_on(demo::run(args)),
+        Cmd::Up(args) => rt.block_on(up::run(args)),
     }
 }

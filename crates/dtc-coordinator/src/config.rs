@@ -16,6 +16,12 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Every member: id -> address other nodes use to reach it.
     pub peers: BTreeMap<u64, String>,
+    /// Peer id -> the address *this* node dials to reach that peer instead
+    /// of its member address (a peer behind NAT or a port forward; the
+    /// failover tests route links through fault-injecting proxies). Raft,
+    /// forwarding and start-up probes use it; the membership, leader hints
+    /// and `ClusterStatus` keep the member address.
+    pub peer_addr_overrides: BTreeMap<u64, String>,
     /// Cluster name: written into the data directory and checked on every
     /// Raft message, so nodes of two clusters never mix.
     pub cluster: String,
@@ -50,6 +56,7 @@ impl NodeConfig {
             listen,
             data_dir,
             peers,
+            peer_addr_overrides: BTreeMap::new(),
             cluster: "dtc".into(),
             heartbeat_ms: 50,
             election_timeout_min_ms: 150,
@@ -66,6 +73,13 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.peers.contains_key(&self.id) {
             return Err(ConfigError::IdNotInPeers(self.id));
+        }
+        if let Some(id) = self
+            .peer_addr_overrides
+            .keys()
+            .find(|id| **id == self.id || !self.peers.contains_key(id))
+        {
+            return Err(ConfigError::BadOverride(*id));
         }
         if self.heartbeat_ms == 0 || self.election_timeout_min_ms <= self.heartbeat_ms {
             return Err(ConfigError::Timing(
@@ -96,6 +110,8 @@ pub enum ConfigError {
     NoPeers,
     #[error("--id {0} is not one of the --peers")]
     IdNotInPeers(u64),
+    #[error("--peer-addr-override names node {0}, which is this node or not one of the --peers")]
+    BadOverride(u64),
     #[error("{0}")]
     Timing(String),
     #[error(
@@ -201,6 +217,23 @@ impl NodeConfig {
     pub fn election_timeout(&self) -> Duration {
         Duration::from_millis(self.election_timeout_max_ms)
     }
+
+    /// The address this node dials to reach peer `id`: its override, else
+    /// its member address (None for a node that is not a peer).
+    pub fn dial_addr(&self, id: u64) -> Option<&str> {
+        self.peer_addr_overrides
+            .get(&id)
+            .or_else(|| self.peers.get(&id))
+            .map(String::as_str)
+    }
+
+    /// The peer this node dials at `dial_addr`, with its member address.
+    pub fn peer_dialed_at(&self, dial_addr: &str) -> Option<(u64, &str)> {
+        self.peers
+            .iter()
+            .find(|(id, _)| self.dial_addr(**id) == Some(dial_addr))
+            .map(|(id, member)| (*id, member.as_str()))
+    }
 }
 
 #[cfg(test)]
@@ -220,6 +253,26 @@ mod tests {
         ));
         assert!(parse_peers("1=host").is_err());
         assert!(parse_peers("").is_err());
+    }
+
+    #[test]
+    fn peer_address_overrides_change_only_what_this_node_dials() {
+        let peers = parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003").unwrap();
+        let mut c = NodeConfig::new(1, "127.0.0.1:7001".parse().unwrap(), "d".into(), peers);
+        c.peer_addr_overrides = parse_peers("2=127.0.0.1:9002").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.dial_addr(2), Some("127.0.0.1:9002"));
+        assert_eq!(c.dial_addr(3), Some("127.0.0.1:7003"));
+        assert_eq!(c.dial_addr(4), None);
+        assert_eq!(
+            c.peer_dialed_at("127.0.0.1:9002"),
+            Some((2, "127.0.0.1:7002"))
+        );
+        assert_eq!(c.peer_dialed_at("127.0.0.1:7002"), None);
+        c.peer_addr_overrides = parse_peers("1=127.0.0.1:9001").unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::BadOverride(1))));
+        c.peer_addr_overrides = parse_peers("4=127.0.0.1:9004").unwrap();
+        assert!(matches!(c.validate(), Err(ConfigError::BadOverride(4))));
     }
 
     #[test]

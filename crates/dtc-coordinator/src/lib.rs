@@ -25,6 +25,8 @@
 
 pub mod channels;
 pub mod config;
+#[cfg(feature = "failpoints")]
+mod crash;
 pub mod network;
 pub mod node;
 pub mod runtime;

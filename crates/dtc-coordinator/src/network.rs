@@ -33,6 +33,9 @@ pub struct NetworkFactory {
     /// leader before its election timer fires campaigns with a higher vote
     /// and deposes a healthy leader. openraft's default is 500 ms.
     pub unreachable_backoff: std::time::Duration,
+    /// Peer id -> address to dial instead of the member address
+    /// ([`crate::NodeConfig::peer_addr_overrides`]).
+    pub peer_addr_overrides: std::collections::BTreeMap<NodeId, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -41,7 +44,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         PeerClient {
             target,
-            addr: node.addr.clone(),
+            addr: self
+                .peer_addr_overrides
+                .get(&target)
+                .unwrap_or(&node.addr)
+                .clone(),
             cluster: self.cluster.clone(),
             channels: self.channels.clone(),
             unreachable_backoff: self.unreachable_backoff,

@@ -109,6 +109,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     claim_data_dir(&config.data_dir, config.id, &config.cluster)?;
     let (log_store, state_machine) = dtc_store::open(&config.data_dir)?;
     let reader = state_machine.reader();
+    // Never purge the log past what the state machine durably covers.
+    let log_store = log_store.purge_covered_by(reader.clone());
 
     let raft_config = openraft::Config {
         cluster_name: config.cluster.clone(),
@@ -130,6 +132,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         cluster: config.cluster.clone(),
         channels: channels.clone(),
         unreachable_backoff: Duration::from_millis(config.heartbeat_ms.min(50)),
+        peer_addr_overrides: config.peer_addr_overrides.clone(),
     };
     let raft = Raft::new(
         config.id,
@@ -199,7 +202,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let serving = tokio::spawn({
         let stop = stop.clone();
         server.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // `Server::tcp_nodelay` does not reach sockets accepted from our
+            // own listener; without this, concurrent calls on one connection
+            // wait ~40 ms each for Nagle's algorithm.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             stop.cancelled_owned(),
         )
     });
@@ -261,8 +267,9 @@ async fn peers_already_formed(shared: &Shared) -> bool {
         .filter(|(id, _)| **id != shared.config.id)
         .map(|(id, addr)| {
             let channels = shared.channels.clone();
+            let addr = shared.config.dial_addr(*id).unwrap_or(addr).to_string();
             async move {
-                let channel = channels.get(addr).ok()?;
+                let channel = channels.get(&addr).ok()?;
                 let mut req = tonic::Request::new(dtc_proto::v1::ClusterStatusRequest {});
                 req.set_timeout(Duration::from_millis(300));
                 let status = dtc_proto::v1::coordinator_client::CoordinatorClient::new(channel)

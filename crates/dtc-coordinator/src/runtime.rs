@@ -217,6 +217,12 @@ impl DriverTask {
                 participant,
                 remaining_ms,
             } => {
+                // Crash point: `Begin` is applied, no prepare has left.
+                fail::fail_point!(
+                    "coordinator.prepare.before_send",
+                    crate::crash::armed_for(&txn_id),
+                    |_| crate::crash::crash("coordinator.prepare.before_send")
+                );
                 let payload = payloads.get(&participant).cloned().unwrap_or_default();
                 tokio::spawn(async move {
                     let deadline = Instant::now() + Duration::from_millis(remaining_ms);
@@ -230,6 +236,14 @@ impl DriverTask {
                 });
             }
             Action::ProposeDecision { outcome, phase2 } => {
+                // Crash point: prepares were sent (and answered), the
+                // decision is not proposed yet. Only drivers of new requests
+                // (they hold payloads), not takeover drivers.
+                fail::fail_point!(
+                    "coordinator.decision.before_propose",
+                    !payloads.is_empty() && crate::crash::armed_for(&txn_id),
+                    |_| crate::crash::crash("coordinator.decision.before_propose")
+                );
                 tokio::spawn(async move {
                     let cmd = Command::Decide {
                         txn_id,
@@ -239,6 +253,13 @@ impl DriverTask {
                     };
                     let input = match shared.propose(cmd).await {
                         Ok(CommandResult::Decided { record }) => {
+                            // Crash point: the decision is committed and
+                            // applied; no participant has heard it.
+                            fail::fail_point!(
+                                "coordinator.decision.before_phase2",
+                                crate::crash::armed_for(&record.txn_id),
+                                |_| crate::crash::crash("coordinator.decision.before_phase2")
+                            );
                             Input::Core(Event::DecisionApplied { record })
                         }
                         Ok(other) => Input::ProposalFailed(format!("unexpected result {other:?}")),
@@ -461,7 +482,15 @@ pub async fn take_over(shared: Arc<Shared>, term: u64, cancel: CancellationToken
     let catch_up = started.elapsed();
     let scan_started = Instant::now();
     let reader = shared.reader.clone();
-    let pending = match tokio::task::spawn_blocking(move || reader.pending()).await {
+    let pending = match tokio::task::spawn_blocking(move || {
+        // Crash point: a new leader dies while reading the pending index.
+        fail::fail_point!("coordinator.takeover.scan", |_| crate::crash::crash(
+            "coordinator.takeover.scan"
+        ));
+        reader.pending()
+    })
+    .await
+    {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
             error!(term, error = %e, "takeover: cannot read the pending index");

@@ -100,7 +100,8 @@ impl Router {
                     }
                 }
                 Some(id) if state != ServerState::Leader => {
-                    let addr = self.shared.config.peers.get(&id).cloned().ok_or_else(|| {
+                    let config = &self.shared.config;
+                    let member = config.peers.get(&id).ok_or_else(|| {
                         Status::unavailable(format!("leader {id} is not in this node's peer list"))
                     })?;
                     if hops >= MAX_HOPS {
@@ -108,11 +109,11 @@ impl Router {
                             format!(
                                 "request forwarded {hops} times without reaching the leader; retry"
                             ),
-                            Some((id, &addr)),
+                            Some((id, member)),
                         ));
                     }
                     return Ok(Route::Forward {
-                        addr,
+                        addr: config.dial_addr(id).unwrap_or(member).to_string(),
                         hops: hops + 1,
                     });
                 }
@@ -144,13 +145,8 @@ impl Router {
             | tonic::Code::Internal
                 if status.metadata().get(LEADER_HINT_HEADER).is_none() =>
             {
-                let hint = self
-                    .shared
-                    .config
-                    .peers
-                    .iter()
-                    .find(|(_, a)| a.as_str() == addr)
-                    .map(|(id, a)| (*id, a.as_str()));
+                // The hint names the member address (what clients dial).
+                let hint = self.shared.config.peer_dialed_at(addr);
                 unavailable_with_hint(
                     format!(
                         "forwarding to the leader at {addr} failed ({}: {}); retry with the same txn_id",
@@ -343,6 +339,13 @@ impl CoordinatorService {
             status.wait_for(|s| s.done || s.stopped),
         )
         .await;
+        // Crash point: the decision is committed (and normally acknowledged
+        // by every participant); the client has not been answered.
+        fail::fail_point!(
+            "coordinator.reply.before_client",
+            crate::crash::armed_for(&txn_id),
+            |_| crate::crash::crash("coordinator.reply.before_client")
+        );
         Ok(execute_response(&txn_id, &outcome))
     }
 }

@@ -42,6 +42,8 @@
 //! Decided records are kept (see [`log`] for why, and what pruning would need).
 
 mod coordinators;
+#[cfg(feature = "failpoints")]
+mod crash;
 mod error;
 pub mod log;
 mod resolver;
@@ -56,6 +58,7 @@ pub use resolver::InDoubtPass;
 pub use resource::{PreparedTxn, Resource, ResourceError, Vote};
 pub use server::{
     DATABASE_FILE, ParticipantBuilder, ParticipantServer, RunningParticipant, open_database,
+    open_database_with_backend,
 };
 pub use writer::OpError;
 

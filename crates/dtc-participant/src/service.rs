@@ -64,9 +64,15 @@ impl pb::participant_server::Participant for ParticipantService {
         let deadline = Instant::now() + Duration::from_millis(u64::from(msg.remaining_ms));
         let vote = self
             .writer
-            .prepare(msg.txn_id, msg.payload, deadline)
+            .prepare(msg.txn_id.clone(), msg.payload, deadline)
             .await
             .map_err(status_of)?;
+        // Crash point: the vote is logged and synced but not sent.
+        fail::fail_point!(
+            "participant.prepare.before_reply",
+            crate::crash::armed_for(&msg.txn_id),
+            |_| crate::crash::crash("participant.prepare.before_reply")
+        );
         let (vote, reason) = match vote {
             Vote::Prepared => (pb::Vote::Prepared, String::new()),
             Vote::ReadOnly => (pb::Vote::ReadOnly, String::new()),
@@ -84,7 +90,22 @@ impl pb::participant_server::Participant for ParticipantService {
     ) -> Result<Response<pb::CommitResponse>, Status> {
         let msg = request.into_inner();
         self.check(&msg.participant, &msg.txn_id)?;
-        self.writer.commit(msg.txn_id).await.map_err(status_of)?;
+        // Crash points: the decision arrived and is not handled yet; then,
+        // it is applied and synced but not acknowledged.
+        fail::fail_point!(
+            "participant.decision.on_receipt",
+            crate::crash::armed_for(&msg.txn_id),
+            |_| crate::crash::crash("participant.decision.on_receipt")
+        );
+        self.writer
+            .commit(msg.txn_id.clone())
+            .await
+            .map_err(status_of)?;
+        fail::fail_point!(
+            "participant.decision.before_ack",
+            crate::crash::armed_for(&msg.txn_id),
+            |_| crate::crash::crash("participant.decision.before_ack")
+        );
         Ok(Response::new(pb::CommitResponse {}))
     }
 
@@ -94,10 +115,20 @@ impl pb::participant_server::Participant for ParticipantService {
     ) -> Result<Response<pb::AbortResponse>, Status> {
         let msg = request.into_inner();
         self.check(&msg.participant, &msg.txn_id)?;
+        fail::fail_point!(
+            "participant.decision.on_receipt",
+            crate::crash::armed_for(&msg.txn_id),
+            |_| crate::crash::crash("participant.decision.on_receipt")
+        );
         self.writer
-            .abort(msg.txn_id, msg.reason)
+            .abort(msg.txn_id.clone(), msg.reason)
             .await
             .map_err(status_of)?;
+        fail::fail_point!(
+            "participant.decision.before_ack",
+            crate::crash::armed_for(&msg.txn_id),
+            |_| crate::crash::crash("participant.decision.before_ack")
+        );
         Ok(Response::new(pb::AbortResponse {}))
     }
 }

@@ -495,9 +495,19 @@ async fn crash_before_the_prepare_record_is_written_leaves_no_record() {
             })
         };
         entered.await; // the resource is inside prepare, the record is not written
-        let killing = tokio::spawn(h.running.take().unwrap().kill());
+        // Poll the kill once so its first, synchronous step (stopping the
+        // writer) has happened before the resource is let go; a spawned task
+        // might not have run yet, and the writer would then finish normally.
+        let mut killing = Box::pin(h.running.take().unwrap().kill());
+        let killed = tokio::select! {
+            biased;
+            _ = &mut killing => true,
+            _ = std::future::ready(()) => false,
+        };
         release.send(()).unwrap();
-        killing.await.unwrap();
+        if !killed {
+            killing.await;
+        }
         let answer = pending.await.unwrap();
         assert!(
             answer.is_err(),

@@ -79,3 +79,12 @@ from_redb!(
     redb::CommitError,
     redb::SetDurabilityError,
 );
+
+impl From<crate::files::CreateError> for StoreError {
+    fn from(e: crate::files::CreateError) -> Self {
+        match e {
+            crate::files::CreateError::Redb(e) => StoreError::Redb(e.into()),
+            crate::files::CreateError::Io { path, source } => StoreError::Io { path, source },
+        }
+    }
+}

@@ -65,11 +65,16 @@
 //!
 //! [redb]: https://docs.rs/redb
 
+#[cfg(feature = "failpoints")]
+mod crash;
 mod error;
+pub mod files;
 mod log_store;
 mod reader;
 mod state_machine;
 mod tables;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 
 use std::path::Path;
 

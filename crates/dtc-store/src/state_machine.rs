@@ -48,8 +48,23 @@ struct SnapshotData {
 impl StateMachineStore {
     /// Opens (creating if missing) a state machine database file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = redb::Builder::new().create(path)?;
+        let db = crate::files::create_database(&redb::Builder::new(), path)?;
         crate::tables::init(&db, path, SM_META, |txn| {
+            txn.open_table(TXNS)?;
+            txn.open_table(PENDING)?;
+            txn.open_table(COMPLETED)?;
+            txn.open_table(PARTICIPANTS)?;
+            txn.open_table(SNAPSHOT)?;
+            Ok(())
+        })?;
+        Ok(StateMachineStore { db: Arc::new(db) })
+    }
+
+    /// Opens (creating if empty) a state machine database on a custom redb
+    /// storage backend instead of a file, e.g. a simulated disk for crash tests.
+    pub fn open_with_backend(backend: impl redb::StorageBackend) -> Result<Self, StoreError> {
+        let db = redb::Builder::new().create_with_backend(backend)?;
+        crate::tables::init(&db, Path::new("<storage backend>"), SM_META, |txn| {
             txn.open_table(TXNS)?;
             txn.open_table(PENDING)?;
             txn.open_table(COMPLETED)?;
@@ -352,6 +367,10 @@ fn install_snapshot_sync(db: &Database, meta: &Meta, bytes: Vec<u8>) -> Result<(
         s.insert(SNAPSHOT_META_KEY, encode("snapshot meta", meta)?.as_slice())?;
         s.insert(SNAPSHOT_DATA_KEY, bytes.as_slice())?;
     }
+    // Crash point: the snapshot is written but not committed.
+    fail::fail_point!("store.snapshot.install", |_| crate::crash::crash(
+        "store.snapshot.install"
+    ));
     txn.commit()?;
     Ok(())
 }

@@ -1,0 +1,429 @@
+//! Crash simulation for redb files (feature `test-support`; tests only).
+//!
+//! [`SimDisk`] is a [`redb::StorageBackend`] that keeps the file in memory and
+//! records every write, `set_len` and `sync_data` it receives, each stamped
+//! with a ticket from an [`OpClock`] (one clock can be shared by several
+//! disks, so "a crash at clock `k`" means the same instant for all of them).
+//! From the recorded [`Trace`], a [`Replayer`] rebuilds the file a crash at
+//! any instant would leave behind, under a [`CrashMode`]:
+//!
+//! - [`CrashMode::SyncedOnly`]: power loss with the worst luck: only what a
+//!   completed `sync_data` made durable is there.
+//! - [`CrashMode::AllWritten`]: the process dies but the OS survives: every
+//!   write that reached the backend is there, synced or not.
+//! - [`CrashMode::Torn`]: power loss with the OS flushing dirty pages in any
+//!   order: each 4 KiB block written since the last sync independently holds
+//!   its durable contents or the contents after any one of the writes to it,
+//!   and the file length is any length it had since the last sync. Seeded.
+//!
+//! The same idea as redb's own `tests/crash_consistency.rs`, generalised from
+//! one frozen sync to every instant and to torn, reordered writes.
+
+use redb::StorageBackend;
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Granularity at which unsynced writes reach the disk independently in
+/// [`CrashMode::Torn`] (the page-cache page size).
+pub const BLOCK: usize = 4096;
+
+/// A shared counter that stamps every disk operation: operation `t` happened
+/// before a crash at clock `k` iff `t < k`.
+#[derive(Debug, Clone, Default)]
+pub struct OpClock(Arc<AtomicU64>);
+
+impl OpClock {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The clock now: a crash at this value keeps every operation so far.
+    /// Read it right after a call returns to timestamp its acknowledgement.
+    pub fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn tick(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::SeqCst)
+    }
+}
+
+/// One recorded disk operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskOp {
+    Write { offset: u64, data: Vec<u8> },
+    SetLen(u64),
+    Sync,
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    /// The file as the process sees it.
+    live: Vec<u8>,
+    /// The file when recording started.
+    base: Vec<u8>,
+    ops: Vec<(u64, DiskOp)>,
+}
+
+/// An in-memory redb backend that records what it is asked to write and
+/// sync. Clones share the same file.
+#[derive(Debug, Clone)]
+pub struct SimDisk {
+    state: Arc<Mutex<DiskState>>,
+    clock: OpClock,
+}
+
+impl SimDisk {
+    /// An empty file.
+    pub fn new(clock: &OpClock) -> Self {
+        Self::from_image(Vec::new(), clock)
+    }
+
+    /// A file that starts with `image` (durable), e.g. what a crash left.
+    pub fn from_image(image: Vec<u8>, clock: &OpClock) -> Self {
+        SimDisk {
+            state: Arc::new(Mutex::new(DiskState {
+                live: image.clone(),
+                base: image,
+                ops: Vec::new(),
+            })),
+            clock: clock.clone(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DiskState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of everything recorded so far.
+    pub fn trace(&self) -> Trace {
+        let s = self.lock();
+        Trace {
+            base: s.base.clone(),
+            ops: s.ops.clone(),
+        }
+    }
+
+    /// Clock values of the recorded syncs.
+    pub fn sync_clocks(&self) -> Vec<u64> {
+        self.lock()
+            .ops
+            .iter()
+            .filter(|(_, op)| *op == DiskOp::Sync)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    fn record(&self, op: DiskOp) {
+        let mut s = self.lock();
+        // Ticket taken under the lock: the order of `ops` is the clock order.
+        let t = self.clock.tick();
+        match &op {
+            DiskOp::Write { offset, data } => write_at(&mut s.live, *offset as usize, data),
+            DiskOp::SetLen(len) => s.live.resize(*len as usize, 0),
+            DiskOp::Sync => {}
+        }
+        s.ops.push((t, op));
+    }
+}
+
+fn write_at(file: &mut Vec<u8>, offset: usize, data: &[u8]) {
+    let end = offset + data.len();
+    if file.len() < end {
+        file.resize(end, 0);
+    }
+    file[offset..end].copy_from_slice(data);
+}
+
+fn to_usize(v: u64) -> io::Result<usize> {
+    usize::try_from(v).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+impl StorageBackend for SimDisk {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.lock().live.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let s = self.lock();
+        let offset = to_usize(offset)?;
+        let src = s
+            .live
+            .get(offset..offset + out.len())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        to_usize(len)?;
+        self.record(DiskOp::SetLen(len));
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.record(DiskOp::Sync);
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        to_usize(offset)?;
+        self.record(DiskOp::Write {
+            offset,
+            data: data.to_vec(),
+        });
+        Ok(())
+    }
+}
+
+/// What survives a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Only what the last completed sync made durable.
+    SyncedOnly,
+    /// Every write issued before the crash (a process crash; the OS survives).
+    AllWritten,
+    /// Durable state plus, per 4 KiB block, any one of the states the block
+    /// went through since the last sync; the length likewise. Seeded.
+    Torn { seed: u64 },
+}
+
+/// The operations recorded by one [`SimDisk`].
+#[derive(Debug, Clone)]
+pub struct Trace {
+    base: Vec<u8>,
+    ops: Vec<(u64, DiskOp)>,
+}
+
+impl Trace {
+    pub fn ops(&self) -> &[(u64, DiskOp)] {
+        &self.ops
+    }
+
+    /// Clock values of the syncs.
+    pub fn sync_clocks(&self) -> Vec<u64> {
+        self.ops
+            .iter()
+            .filter(|(_, op)| *op == DiskOp::Sync)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// Walks the trace forwards, producing crash images at increasing clocks.
+    pub fn replayer(&self) -> Replayer<'_> {
+        Replayer {
+            trace: self,
+            next: 0,
+            live: self.base.clone(),
+            durable: self.base.clone(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// The file a crash at `clock` leaves under `mode`.
+    pub fn crash_image(&self, clock: u64, mode: CrashMode) -> Vec<u8> {
+        let mut r = self.replayer();
+        r.advance_to(clock);
+        r.image(mode)
+    }
+}
+
+/// Incremental replay of a [`Trace`]: cheap for many crash points in order.
+#[derive(Debug)]
+pub struct Replayer<'a> {
+    trace: &'a Trace,
+    next: usize,
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    /// Indexes (into the trace) of the operations since the last sync.
+    pending: Vec<usize>,
+}
+
+fn apply_op(file: &mut Vec<u8>, op: &DiskOp) {
+    match op {
+        DiskOp::Write { offset, data } => write_at(file, *offset as usize, data),
+        DiskOp::SetLen(len) => file.resize(*len as usize, 0),
+        DiskOp::Sync => {}
+    }
+}
+
+impl Replayer<'_> {
+    /// Applies every operation stamped before `clock`. Clocks must not
+    /// decrease from one call to the next.
+    pub fn advance_to(&mut self, clock: u64) {
+        while let Some((t, op)) = self.trace.ops.get(self.next) {
+            if *t >= clock {
+                break;
+            }
+            apply_op(&mut self.live, op);
+            if *op == DiskOp::Sync {
+                for &i in &self.pending {
+                    apply_op(&mut self.durable, &self.trace.ops[i].1);
+                }
+                self.pending.clear();
+            } else {
+                self.pending.push(self.next);
+            }
+            self.next += 1;
+        }
+    }
+
+    /// Number of writes and length changes not yet synced at this point.
+    pub fn unsynced(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The crash image at the current point.
+    pub fn image(&self, mode: CrashMode) -> Vec<u8> {
+        match mode {
+            CrashMode::SyncedOnly => self.durable.clone(),
+            CrashMode::AllWritten => self.live.clone(),
+            CrashMode::Torn { seed } => self.torn(seed),
+        }
+    }
+
+    fn torn(&self, seed: u64) -> Vec<u8> {
+        let mut rng = Rng::new(seed ^ (self.next as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        // Every state each touched block went through, and every length.
+        let mut work = self.durable.clone();
+        let mut lens = vec![work.len()];
+        let mut versions: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+        for &i in &self.pending {
+            let op = &self.trace.ops[i].1;
+            let before = work.len();
+            apply_op(&mut work, op);
+            let touched = match op {
+                DiskOp::Write { offset, data } => {
+                    let o = *offset as usize;
+                    o / BLOCK..(o + data.len()).div_ceil(BLOCK)
+                }
+                DiskOp::SetLen(_) => {
+                    let (lo, hi) = (before.min(work.len()), before.max(work.len()));
+                    lo / BLOCK..hi.div_ceil(BLOCK)
+                }
+                DiskOp::Sync => 0..0,
+            };
+            for b in touched {
+                versions.entry(b).or_default().push(block_of(&work, b));
+            }
+            lens.push(work.len());
+        }
+        let len = lens[rng.below(lens.len())];
+        let mut image = self.durable.clone();
+        image.resize(len, 0);
+        for (b, vs) in versions {
+            let pick = rng.below(vs.len() + 1);
+            if pick == 0 {
+                continue; // the block kept its durable contents
+            }
+            let start = b * BLOCK;
+            if start >= len {
+                continue;
+            }
+            let end = (start + BLOCK).min(len);
+            image[start..end].copy_from_slice(&vs[pick - 1][..end - start]);
+        }
+        image
+    }
+}
+
+/// Block `b` of `file`, zero-padded to [`BLOCK`] bytes.
+fn block_of(file: &[u8], b: usize) -> Vec<u8> {
+    let mut out = vec![0u8; BLOCK];
+    let start = b * BLOCK;
+    if start < file.len() {
+        let end = (start + BLOCK).min(file.len());
+        out[..end - start].copy_from_slice(&file[start..end]);
+    }
+    out
+}
+
+/// A small seeded PRNG (splitmix64), so crash tests are reproducible from a
+/// printed seed without another dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    /// True with probability `num / den`.
+    pub fn chance(&mut self, num: u64, den: u64) -> bool {
+        self.next_u64() % den < num
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk_with_ops() -> (SimDisk, OpClock) {
+        let clock = OpClock::new();
+        let d = SimDisk::new(&clock);
+        d.set_len(2 * BLOCK as u64).unwrap(); // t0
+        d.write(0, &[1; 10]).unwrap(); // t1
+        d.sync_data().unwrap(); // t2
+        d.write(0, &[2; 10]).unwrap(); // t3
+        d.write(BLOCK as u64, &[3; 10]).unwrap(); // t4
+        d.set_len(3 * BLOCK as u64).unwrap(); // t5
+        (d, clock)
+    }
+
+    #[test]
+    fn synced_only_image_holds_exactly_the_writes_before_the_last_sync() {
+        let (d, clock) = disk_with_ops();
+        let t = d.trace();
+        assert_eq!(clock.now(), 6);
+        assert_eq!(t.sync_clocks(), vec![2]);
+        assert!(t.crash_image(2, CrashMode::SyncedOnly).is_empty());
+        let img = t.crash_image(3, CrashMode::SyncedOnly);
+        assert_eq!(img.len(), 2 * BLOCK);
+        assert_eq!(&img[..10], &[1; 10]);
+        assert_eq!(t.crash_image(6, CrashMode::SyncedOnly), img);
+        let all = t.crash_image(6, CrashMode::AllWritten);
+        assert_eq!(all.len(), 3 * BLOCK);
+        assert_eq!(&all[..10], &[2; 10]);
+        assert_eq!(&all[BLOCK..BLOCK + 10], &[3; 10]);
+    }
+
+    #[test]
+    fn torn_images_mix_old_and_new_blocks_and_lengths() {
+        let (d, _) = disk_with_ops();
+        let t = d.trace();
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let img = t.crash_image(6, CrashMode::Torn { seed });
+            seen.insert((img.len(), img[0], img[BLOCK]));
+        }
+        // Both lengths, and each block old or new independently.
+        for want in [
+            (2 * BLOCK, 1, 0),
+            (2 * BLOCK, 2, 3),
+            (3 * BLOCK, 1, 3),
+            (3 * BLOCK, 2, 0),
+        ] {
+            assert!(seen.contains(&want), "{want:?} not in {seen:?}");
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! The checker: after the faults are healed and the system is quiescent,
+//! reads every ledger's balances and audit log and the cluster's record of
+//! every transaction, and compares them with what the clients did and saw
+//! ([`crate::bank::History`]).
+//!
+//! Anomaly kinds (each with its first example in the report):
+//!
+//! | kind | meaning |
+//! |---|---|
+//! | `total-mismatch` | the sum of all balances is not the sum deposited |
+//! | `negative-balance` | an account went below zero |
+//! | `balance-vs-audit` | a balance is not the sum of the committed deltas its ledger lists |
+//! | `split-outcome` | a transaction committed at some of its participants and not at others |
+//! | `payload-mismatch` | a participant committed other entries than the client sent |
+//! | `acked-commit-not-applied` | the client was told committed, a participant did not commit |
+//! | `acked-abort-applied` | the client was told aborted, a participant committed |
+//! | `refused-but-applied` | the client got a definite refusal, a participant committed |
+//! | `cluster-disagrees` | the cluster's final record differs from what participants applied |
+//! | `unresolved` | after quiescing, the cluster cannot say how a transaction ended |
+//! | `decision-changed` | two decisions seen for one transaction differ (across leaders, over time, or vs the client's answer) |
+//! | `in-doubt-after-heal` | a participant still holds a prepared transaction after quiescing |
+//! | `lock-held-after-heal` | an account is still locked after quiescing |
+//! | `phantom-commit` | a participant committed a transaction no client ran |
+//! | `not-quiescent` | pending or in-doubt transactions outlived the bound after healing |
+//! | `not-live-after-heal` | a transfer after healing did not commit |
+
+use crate::bank::{Bank, OpKind, OpResult, decision_of};
+use crate::testbed::Testbed;
+use dtc_proto::v1 as pb;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// How a transaction ended at one participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtParticipant {
+    Committed(Vec<(String, i64)>),
+    Aborted,
+    Prepared,
+    /// No record (never prepared, or the abort was never delivered).
+    Missing,
+}
+
+/// The cluster's record of a transaction after quiescing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtCluster {
+    /// A decision (`commit`|`abort`) and the state name.
+    Decided(&'static str, String),
+    /// Preparing, or an unknown state value.
+    Undecided(String),
+    /// NOT_FOUND: never begun (or past retention).
+    NotFound,
+    Error(String),
+}
+
+/// Everything read from the system after quiescing.
+#[derive(Debug, Clone, Default)]
+pub struct FinalState {
+    /// (ledger, account) -> (balance, locked_by).
+    pub balances: BTreeMap<(String, String), (i64, String)>,
+    /// ledger -> txn id -> outcome there.
+    pub audits: BTreeMap<String, BTreeMap<String, AtParticipant>>,
+    /// txn id -> the cluster's record.
+    pub cluster: BTreeMap<String, AtCluster>,
+}
+
+/// Reads balances, audits and the cluster's record of every transaction in
+/// the history.
+pub async fn collect(tb: &Testbed, bank: &Bank) -> Result<FinalState, String> {
+    let mut fin = FinalState::default();
+    for l in &tb.ledgers {
+        let audit = l
+            .audit(true)
+            .await
+            .map_err(|s| format!("audit of {}: {s:?}", l.name))?;
+        let mut by_id = BTreeMap::new();
+        for e in audit {
+            let at = match pb::AuditOutcome::try_from(e.outcome) {
+                Ok(pb::AuditOutcome::Committed) => AtParticipant::Committed(
+                    e.entries
+                        .into_iter()
+                        .map(|x| (x.account, x.delta))
+                        .collect(),
+                ),
+                Ok(pb::AuditOutcome::Aborted) => AtParticipant::Aborted,
+                Ok(pb::AuditOutcome::Prepared) => AtParticipant::Prepared,
+                _ => AtParticipant::Missing,
+            };
+            by_id.insert(e.txn_id, at);
+        }
+        fin.audits.insert(l.name.clone(), by_id);
+    }
+    for a in &bank.accounts {
+        let l = tb.ledger(&a.ledger);
+        let b = l
+            .balance(&a.account)
+            .await
+            .map_err(|s| format!("balance of {}/{}: {s:?}", a.ledger, a.account))?;
+        fin.balances
+            .insert((a.ledger.clone(), a.account.clone()), b);
+    }
+    let ids: Vec<String> = bank.history.ops().into_iter().map(|o| o.id).collect();
+    for chunk in ids.chunks(16) {
+        let answers = futures::future::join_all(chunk.iter().map(|id| async {
+            let r = tb.client.get_transaction(id).await;
+            let at = match r {
+                Ok(t) => {
+                    let state = t.state.as_str().to_string();
+                    match decision_of(state_value(t.state)) {
+                        Some((d, s)) => AtCluster::Decided(d, s.to_string()),
+                        None => AtCluster::Undecided(state),
+                    }
+                }
+                Err(dtc_client::ClientError::NotFound(_)) => AtCluster::NotFound,
+                Err(e) => AtCluster::Error(e.to_string()),
+            };
+            (id.clone(), at)
+        }))
+        .await;
+        fin.cluster.extend(answers);
+    }
+    Ok(fin)
+}
+
+fn state_value(s: dtc_client::TxnState) -> i32 {
+    (match s {
+        dtc_client::TxnState::Unknown => pb::TxnState::Unspecified,
+        dtc_client::TxnState::Preparing => pb::TxnState::Preparing,
+        dtc_client::TxnState::Committing => pb::TxnState::Committing,
+        dtc_client::TxnState::Aborting => pb::TxnState::Aborting,
+        dtc_client::TxnState::Committed => pb::TxnState::Committed,
+        dtc_client::TxnState::Aborted => pb::TxnState::Aborted,
+    }) as i32
+}
+
+/// Anomalies by kind; each holds every example (the report shows the count
+/// and the first).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Anomalies {
+    pub by_kind: BTreeMap<String, Vec<String>>,
+}
+
+impl Anomalies {
+    pub fn add(&mut self, kind: &str, example: impl Into<String>) {
+        self.by_kind
+            .entry(kind.to_string())
+            .or_default()
+            .push(example.into());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_kind.is_empty()
+    }
+}
+
+/// How the transactions whose outcome the client did not learn ended.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Resolution {
+    pub committed: usize,
+    pub aborted: usize,
+    /// Never begun in the cluster (NOT_FOUND) and nowhere applied.
+    pub never_ran: usize,
+}
+
+/// Compares the final state with the history.
+pub fn check(bank: &Bank, fin: &FinalState) -> (Anomalies, Resolution) {
+    let mut an = Anomalies::default();
+    let mut res = Resolution::default();
+    let ops = bank.history.ops();
+
+    // Balances.
+    let total: i64 = fin.balances.values().map(|(b, _)| *b).sum();
+    if total != bank.total {
+        an.add(
+            "total-mismatch",
+            format!("sum of balances {total}, deposited {}", bank.total),
+        );
+    }
+    for ((ledger, account), (balance, locked_by)) in &fin.balances {
+        if *balance < 0 {
+            an.add(
+                "negative-balance",
+                format!("{ledger}/{account} = {balance}"),
+            );
+        }
+        if !locked_by.is_empty() {
+            an.add(
+                "lock-held-after-heal",
+                format!("{ledger}/{account} held by {locked_by}"),
+            );
+        }
+        let from_audit: i64 = fin
+            .audits
+            .get(ledger)
+            .map(|txns| {
+                txns.values()
+                    .filter_map(|t| match t {
+                        AtParticipant::Committed(entries) => Some(
+                            entries
+                                .iter()
+                                .filter(|(a, _)| a == account)
+                                .map(|(_, d)| *d)
+                                .sum::<i64>(),
+                        ),
+                        _ => None,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        if from_audit != *balance {
+            an.add(
+                "balance-vs-audit",
+                format!(
+                    "{ledger}/{account}: balance {balance}, committed deltas in the audit sum to {from_audit}"
+                ),
+            );
+        }
+    }
+
+    // Every transaction.
+    let known: BTreeSet<&str> = ops.iter().map(|o| o.id.as_str()).collect();
+    for op in &ops {
+        let at: Vec<(&str, &AtParticipant)> = op
+            .branches
+            .iter()
+            .map(|b| {
+                let a = fin
+                    .audits
+                    .get(&b.participant)
+                    .and_then(|t| t.get(&op.id))
+                    .unwrap_or(&AtParticipant::Missing);
+                (b.participant.as_str(), a)
+            })
+            .collect();
+        let committed = at
+            .iter()
+            .filter(|(_, a)| matches!(a, AtParticipant::Committed(_)))
+            .count();
+        let n = op.branches.len();
+        let everywhere = committed == n;
+        let nowhere = committed == 0;
+        let view = format!("{}: participants {at:?}, client {:?}", op.id, op.result);
+        if !everywhere && !nowhere {
+            an.add("split-outcome", view.clone());
+        }
+        for (p, a) in &at {
+            if **a == AtParticipant::Prepared {
+                an.add("in-doubt-after-heal", format!("{} at {p}", op.id));
+            }
+            if let AtParticipant::Committed(entries) = a {
+                let sent = op
+                    .branches
+                    .iter()
+                    .find(|b| b.participant == *p)
+                    .map(|b| &b.entries);
+                if sent != Some(entries) {
+                    an.add(
+                        "payload-mismatch",
+                        format!("{} at {p}: committed {entries:?}, sent {sent:?}", op.id),
+                    );
+                }
+            }
+        }
+        match &op.result {
+            OpResult::Committed if !everywhere => an.add("acked-commit-not-applied", view.clone()),
+            OpResult::Aborted { .. } if !nowhere => an.add("acked-abort-applied", view.clone()),
+            OpResult::Failed { .. } if !nowhere => an.add("refused-but-applied", view.clone()),
+            _ => {}
+        }
+        let cluster = fin
+            .cluster
+            .get(&op.id)
+            .cloned()
+            .unwrap_or(AtCluster::Error("not asked".into()));
+        match &cluster {
+            AtCluster::Decided("commit", _) if !everywhere => {
+                an.add("cluster-disagrees", format!("cluster committed; {view}"))
+            }
+            AtCluster::Decided("abort", _) if !nowhere => {
+                an.add("cluster-disagrees", format!("cluster aborted; {view}"))
+            }
+            AtCluster::NotFound if !nowhere => an.add(
+                "cluster-disagrees",
+                format!("cluster has no record; {view}"),
+            ),
+            AtCluster::Undecided(s) => an.add("unresolved", format!("cluster says {s}; {view}")),
+            AtCluster::Error(e) => an.add("unresolved", format!("cluster answers {e}; {view}")),
+            _ => {}
+        }
+        let told = match &op.result {
+            OpResult::Committed => Some("commit"),
+            OpResult::Aborted { .. } => Some("abort"),
+            _ => None,
+        };
+        if let (Some(told), AtCluster::Decided(now, _)) = (told, &cluster)
+            && told != *now
+        {
+            an.add(
+                "decision-changed",
+                format!(
+                    "{}: the client was told {told}, the cluster now says {now}",
+                    op.id
+                ),
+            );
+        }
+        if let (Some(told), AtCluster::NotFound) = (told, &cluster) {
+            an.add(
+                "decision-changed",
+                format!(
+                    "{}: the client was told {told}, the cluster has no record",
+                    op.id
+                ),
+            );
+        }
+        if matches!(op.result, OpResult::Unknown { .. } | OpResult::Running) {
+            match &cluster {
+                AtCluster::Decided("commit", _) => res.committed += 1,
+                AtCluster::Decided(_, _) => res.aborted += 1,
+                AtCluster::NotFound => res.never_ran += 1,
+                _ => {}
+            }
+        }
+        if op.kind == OpKind::Deposit && op.result != OpResult::Committed {
+            an.add("seed-not-committed", view);
+        }
+    }
+
+    // Decisions seen over time, through different nodes and leaders.
+    let mut seen: BTreeMap<&str, Vec<(&'static str, u64, &str)>> = BTreeMap::new();
+    let observations = bank.history.observations();
+    for o in &observations {
+        seen.entry(o.txn_id.as_str())
+            .or_default()
+            .push((o.decision, o.t_ms, o.source.as_str()));
+    }
+    for (id, list) in &seen {
+        let kinds: BTreeSet<&str> = list.iter().map(|(d, _, _)| *d).collect();
+        if kinds.len() > 1 {
+            an.add("decision-changed", format!("{id}: seen {list:?}"));
+        }
+    }
+
+    // Commits nobody asked for.
+    for (ledger, txns) in &fin.audits {
+        for (id, a) in txns {
+            if matches!(a, AtParticipant::Committed(_)) && !known.contains(id.as_str()) {
+                an.add("phantom-commit", format!("{id} at {ledger}"));
+            }
+        }
+    }
+    (an, res)
+}
+
+/// After healing: one transfer from the richest account must commit (the
+/// system is live again). Recorded in the history like any operation.
+pub async fn liveness_probe(tb: &Testbed, bank: &Bank, fin: &FinalState) -> Result<(), String> {
+    let ((ledger, from), _) = fin
+        .balances
+        .iter()
+        .max_by_key(|(_, (b, _))| *b)
+        .ok_or("no accounts")?;
+    let to = bank
+        .accounts
+        .iter()
+        .find(|a| a.ledger != *ledger || a.account != *from)
+        .ok_or("a single account")?;
+    let from = crate::bank::Account {
+        ledger: ledger.clone(),
+        account: from.clone(),
+    };
+    let result = bank
+        .transfer(
+            &tb.client,
+            "after-heal-probe",
+            (&from, to, 1),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        )
+        .await;
+    match result {
+        OpResult::Committed => Ok(()),
+        other => Err(format!("after-heal-probe: {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The checker must not be vacuous: each anomaly it claims to find is
+    //! found in a hand-made history and final state.
+    use super::*;
+    use crate::bank::{Account, BankOptions, Branch, History, Observation, Op};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    fn acct(l: &str) -> Account {
+        Account {
+            ledger: l.into(),
+            account: "a".into(),
+        }
+    }
+
+    /// Two accounts (bank-0/a, bank-1/a) seeded with 100 each, then a
+    /// transfer t1 of 10 from bank-0 to bank-1 that the client saw `told`.
+    fn scenario(told: OpResult) -> (Bank, FinalState) {
+        let history = Arc::new(History::new(Instant::now()));
+        for l in ["bank-0", "bank-1"] {
+            let i = history.begin(Op {
+                id: format!("seed-{l}"),
+                kind: OpKind::Deposit,
+                client: usize::MAX,
+                branches: vec![Branch {
+                    participant: l.into(),
+                    entries: vec![("a".into(), 100)],
+                }],
+                start_ms: 0,
+                end_ms: 0,
+                result: OpResult::Running,
+            });
+            history.finish(i, OpResult::Committed);
+        }
+        let i = history.begin(Op {
+            id: "t1".into(),
+            kind: OpKind::Transfer,
+            client: 0,
+            branches: crate::bank::transfer_branches(&acct("bank-0"), &acct("bank-1"), 10),
+            start_ms: 0,
+            end_ms: 0,
+            result: OpResult::Running,
+        });
+        history.finish(i, told);
+        let bank = Bank {
+            accounts: vec![acct("bank-0"), acct("bank-1")],
+            options: BankOptions::default(),
+            history,
+            total: 200,
+        };
+        let mut fin = FinalState::default();
+        for l in ["bank-0", "bank-1"] {
+            let mut audit = BTreeMap::new();
+            audit.insert(
+                format!("seed-{l}"),
+                AtParticipant::Committed(vec![("a".into(), 100)]),
+            );
+            fin.audits.insert(l.into(), audit);
+            fin.cluster.insert(
+                format!("seed-{l}"),
+                AtCluster::Decided("commit", "committed".into()),
+            );
+        }
+        (bank, fin)
+    }
+
+    fn commit_t1(fin: &mut FinalState, at: &[&str]) {
+        for l in at {
+            let d = if *l == "bank-0" { -10 } else { 10 };
+            fin.audits
+                .get_mut(*l)
+                .unwrap()
+                .insert("t1".into(), AtParticipant::Committed(vec![("a".into(), d)]));
+        }
+    }
+
+    fn balances(fin: &mut FinalState, b0: i64, b1: i64) {
+        fin.balances
+            .insert(("bank-0".into(), "a".into()), (b0, String::new()));
+        fin.balances
+            .insert(("bank-1".into(), "a".into()), (b1, String::new()));
+    }
+
+    fn kinds(a: &Anomalies) -> Vec<&str> {
+        a.by_kind.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn a_consistent_commit_has_no_anomaly() {
+        let (bank, mut fin) = scenario(OpResult::Committed);
+        commit_t1(&mut fin, &["bank-0", "bank-1"]);
+        balances(&mut fin, 90, 110);
+        fin.cluster.insert(
+            "t1".into(),
+            AtCluster::Decided("commit", "committed".into()),
+        );
+        let (a, _) = check(&bank, &fin);
+        assert!(a.is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn an_unknown_outcome_resolved_as_never_run_is_fine() {
+        let (bank, mut fin) = scenario(OpResult::Unknown {
+            error: "deadline".into(),
+        });
+        balances(&mut fin, 100, 100);
+        fin.cluster.insert("t1".into(), AtCluster::NotFound);
+        let (a, r) = check(&bank, &fin);
+        assert!(a.is_empty(), "{a:?}");
+        assert_eq!(r.never_ran, 1);
+    }
+
+    #[test]
+    fn a_commit_at_one_participant_only_is_a_split_outcome() {
+        let (bank, mut fin) = scenario(OpResult::Committed);
+        commit_t1(&mut fin, &["bank-1"]);
+        balances(&mut fin, 100, 110);
+        fin.cluster.insert(
+            "t1".into(),
+            AtCluster::Decided("commit", "committed".into()),
+        );
+        let (a, _) = check(&bank, &fin);
+        assert_eq!(
+            kinds(&a),
+            [
+                "acked-commit-not-applied",
+                "cluster-disagrees",
+                "split-outcome",
+                "total-mismatch"
+            ],
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_abort_that_was_applied_is_caught() {
+        let (bank, mut fin) = scenario(OpResult::Aborted { reason: "x".into() });
+        commit_t1(&mut fin, &["bank-0", "bank-1"]);
+        balances(&mut fin, 90, 110);
+        fin.cluster.insert(
+            "t1".into(),
+            AtCluster::Decided("commit", "committed".into()),
+        );
+        let (a, _) = check(&bank, &fin);
+        assert_eq!(
+            kinds(&a),
+            ["acked-abort-applied", "decision-changed"],
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn two_different_decisions_seen_for_one_transaction_are_caught() {
+        let (bank, mut fin) = scenario(OpResult::Unknown {
+            error: "deadline".into(),
+        });
+        balances(&mut fin, 100, 100);
+        fin.cluster
+            .insert("t1".into(), AtCluster::Decided("abort", "aborted".into()));
+        for (d, s) in [("commit", "committing"), ("abort", "aborted")] {
+            bank.history.observe(Observation {
+                txn_id: "t1".into(),
+                t_ms: 1,
+                source: "get@1".into(),
+                decision: d,
+                state: s.into(),
+            });
+        }
+        let (a, _) = check(&bank, &fin);
+        assert_eq!(kinds(&a), ["decision-changed"], "{a:?}");
+    }
+
+    #[test]
+    fn money_from_nowhere_and_leftovers_are_caught() {
+        let (bank, mut fin) = scenario(OpResult::Aborted { reason: "x".into() });
+        // A balance no audit explains, a negative one, a lock, a prepared
+        // record, a commit nobody ran, and a cluster that cannot answer.
+        balances(&mut fin, 130, -20);
+        fin.balances
+            .insert(("bank-1".into(), "a".into()), (-20, "t9".into()));
+        fin.audits.get_mut("bank-0").unwrap().insert(
+            "t9".into(),
+            AtParticipant::Committed(vec![("a".into(), 30)]),
+        );
+        fin.audits
+            .get_mut("bank-1")
+            .unwrap()
+            .insert("t1".into(), AtParticipant::Prepared);
+        fin.cluster
+            .insert("t1".into(), AtCluster::Undecided("preparing".into()));
+        let (a, _) = check(&bank, &fin);
+        assert_eq!(
+            kinds(&a),
+            [
+                "balance-vs-audit",
+                "in-doubt-after-heal",
+                "lock-held-after-heal",
+                "negative-balance",
+                "phantom-commit",
+                "total-mismatch",
+                "unresolved"
+            ],
+            "{a:?}"
+        );
+    }
+}

@@ -1,0 +1,396 @@
+//! One test per crash point (docs/testing.md, "Crash points"): a real
+//! system (three `dtc coordinator` processes, two `dtc participant` ledgers)
+//! runs one transfer `fp-1` with a `fail_point!` armed that aborts the
+//! process at that point; the testbed restarts the crashed process without
+//! it; the client SDK retries with the same id. Then the transfer must have
+//! one outcome everywhere (the expected one where the protocol fixes it),
+//! the system must be live and quiescent, and the bank checker must find
+//! nothing.
+//!
+//! The `dtc` binary must be built with the `failpoints` feature, which
+//! `cargo test --workspace` does (tests/Cargo.toml); a binary without it
+//! refuses to start with FAILPOINTS set, so these tests fail loudly rather
+//! than pass without crashing.
+
+use dtc_tests::bank::{Bank, BankOptions, OpResult};
+use dtc_tests::checker::Anomalies;
+use dtc_tests::nemesis::check_and_report;
+use dtc_tests::testbed::{Testbed, TestbedOptions};
+use dtc_tests::v1 as pb;
+use dtc_tests::{BranchState, Cluster, TestParticipant, bounded, execute_request, wait_for_ok};
+use std::time::{Duration, Instant};
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Which processes get the crash point.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// Every coordinator (whichever leads hits it first).
+    Coordinators,
+    /// Ledger `bank-N`.
+    Ledger(usize),
+}
+
+/// The outcome the protocol fixes for the transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Commit,
+    Abort,
+    /// Either, depending on timing (the checker still demands one outcome).
+    Either,
+}
+
+fn armed(point: &str) -> Vec<(String, String)> {
+    vec![
+        ("FAILPOINTS".into(), format!("{point}=return")),
+        // Only the test's own transaction, not the seeding deposits.
+        ("DTC_FAILPOINT_TXN".into(), "fp-".into()),
+    ]
+}
+
+/// Two ledgers with one account each, 100 in each.
+async fn bank_for(tb: &Testbed) -> Bank {
+    Bank::seed(
+        tb,
+        BankOptions {
+            accounts_per_ledger: 1,
+            clients: 0,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Supervises until a crash at `point` has been seen (bounded).
+async fn wait_for_crash(tb: &mut Testbed, point: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !tb
+        .crashes
+        .iter()
+        .any(|c| c.failpoint.as_deref() == Some(point))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "crash point {point} never fired within {within:?}; crashes: {:?}",
+            tb.crashes
+        );
+        tb.supervised_sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn crash_case(point: &'static str, target: Target, expect: Expect) {
+    let started = Instant::now();
+    let mut options = TestbedOptions::default();
+    match target {
+        Target::Coordinators => options.coordinator_env = armed(point),
+        Target::Ledger(i) => {
+            options.ledger_env.insert(i, armed(point));
+        }
+    }
+    let mut tb = Testbed::start(options).await;
+    bounded(secs(120), async {
+        let bank = bank_for(&tb).await;
+        let from = bank.account("bank-0", "acct-0");
+        let to = bank.account("bank-1", "acct-0");
+        tb.timeline.push(format!(
+            "transfer fp-1 with crash point {point} armed on {target:?}"
+        ));
+        let client = tb.client.clone();
+        let result = tb
+            .supervise_during(bank.transfer(&client, "fp-1", (&from, &to, 10), secs(5), secs(45)))
+            .await;
+        tb.timeline
+            .push(format!("fp-1: the client learned {result:?}"));
+        wait_for_crash(&mut tb, point, secs(20)).await;
+        match (expect, &result) {
+            (Expect::Commit, OpResult::Committed)
+            | (Expect::Abort, OpResult::Aborted { .. })
+            | (Expect::Either, OpResult::Committed | OpResult::Aborted { .. }) => {}
+            _ => panic!("fp-1 with {point}: expected {expect:?}, the client learned {result:?}"),
+        }
+        let report = check_and_report(
+            &mut tb,
+            &bank,
+            &format!("crash point {point}"),
+            0,
+            started,
+            0,
+            Anomalies::default(),
+            Instant::now(),
+            secs(30),
+        )
+        .await;
+        assert!(report.passed, "{}", report.table());
+        // The transfer moved 10 exactly once, or nothing.
+        let (a, _) = tb
+            .ledger("bank-0")
+            .balance("acct-0")
+            .await
+            .expect("balance");
+        let (b, _) = tb
+            .ledger("bank-1")
+            .balance("acct-0")
+            .await
+            .expect("balance");
+        assert_eq!(a + b, 200, "bank-0 {a} bank-1 {b}");
+        let moved = if result == OpResult::Committed { 10 } else { 0 };
+        // The liveness probe moved 1 from the richer account to the other.
+        assert!(
+            (a, b) == (100 - moved - 1, 100 + moved + 1)
+                || (a, b) == (100 - moved + 1, 100 + moved - 1),
+            "bank-0 {a} bank-1 {b} after fp-1 {result:?}"
+        );
+        println!(
+            "crash point {point}: fp-1 {}, crashes {:?}, {} ms",
+            result.label(),
+            tb.crashes
+                .iter()
+                .map(|c| format!("{} ({})", c.process, c.status))
+                .collect::<Vec<_>>(),
+            started.elapsed().as_millis()
+        );
+    })
+    .await;
+}
+
+// ---- coordinator crash points -------------------------------------------
+
+/// `Begin` is applied, no prepare has left: the new leader finds the
+/// transaction undecided and aborts it (presumed abort through Raft).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_crash_before_sending_prepare_aborts() {
+    crash_case(
+        "coordinator.prepare.before_send",
+        Target::Coordinators,
+        Expect::Abort,
+    )
+    .await;
+}
+
+/// Every participant voted prepared and holds its locks; the decision was
+/// never proposed: the new leader aborts, and the aborts release the locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_crash_after_prepare_before_the_decision_aborts() {
+    crash_case(
+        "coordinator.decision.before_propose",
+        Target::Coordinators,
+        Expect::Abort,
+    )
+    .await;
+}
+
+/// `Decide(commit)` is committed in Raft, no participant heard it: the new
+/// leader catches up, finds it decided, and finishes the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_crash_after_the_decision_before_phase_two_commits() {
+    crash_case(
+        "coordinator.decision.before_phase2",
+        Target::Coordinators,
+        Expect::Commit,
+    )
+    .await;
+}
+
+/// Everything is done but the client was not answered: its retry (same id)
+/// gets the recorded outcome from the new leader, never a second run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_crash_before_replying_to_the_client_commits_once() {
+    crash_case(
+        "coordinator.reply.before_client",
+        Target::Coordinators,
+        Expect::Commit,
+    )
+    .await;
+}
+
+/// A new leader dies while reading the pending index; the next one (after
+/// possibly more such crashes) finishes the pending transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_crash_during_the_takeover_scan_is_survived() {
+    let point = "coordinator.takeover.scan";
+    let started = Instant::now();
+    let mut tb = Testbed::start(TestbedOptions::default()).await;
+    bounded(secs(150), async {
+        let bank = bank_for(&tb).await;
+        let from = bank.account("bank-0", "acct-0");
+        let to = bank.account("bank-1", "acct-0");
+        // bank-1 frozen: the prepare times out, the abort cannot be
+        // delivered, so fp-1 stays in the pending index.
+        tb.ledgers[1].pause();
+        tb.timeline
+            .push("bank-1 paused; transfer fp-1 (1 s prepare timeout)");
+        let result = bank
+            .transfer(&tb.client, "fp-1", (&from, &to, 10), secs(1), secs(30))
+            .await;
+        assert!(
+            matches!(result, OpResult::Aborted { .. }),
+            "fp-1 with bank-1 frozen: {result:?}"
+        );
+        let pending = wait_for_ok(secs(10), "fp-1 pending", || async {
+            let p = tb.cluster_pending().await?;
+            if p.iter().any(|t| t.txn_id == "fp-1") {
+                Ok(p)
+            } else {
+                Err(format!("{p:?}"))
+            }
+        })
+        .await;
+        tb.timeline.push(format!(
+            "pending: {:?}; SIGKILL every coordinator, restart all with {point} armed (once each)",
+            pending.iter().map(|t| &t.txn_id).collect::<Vec<_>>()
+        ));
+        for id in tb.cluster.ids() {
+            tb.cluster.kill(id);
+        }
+        let spec = format!("{point}=1*return");
+        for id in tb.cluster.ids() {
+            tb.cluster
+                .set_next_start_env(id, &[("FAILPOINTS", spec.as_str())]);
+            tb.cluster.restart(id);
+        }
+        wait_for_crash(&mut tb, point, secs(60)).await;
+        tb.ledgers[1].resume();
+        tb.timeline.push("bank-1 resumed");
+        let report = check_and_report(
+            &mut tb,
+            &bank,
+            "crash point coordinator.takeover.scan",
+            0,
+            started,
+            0,
+            Anomalies::default(),
+            Instant::now(),
+            secs(45),
+        )
+        .await;
+        assert!(report.passed, "{}", report.table());
+        let info = tb.client.get_transaction("fp-1").await.expect("fp-1");
+        assert_eq!(info.state, dtc_client::TxnState::Aborted, "{info:?}");
+        println!(
+            "{point}: {} crashes, {} ms",
+            tb.crashes.len(),
+            started.elapsed().as_millis()
+        );
+    })
+    .await;
+}
+
+/// A follower that crashes in the middle of installing a snapshot restarts
+/// with its old state intact (the install is one redb transaction), then
+/// installs the snapshot and serves as a full member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_crash_during_snapshot_install_leaves_the_old_state_and_recovers() {
+    use futures::StreamExt;
+    const TXNS: usize = 400; // 3 entries each: past the 1000 kept after a snapshot
+    let mut cluster = Cluster::start_with(3, &["--snapshot-every", "50"]);
+    cluster.expect_crashes(true);
+    let alpha = TestParticipant::start("alpha").await;
+    let beta = TestParticipant::start("beta").await;
+    bounded(secs(200), async {
+        let leader = cluster.wait_for_stable_leader(secs(30)).await;
+        cluster.register(&alpha, secs(15)).await;
+        cluster.register(&beta, secs(15)).await;
+        let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+        let other = cluster
+            .ids()
+            .into_iter()
+            .find(|id| *id != leader && *id != follower)
+            .unwrap();
+        cluster.kill(follower);
+        let live = cluster.live_ids();
+        let (c, l) = (&cluster, &live);
+        let results: Vec<_> = futures::stream::iter(0..TXNS)
+            .map(|i| async move {
+                let id = format!("bulk-{i:04}");
+                let req = execute_request(&id, &[("alpha", b"a"), ("beta", b"b")], 5000);
+                (id, c.execute_retrying(l, req, secs(30)).await)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for (id, r) in results {
+            let r = r.unwrap_or_else(|s| panic!("{id}: {s:?}"));
+            assert_eq!(r.outcome(), pb::Outcome::Committed, "{r:?}");
+        }
+        cluster.wait_no_pending(secs(20)).await;
+        let before = cluster.status(leader).await.expect("leader status");
+
+        cluster.set_next_start_env(follower, &[("FAILPOINTS", "store.snapshot.install=return")]);
+        cluster.restart(follower);
+        let status = cluster.wait_exit(follower, secs(60)).await;
+        let log = std::fs::read_to_string(cluster.log_path(follower)).unwrap_or_default();
+        assert!(
+            log.contains("failpoint store.snapshot.install: crashing"),
+            "node {follower} exited ({status}) without the crash point firing"
+        );
+        println!("node {follower} crashed installing the snapshot: {status}");
+
+        cluster.restart(follower);
+        cluster.wait_caught_up(follower, secs(60)).await;
+        let s = cluster
+            .status(follower)
+            .await
+            .expect("restarted node status");
+        assert!(s.last_applied >= before.last_applied, "{s:?} vs {before:?}");
+        assert_eq!((s.pending, s.participants.len()), (0, 2), "{s:?}");
+        // A full quorum member: with the other follower down, the leader
+        // can only commit through it.
+        cluster.kill(other);
+        let r = cluster
+            .execute_retrying(
+                &[follower],
+                execute_request("after-snapshot", &[("alpha", b"a"), ("beta", b"b")], 5000),
+                secs(30),
+            )
+            .await
+            .expect("commit with the restarted node as the only follower");
+        assert_eq!(r.outcome(), pb::Outcome::Committed, "{r:?}");
+        alpha
+            .wait_state("after-snapshot", BranchState::Committed, secs(10))
+            .await;
+        assert!(alpha.violations().is_empty() && beta.violations().is_empty());
+    })
+    .await;
+}
+
+// ---- participant crash points -------------------------------------------
+
+/// The prepared vote is logged and synced but never sent: the coordinator
+/// retries the prepare, the restarted participant answers from its log
+/// (or, if it is not back in time, the transaction aborts everywhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_crash_before_answering_prepare_resolves_one_way() {
+    crash_case(
+        "participant.prepare.before_reply",
+        Target::Ledger(1),
+        Expect::Either,
+    )
+    .await;
+}
+
+/// Prepared, then the Commit arrives and the process dies before handling
+/// it: the restarted participant re-takes its locks and gets the commit
+/// (resent by the coordinator, or asked for by its in-doubt resolver).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_crash_on_receiving_the_decision_commits_after_restart() {
+    crash_case(
+        "participant.decision.on_receipt",
+        Target::Ledger(1),
+        Expect::Commit,
+    )
+    .await;
+}
+
+/// The commit is applied and synced but not acknowledged: the resent
+/// Commit is a duplicate, acknowledged from the log, applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_crash_after_applying_before_acknowledging_applies_once() {
+    crash_case(
+        "participant.decision.before_ack",
+        Target::Ledger(0),
+        Expect::Commit,
+    )
+    .await;
+}
