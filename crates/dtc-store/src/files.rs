@@ -11,7 +11,10 @@
 use std::path::{Path, PathBuf};
 
 /// Opens the redb database at `path`, creating it atomically if it is missing.
-pub fn create_database(builder: &redb::Builder, path: &Path) -> Result<redb::Database, CreateError> {
+pub fn create_database(
+    builder: &redb::Builder,
+    path: &Path,
+) -> Result<redb::Database, CreateError> {
     if !path.exists() {
         let tmp = creating_path(path);
         // A leftover from a crash during an earlier creation: never used.
@@ -21,7 +24,9 @@ pub fn create_database(builder: &redb::Builder, path: &Path) -> Result<redb::Dat
             path: tmp.clone(),
             source,
         };
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)
