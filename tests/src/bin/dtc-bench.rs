@@ -67,10 +67,12 @@ SCENARIOS (each also measures the floors first, in the same run):
               measure the time to a new leader, to its takeover log line
               ('takeover: found N pending transactions; scan took X ms', with
               its catch-up and scan times) and until the pending index is
-              empty (every transaction aborted and acknowledged). The last
-              size is run again with the N clients retrying (same txn id,
-              10 ms back-off): when did the last one get its answer.
-  all         floor, latency, ledger, failover, takeover in turn (~5 min).
+              empty (every transaction aborted and acknowledged), with every
+              takeover line logged (a takeover can itself be interrupted by
+              another election). The last size is run again with the N
+              clients retrying through the survivors (same txn id, back-off
+              10 ms doubling to 320 ms): when did the last one get its answer.
+  all         floor, latency, ledger, failover, takeover in turn (~3 min).
 
 FLAGS:
   --json                  print one JSON document on stdout (tables go to stderr)
@@ -82,6 +84,11 @@ FLAGS:
   --load-kills N          leader kills under load (default 6)
   --load-clients N        concurrent clients during load kills (default 8)
   --sizes LIST            in-flight counts of `takeover` (default 200,1000)
+  --fill-wave N           `takeover` begins the N transactions in waves of N
+                          concurrent Executes, each wave waiting until its
+                          transactions are pending (default 100; 0 = all N at
+                          once, which on this machine deposes the leader for
+                          N around 1000: see docs/performance.md)
   --floor-n N             samples per disk floor (default 500)
   --max-secs S            hard bound on the whole run (default 900)
   --max-requests N        bound on requests per concurrency level (default 200000)
@@ -106,6 +113,7 @@ struct Opts {
     load_kills: usize,
     load_clients: usize,
     sizes: Vec<usize>,
+    fill_wave: usize,
     floor_n: usize,
     max_secs: u64,
     max_requests: usize,
@@ -133,6 +141,7 @@ fn parse_opts() -> Result<Opts, String> {
         load_kills: 6,
         load_clients: 8,
         sizes: vec![200, 1000],
+        fill_wave: 100,
         floor_n: 500,
         max_secs: 900,
         max_requests: 200_000,
@@ -158,6 +167,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--load-kills" => o.load_kills = num(val(&a)?)? as usize,
             "--load-clients" => o.load_clients = num(val(&a)?)? as usize,
             "--sizes" => o.sizes = parse_list(&val(&a)?)?,
+            "--fill-wave" => o.fill_wave = num(val(&a)?)? as usize,
             "--floor-n" => o.floor_n = num(val(&a)?)?.max(10) as usize,
             "--max-secs" => o.max_secs = num(val(&a)?)?,
             "--max-requests" => o.max_requests = num(val(&a)?)? as usize,
@@ -773,7 +783,7 @@ async fn execute_until_answer(
     clients: &[Client],
     req: &pb::ExecuteRequest,
     per_call: Duration,
-    backoff: Duration,
+    (mut backoff, max_backoff): (Duration, Duration),
     within: Duration,
 ) -> (Result<pb::ExecuteResponse, tonic::Status>, u32) {
     let deadline = Instant::now() + within;
@@ -797,6 +807,7 @@ async fn execute_until_answer(
             {
                 i += 1;
                 tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max_backoff);
             }
             other => return (other, attempts),
         }
@@ -805,6 +816,17 @@ async fn execute_until_answer(
 
 async fn pending_count(cluster: &Cluster, id: u64) -> Option<u64> {
     cluster.status(id).await.map(|s| s.pending)
+}
+
+/// The current leader (highest term claiming it), its term and its pending count.
+async fn leader_view(cluster: &Cluster) -> Option<(u64, u64, u64)> {
+    cluster
+        .statuses()
+        .await
+        .into_values()
+        .filter(|s| s.role == "leader")
+        .max_by_key(|s| s.term)
+        .map(|s| (s.node_id, s.term, s.pending))
 }
 
 // ---------------------------------------------------------------------------
@@ -1296,9 +1318,14 @@ async fn scenario_failover(out: &mut Out, o: &Opts) {
         let at = run_start.elapsed();
         cluster.kill(leader);
         let (elected, probe) = tokio::join!(wait_new_leader(&cluster, old_term, t0), async {
-            let (r, attempts) =
-                execute_until_answer(&clients, &req, secs(2), Duration::from_millis(10), secs(30))
-                    .await;
+            let (r, attempts) = execute_until_answer(
+                &clients,
+                &req,
+                secs(2),
+                (Duration::from_millis(10), Duration::from_millis(10)),
+                secs(30),
+            )
+            .await;
             (r, attempts, t0.elapsed())
         });
         let (winner, _term, elected_at) = elected;
@@ -1560,22 +1587,71 @@ async fn load_client(
 struct TakeoverResult {
     n: usize,
     retrying_clients: bool,
+    fill_wave: usize,
     fill: Duration,
+    /// Leader changes while the N transactions were being begun (no kill).
+    fill_elections: u64,
     pending_before: u64,
     killed: u64,
     winner: u64,
     elected: Duration,
-    line: Option<TakeoverLine>,
-    line_at: Option<Duration>,
+    /// Every takeover line logged by the survivors after the kill.
+    lines: Vec<(u64, TakeoverLine)>,
+    first_line_at: Option<Duration>,
     resolved: Option<Duration>,
+    final_leader: u64,
     clients_answered: Option<Duration>,
     client_outcomes: String,
     alpha_aborted: usize,
     beta_aborted: usize,
     committed_anywhere: usize,
+    note: String,
 }
 
-async fn takeover_run(n: usize, retrying: bool, floor_n: usize, out: &mut Out) -> TakeoverResult {
+/// One client of the takeover run: Execute through the leader; with
+/// `retrying`, retry through the survivors after the kill (same id,
+/// back-off 10 ms doubling to 320 ms) and return when and what it heard.
+async fn held_client(
+    mut c: Client,
+    req: pb::ExecuteRequest,
+    retrying: bool,
+    survivors: Vec<SocketAddr>,
+) -> Option<(Instant, String)> {
+    let first = c.execute(request(req.clone(), secs(150))).await;
+    if !retrying {
+        return None;
+    }
+    if let Ok(r) = first {
+        return Some((Instant::now(), format!("{:?}", r.into_inner().outcome())));
+    }
+    let clients: Vec<Client> = survivors
+        .iter()
+        .map(|a| CoordinatorClient::new(channel_for(*a)))
+        .collect();
+    let (r, _) = execute_until_answer(
+        &clients,
+        &req,
+        secs(5),
+        (Duration::from_millis(10), Duration::from_millis(320)),
+        secs(60),
+    )
+    .await;
+    Some((
+        Instant::now(),
+        match r {
+            Ok(r) => format!("{:?}", r.outcome()),
+            Err(s) => format!("{:?}", s.code()),
+        },
+    ))
+}
+
+async fn takeover_run(
+    n: usize,
+    retrying: bool,
+    fill_wave: usize,
+    floor_n: usize,
+    out: &mut Out,
+) -> TakeoverResult {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     let max_in_flight = (n * 2 + 100).to_string();
@@ -1595,6 +1671,7 @@ async fn takeover_run(n: usize, retrying: bool, floor_n: usize, out: &mut Out) -
         .await;
     }
     alpha.hold_prepares();
+    let term_before = cluster.status(leader).await.map(|s| s.term).unwrap_or(0);
     let survivors: Vec<SocketAddr> = cluster
         .ids()
         .into_iter()
@@ -1606,57 +1683,96 @@ async fn takeover_run(n: usize, retrying: bool, floor_n: usize, out: &mut Out) -
     let channels: Vec<_> = (0..n.div_ceil(100))
         .map(|_| channel_for(leader_addr))
         .collect();
+    // Begin the N transactions in waves (each wave waits until its
+    // transactions are in the pending index), or all at once (wave 0).
+    let wave = if fill_wave == 0 { n } else { fill_wave };
     let fill_start = Instant::now();
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let mut c = CoordinatorClient::new(channels[i / 100].clone());
-            let survivors = survivors.clone();
-            tokio::spawn(async move {
-                let req = execute_request(
-                    &format!("held-{n}-{i}"),
-                    &[("alpha", b"a"), ("beta", b"b")],
-                    120_000,
-                );
-                let first = c.execute(request(req.clone(), secs(150))).await;
-                if !retrying {
-                    return None;
+    let mut tasks = Vec::with_capacity(n);
+    let mut pending_before = 0u64;
+    let mut fill_failed = None;
+    while tasks.len() < n && fill_failed.is_none() {
+        let end = (tasks.len() + wave).min(n);
+        for i in tasks.len()..end {
+            let req = execute_request(
+                &format!("held-{n}-{i}"),
+                &[("alpha", b"a"), ("beta", b"b")],
+                120_000,
+            );
+            let c = CoordinatorClient::new(channels[i / 100].clone());
+            tasks.push(tokio::spawn(held_client(
+                c,
+                req,
+                retrying,
+                survivors.clone(),
+            )));
+        }
+        let wait_until = Instant::now() + secs(30);
+        loop {
+            let view = leader_view(&cluster).await;
+            if let Some((id, term, p)) = view {
+                pending_before = p;
+                if id != leader || term != term_before {
+                    fill_failed = Some(format!(
+                        "leadership moved during the fill without a kill: node {leader} term {term_before} -> node {id} term {term}, {p} pending"
+                    ));
+                    break;
                 }
-                if let Ok(r) = first {
-                    return Some((Instant::now(), format!("{:?}", r.into_inner().outcome())));
+                if p as usize >= end {
+                    break;
                 }
-                let clients: Vec<Client> = survivors
-                    .iter()
-                    .map(|a| CoordinatorClient::new(channel_for(*a)))
-                    .collect();
-                let (r, _) = execute_until_answer(
-                    &clients,
-                    &req,
-                    secs(5),
-                    Duration::from_millis(10),
-                    secs(60),
-                )
-                .await;
-                Some((
-                    Instant::now(),
-                    match r {
-                        Ok(r) => format!("{:?}", r.outcome()),
-                        Err(s) => format!("{:?}", s.code()),
-                    },
-                ))
-            })
-        })
-        .collect();
-    // Every transaction begun (in the pending index) and replicated.
-    let pending_before = wait_for_ok(secs(120), format_args!("{n} pending"), || async {
-        let p = pending_count(&cluster, leader).await.unwrap_or(0);
-        if p as usize >= n { Ok(p) } else { Err(p) }
-    })
-    .await;
+            }
+            if Instant::now() >= wait_until {
+                fill_failed = Some(format!(
+                    "only {pending_before} of {end} transactions pending after 30 s"
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let fill = fill_start.elapsed();
+    let term_after = cluster
+        .statuses()
+        .await
+        .values()
+        .map(|s| s.term)
+        .max()
+        .unwrap_or(0);
+    let fill_elections = term_after.saturating_sub(term_before);
+    let mut result = TakeoverResult {
+        n,
+        retrying_clients: retrying,
+        fill_wave,
+        fill,
+        fill_elections,
+        pending_before,
+        killed: leader,
+        winner: 0,
+        elected: Duration::ZERO,
+        lines: Vec::new(),
+        first_line_at: None,
+        resolved: None,
+        final_leader: 0,
+        clients_answered: None,
+        client_outcomes: String::new(),
+        alpha_aborted: 0,
+        beta_aborted: 0,
+        committed_anywhere: 0,
+        note: String::new(),
+    };
+    if let Some(why) = fill_failed {
+        progress(&format!("takeover N={n}: {why}; no kill in this run"));
+        result.note = why;
+        alpha.release_prepares();
+        let _ = tokio::time::timeout(secs(30), cluster.wait_no_pending(secs(30))).await;
+        for t in tasks {
+            t.abort();
+        }
+        return result;
+    }
     for id in cluster.ids() {
         cluster.wait_caught_up(id, secs(30)).await;
     }
-    let old_term = cluster.status(leader).await.map(|s| s.term).unwrap_or(0);
     let offsets: Vec<(u64, u64)> = cluster
         .ids()
         .into_iter()
@@ -1671,27 +1787,35 @@ async fn takeover_run(n: usize, retrying: bool, floor_n: usize, out: &mut Out) -
     let t0 = Instant::now();
     cluster.kill(leader);
     alpha.release_prepares();
-    let (winner, _term, elected) = wait_new_leader(&cluster, old_term, t0).await;
-    let off = offsets
-        .iter()
-        .find(|(id, _)| *id == winner)
-        .map(|(_, o)| *o)
-        .unwrap_or(0);
-    // The takeover line, then an empty pending index, polled every 5 ms.
+    let (winner, _term, elected) = wait_new_leader(&cluster, term_before, t0).await;
+    result.winner = winner;
+    result.elected = elected;
+    // Until the pending index of the current leader is empty, polled every
+    // 5 ms (after at least one takeover line, so it is the new term's view).
     let deadline = t0 + secs(120);
-    let mut line = None;
-    let mut resolved = None;
-    while Instant::now() < deadline && resolved.is_none() {
-        if line.is_none() {
-            line = parse_takeover_lines(&cluster.log_since(winner, off))
-                .into_iter()
-                .next();
+    let mut seen_line = false;
+    while Instant::now() < deadline && result.resolved.is_none() {
+        if !seen_line {
+            seen_line = offsets
+                .iter()
+                .any(|(id, off)| !parse_takeover_lines(&cluster.log_since(*id, *off)).is_empty());
         }
-        if line.is_some() && pending_count(&cluster, winner).await == Some(0) {
-            resolved = Some(t0.elapsed());
+        if seen_line && let Some((id, _, 0)) = leader_view(&cluster).await {
+            result.resolved = Some(t0.elapsed());
+            result.final_leader = id;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    for (id, off) in &offsets {
+        for l in parse_takeover_lines(&cluster.log_since(*id, *off)) {
+            result.lines.push((*id, l));
+        }
+    }
+    result.lines.sort_by_key(|(_, l)| l.at_us);
+    result.first_line_at = result
+        .lines
+        .first()
+        .map(|(_, l)| us_to_duration(l.at_us - wall0));
     let mut answered = Vec::new();
     let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
     for t in tasks {
@@ -1700,12 +1824,15 @@ async fn takeover_run(n: usize, retrying: bool, floor_n: usize, out: &mut Out) -
             *outcomes.entry(outcome).or_default() += 1;
         }
     }
-    let clients_answered = if retrying {
-        answered.iter().max().copied()
-    } else {
-        None
-    };
-    // Give the aborts a moment to reach the participants' records.
+    if retrying {
+        result.clients_answered = answered.iter().max().copied();
+    }
+    result.client_outcomes = outcomes
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    // The aborts reach the participants' records (bounded wait).
     let count = |p: &TestParticipant| {
         p.records()
             .iter()
@@ -1718,7 +1845,9 @@ async fn takeover_run(n: usize, retrying: bool, floor_n: usize, out: &mut Out) -
         }
     })
     .await;
-    let committed_anywhere = [&alpha, &beta]
+    result.alpha_aborted = count(&alpha);
+    result.beta_aborted = count(&beta);
+    result.committed_anywhere = [&alpha, &beta]
         .iter()
         .map(|p| {
             p.records()
@@ -1730,28 +1859,9 @@ async fn takeover_run(n: usize, retrying: bool, floor_n: usize, out: &mut Out) -
     let v = [alpha.violations(), beta.violations()].concat();
     if !v.is_empty() {
         progress(&format!("PROTOCOL VIOLATIONS: {v:?}"));
+        result.note = format!("protocol violations: {v:?}");
     }
-    TakeoverResult {
-        n,
-        retrying_clients: retrying,
-        fill,
-        pending_before,
-        killed: leader,
-        winner,
-        elected,
-        line,
-        line_at: line.map(|l| us_to_duration(l.at_us - wall0)),
-        resolved,
-        clients_answered,
-        client_outcomes: outcomes
-            .iter()
-            .map(|(k, v)| format!("{k}:{v}"))
-            .collect::<Vec<_>>()
-            .join(","),
-        alpha_aborted: count(&alpha),
-        beta_aborted: count(&beta),
-        committed_anywhere,
-    }
+    result
 }
 
 async fn scenario_takeover(out: &mut Out, o: &Opts) {
@@ -1764,73 +1874,93 @@ async fn scenario_takeover(out: &mut Out, o: &Opts) {
     }
     let mut results = Vec::new();
     for (n, retrying, floor_n) in runs {
-        results.push(takeover_run(n, retrying, floor_n, out).await);
-        let r = results.last().expect("a result");
+        let r = takeover_run(n, retrying, o.fill_wave, floor_n, out).await;
         progress(&format!(
-            "takeover N={n}{}: leader after {:.0} ms, line {:?}, resolved {:?}",
+            "takeover N={n}{}: leader after {:.0} ms, takeover lines {:?}, resolved {:?} {}",
             if retrying { " (retrying clients)" } else { "" },
             ms(r.elected),
-            r.line,
-            r.resolved.map(ms)
+            r.lines,
+            r.resolved.map(ms),
+            r.note
         ));
+        results.push(r);
     }
     let mut rows = Vec::new();
     let mut js = Vec::new();
     for r in &results {
         let opt = |d: Option<Duration>| d.map(|d| format!("{:.0}", ms(d))).unwrap_or("-".into());
+        let first = r.lines.first().map(|(_, l)| *l);
         rows.push(vec![
             format!("{}{}", r.n, if r.retrying_clients { " +retry" } else { "" }),
-            r.pending_before.to_string(),
-            format!("{:.0}", ms(r.fill)),
+            format!("{} ({} ms)", r.pending_before, ms(r.fill).round()),
+            r.fill_elections.to_string(),
             format!("{}->{}", r.killed, r.winner),
             format!("{:.0}", ms(r.elected)),
-            opt(r.line_at),
-            r.line.map(|l| l.pending.to_string()).unwrap_or("-".into()),
-            r.line
+            opt(r.first_line_at),
+            first.map(|l| l.pending.to_string()).unwrap_or("-".into()),
+            first
                 .map(|l| format!("{:.1}", l.catch_up_ms))
                 .unwrap_or("-".into()),
-            r.line
+            first
                 .map(|l| format!("{:.2}", l.scan_ms))
                 .unwrap_or("-".into()),
+            r.lines.len().to_string(),
             opt(r.resolved),
             opt(r.clients_answered),
             format!(
-                "{}/{} {}/{} c{}",
+                "{}/{} {}/{} {}",
                 r.alpha_aborted, r.n, r.beta_aborted, r.n, r.committed_anywhere
             ),
         ]);
         js.push(json!({
             "n": r.n,
             "retrying_clients": r.retrying_clients,
+            "fill_wave": r.fill_wave,
             "pending_before_kill": r.pending_before,
             "fill_ms": ms(r.fill),
+            "leader_changes_during_fill": r.fill_elections,
             "killed": r.killed,
             "new_leader": r.winner,
+            "final_leader": r.final_leader,
             "elected_ms": ms(r.elected),
-            "takeover_line_ms": r.line_at.map(ms),
-            "takeover_pending": r.line.map(|l| l.pending),
-            "takeover_catch_up_ms": r.line.map(|l| l.catch_up_ms),
-            "takeover_scan_ms": r.line.map(|l| l.scan_ms),
+            "first_takeover_line_ms": r.first_line_at.map(ms),
+            "takeover_lines": r.lines.iter().map(|(id, l)| json!({
+                "node": id,
+                "at_ms_after_kill": r.first_line_at.map(ms).unwrap_or(0.0)
+                    + (l.at_us - r.lines[0].1.at_us) as f64 / 1e3,
+                "pending": l.pending,
+                "catch_up_ms": l.catch_up_ms,
+                "scan_ms": l.scan_ms,
+            })).collect::<Vec<_>>(),
             "pending_empty_ms": r.resolved.map(ms),
             "last_client_answered_ms": r.clients_answered.map(ms),
             "client_outcomes": r.client_outcomes,
             "alpha_aborted": r.alpha_aborted,
             "beta_aborted": r.beta_aborted,
             "committed_anywhere": r.committed_anywhere,
+            "note": r.note,
         }));
     }
     out.table(
-        "takeover: N transactions held in prepare, SIGKILL of the leader (ms from the SIGKILL unless noted)",
+        &format!(
+            "takeover: N transactions held in prepare, SIGKILL of the leader (ms from the SIGKILL; fill in waves of {})",
+            if o.fill_wave == 0 {
+                "N (all at once)".to_string()
+            } else {
+                o.fill_wave.to_string()
+            }
+        ),
         &[
             "N",
-            "pending",
-            "fill ms",
+            "pending (fill)",
+            "fill elections",
             "killed->new",
             "elected",
             "takeover line",
             "found",
             "catch-up ms",
             "scan ms",
+            "takeovers",
             "pending empty",
             "last client",
             "aborted a/b, commits",
@@ -1838,11 +1968,36 @@ async fn scenario_takeover(out: &mut Out, o: &Opts) {
         &rows,
     );
     for r in &results {
+        if r.lines.len() > 1 {
+            let desc: Vec<String> = r
+                .lines
+                .iter()
+                .map(|(id, l)| {
+                    format!(
+                        "node {id} +{:.0} ms found {} (catch-up {:.1} ms, scan {:.2} ms)",
+                        (l.at_us - r.lines[0].1.at_us) as f64 / 1e3,
+                        l.pending,
+                        l.catch_up_ms,
+                        l.scan_ms
+                    )
+                })
+                .collect();
+            out.say(&format!(
+                "N={}{}: {} takeovers after the kill: {}",
+                r.n,
+                if r.retrying_clients { " +retry" } else { "" },
+                r.lines.len(),
+                desc.join("; ")
+            ));
+        }
         if !r.client_outcomes.is_empty() {
             out.say(&format!(
                 "N={} retrying clients' answers: {}",
                 r.n, r.client_outcomes
             ));
+        }
+        if !r.note.is_empty() {
+            out.say(&format!("N={}: {}", r.n, r.note));
         }
     }
     out.put("takeover", Value::Array(js));
