@@ -11,7 +11,7 @@
 //! coordinator.
 
 use crate::net::{Link, LinkMode};
-use crate::{free_port, request, signal, tail};
+use crate::{request, reserve_ports, signal, tail};
 use dtc_proto::v1 as pb;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -64,7 +64,7 @@ impl LedgerProc {
         proxied: bool,
         in_doubt_interval_ms: u64,
     ) -> LedgerProc {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let listen = SocketAddr::from(([127, 0, 0, 1], reserve_ports(1)[0]));
         let inbound = proxied.then(|| Link::start(format!("coord->{name}"), listen));
         let outbound = if proxied {
             coordinators

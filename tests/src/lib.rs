@@ -6,9 +6,11 @@
 //!
 //! - [`dtc_bin`] finds the binary under test (`$DTC_BIN`, else
 //!   `target/<profile>/dtc` next to the test executable). Build it first with
-//!   `cargo build -p dtc-cli`; `cargo test --workspace` does that itself.
+//!   `cargo build --workspace` (which compiles the crash points in, see
+//!   docs/testing.md); `cargo test --workspace` does that itself.
 //! - [`free_ports`] picks loopback ports by binding `127.0.0.1:0` (never fixed
-//!   ports, so tests run in parallel).
+//!   ports, so tests run in parallel); [`reserve_ports`] picks ports below the
+//!   ephemeral range for processes restarted on the same port.
 //! - [`Cluster`] starts N nodes in a temporary directory, each logging to
 //!   `<tmp>/node-<id>.log` (`DTC_LOG=info` unless `DTC_LOG` is set), and can
 //!   [`Cluster::kill`] (SIGKILL) and [`Cluster::restart`] them with the same
@@ -95,7 +97,7 @@ pub fn dtc_bin() -> PathBuf {
         .join(format!("dtc{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.is_file(),
-        "the dtc binary is missing at {}: run `cargo build -p dtc-cli` first \
+        "the dtc binary is missing at {}: run `cargo build --workspace` first \
          (or `cargo test --workspace`, which builds it), or set DTC_BIN",
         bin.display()
     );
@@ -117,6 +119,55 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 /// One free loopback port.
 pub fn free_port() -> u16 {
     free_ports(1)[0]
+}
+
+/// `n` loopback ports for processes that are restarted on the same port
+/// (coordinators, ledgers). A port from `bind(127.0.0.1:0)` lies in the
+/// kernel's ephemeral range, which outgoing connections of every process on
+/// the machine draw from too: between a kill and the restart, some client's
+/// connection could take it ("Address already in use"). These come from
+/// below the ephemeral range (read from /proc), are checked free, and are
+/// never handed out twice by this process. Falls back to [`free_ports`]
+/// when the range leaves no room.
+pub fn reserve_ports(n: usize) -> Vec<u16> {
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicU64;
+    static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    static SALT: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    const LOW: u16 = 20_000;
+    if ephemeral_low < LOW + 2_000 {
+        return free_ports(n);
+    }
+    let mut rng = bank::Rng::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id()) << 32
+            ^ SALT.fetch_add(1, Ordering::Relaxed),
+    );
+    let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+    let taken = taken.get_or_insert_with(HashSet::new);
+    let mut out = Vec::with_capacity(n);
+    let mut tries = 0;
+    while out.len() < n {
+        tries += 1;
+        if tries > 10_000 {
+            out.extend(free_ports(n - out.len()));
+            break;
+        }
+        let port = rng.range(u64::from(LOW), u64::from(ephemeral_low) - 1) as u16;
+        if taken.contains(&port) || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        taken.insert(port);
+        out.push(port);
+    }
+    out
 }
 
 /// `msg` with a per-call deadline (sent as `grpc-timeout` and enforced by
@@ -358,7 +409,7 @@ impl Cluster {
             .tempdir()
             .expect("create a temp dir");
         let root_path = root.path().to_path_buf();
-        let ports = free_ports(n);
+        let ports = reserve_ports(n);
         let addrs: Vec<SocketAddr> = ports
             .iter()
             .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
@@ -1410,7 +1461,8 @@ async fn serve_participant(
         let r = tonic::transport::Server::builder()
             .add_service(svc)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // Nagle off on accepted sockets, or concurrent calls stall ~40 ms.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async {
                     let _ = stopped.await;
                 },

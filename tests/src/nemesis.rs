@@ -185,8 +185,13 @@ impl Nemesis {
             tb.supervised_sleep(at.saturating_duration_since(Instant::now()))
                 .await;
             let undo = self.inject(tb, &step.fault).await;
-            tb.supervised_sleep(Duration::from_millis(step.hold_ms))
-                .await;
+            // An armed coordinator point fires only once a new leader has
+            // been elected and has work: give it time.
+            let hold = match step.fault {
+                Fault::CoordinatorCrashPoint { .. } => step.hold_ms.max(5000),
+                _ => step.hold_ms,
+            };
+            tb.supervised_sleep(Duration::from_millis(hold)).await;
             self.undo(tb, undo).await;
             let statuses = tb.cluster.statuses().await;
             let view: Vec<String> = statuses
