@@ -337,6 +337,12 @@ async fn watch_leadership(shared: Arc<Shared>) {
             (None, false) => {}
         }
         if metrics.changed().await.is_err() {
+            // Raft stopped: nothing may keep driving in its name.
+            if let Some((_, cancel)) = current.take() {
+                cancel.cancel();
+            }
+            shared.lock_drivers().clear();
+            shared.leadership.send_replace(Leadership::NotLeader);
             return;
         }
     }

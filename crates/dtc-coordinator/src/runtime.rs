@@ -228,9 +228,14 @@ impl DriverTask {
                     let deadline = Instant::now() + Duration::from_millis(remaining_ms);
                     let run = send_prepare(&shared, &txn_id, &participant, payload, deadline);
                     tokio::select! {
-                        vote = run => if let Some(vote) = vote {
-                            let _ = tx.send(Input::Core(Event::VoteReceived { participant, vote }));
-                        },
+                        answer = run => {
+                            let event = match answer {
+                                Some(Ok(vote)) => Event::VoteReceived { participant, vote },
+                                Some(Err(reason)) => Event::PrepareFailed { participant, reason },
+                                None => return,
+                            };
+                            let _ = tx.send(Input::Core(event));
+                        }
                         _ = cancel.cancelled() => {}
                     }
                 });
@@ -343,16 +348,18 @@ fn is_transient(status: &tonic::Status) -> bool {
     )
 }
 
-/// Sends `Prepare` until a vote arrives or the deadline passes (None: the
-/// driver's deadline tick decides). Transport failures are retried; an
-/// error status from the participant is an abort vote.
+/// Sends `Prepare` until an answer arrives or the deadline passes; transport
+/// failures are retried. `Some(Ok(vote))`: the participant voted;
+/// `Some(Err(why))`: the call failed without a vote (an error status, or an
+/// unregistered participant); `None`: no answer before the deadline (the
+/// driver's deadline tick decides).
 async fn send_prepare(
     shared: &Shared,
     txn_id: &str,
     participant: &str,
     payload: Vec<u8>,
     deadline: Instant,
-) -> Option<dtc_core::Vote> {
+) -> Option<Result<dtc_core::Vote, String>> {
     let mut delays = backoff();
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -361,7 +368,7 @@ async fn send_prepare(
         }
         let mut client = match participant_client(shared, participant) {
             Ok(c) => c,
-            Err(why) => return Some(dtc_core::Vote::Abort { reason: why }),
+            Err(why) => return Some(Err(why)),
         };
         let mut req = tonic::Request::new(PrepareRequest {
             txn_id: txn_id.to_string(),
@@ -371,15 +378,13 @@ async fn send_prepare(
         });
         req.set_timeout(remaining);
         match client.prepare(req).await {
-            Ok(resp) => return Some(dtc_proto::vote_from_wire(&resp.into_inner())),
+            Ok(resp) => return Some(Ok(dtc_proto::vote_from_wire(&resp.into_inner()))),
             Err(status) if is_transient(&status) => {
                 debug!(txn_id, participant, %status, "prepare failed; retrying");
             }
             Err(status) if status.code() == tonic::Code::DeadlineExceeded => return None,
             Err(status) => {
-                return Some(dtc_core::Vote::Abort {
-                    reason: format!("prepare failed: {}: {}", status.code(), status.message()),
-                });
+                return Some(Err(format!("{}: {}", status.code(), status.message())));
             }
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(1));

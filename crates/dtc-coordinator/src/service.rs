@@ -37,6 +37,10 @@ enum Route {
 pub fn incoming_deadline(meta: &MetadataMap) -> Option<Instant> {
     let v = meta.get("grpc-timeout")?.to_str().ok()?;
     let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    // The gRPC spec allows at most 8 digits; longer values are malformed.
+    if num.is_empty() || num.len() > 8 {
+        return None;
+    }
     let n: u64 = num.parse().ok()?;
     let d = match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
@@ -47,7 +51,7 @@ pub fn incoming_deadline(meta: &MetadataMap) -> Option<Instant> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     };
-    Some(Instant::now() + d)
+    Instant::now().checked_add(d)
 }
 
 fn unavailable_with_hint(msg: String, hint: Option<(u64, &str)>) -> Status {
@@ -644,8 +648,10 @@ mod tests {
             let left = d.saturating_duration_since(Instant::now()).as_millis() as u64;
             assert!(left <= ms && left + 50 >= ms, "{v}: {left}");
         }
-        let mut meta = MetadataMap::new();
-        meta.insert("grpc-timeout", "12X".parse().unwrap());
-        assert!(incoming_deadline(&meta).is_none());
+        for bad in ["12X", "5124095576030431H", "18446744073709551615S", "S"] {
+            let mut meta = MetadataMap::new();
+            meta.insert("grpc-timeout", bad.parse().unwrap());
+            assert!(incoming_deadline(&meta).is_none(), "{bad}");
+        }
     }
 }

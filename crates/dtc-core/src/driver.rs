@@ -32,6 +32,10 @@ use std::collections::{BTreeMap, BTreeSet};
 pub enum Event {
     /// A participant answered `Prepare`.
     VoteReceived { participant: String, vote: Vote },
+    /// `Prepare` failed without a vote (the participant answered an error, or
+    /// could not be found). Aborts like a "no" vote, but the participant may
+    /// have prepared on an earlier attempt, so it stays in the abort's phase 2.
+    PrepareFailed { participant: String, reason: String },
     /// Time passed; `now_ms` is the runtime's monotonic clock.
     Tick { now_ms: u64 },
     /// The decision record as applied by Raft (not necessarily ours).
@@ -91,6 +95,8 @@ pub struct TxnDriver {
     participants: Vec<String>,
     deadline_ms: u64,
     votes: BTreeMap<String, Vote>,
+    /// Participants whose prepare failed without a vote, with the reason.
+    failed: BTreeMap<String, String>,
     stage: Stage,
 }
 
@@ -142,6 +148,7 @@ impl TxnDriver {
             participants: record.participants.clone(),
             deadline_ms: now_ms.saturating_add(u64::from(record.timeout_ms)),
             votes: BTreeMap::new(),
+            failed: BTreeMap::new(),
             stage: Stage::Preparing,
         }
     }
@@ -173,6 +180,20 @@ impl TxnDriver {
                     return vec![];
                 }
                 self.votes.insert(participant, vote);
+                self.decide_if_ready(None)
+            }
+            Event::PrepareFailed {
+                participant,
+                reason,
+            } => {
+                if self.stage != Stage::Preparing
+                    || !self.participants.contains(&participant)
+                    || self.votes.contains_key(&participant)
+                    || self.failed.contains_key(&participant)
+                {
+                    return vec![];
+                }
+                self.failed.insert(participant, reason);
                 self.decide_if_ready(None)
             }
             Event::Tick { now_ms } => {
@@ -214,14 +235,16 @@ impl TxnDriver {
     /// deadline passed.
     fn decide_if_ready(&mut self, timed_out_at: Option<u64>) -> Vec<Action> {
         let no = self.votes.iter().find_map(|(p, v)| match v {
-            Vote::Abort { reason } => Some((p.clone(), reason.clone())),
+            Vote::Abort { reason } => Some(format!("participant {p} voted abort: {reason}")),
             _ => None,
         });
-        let (outcome, phase2) = if let Some((who, reason)) = no {
-            (
-                Outcome::abort(format!("participant {who} voted abort: {reason}")),
-                self.abort_phase2(),
-            )
+        let failed = self
+            .failed
+            .iter()
+            .next()
+            .map(|(p, why)| format!("prepare at participant {p} failed: {why}"));
+        let (outcome, phase2) = if let Some(reason) = no.or(failed) {
+            (Outcome::abort(reason), self.abort_phase2())
         } else if self.votes.len() == self.participants.len() {
             let prepared = self
                 .participants
@@ -382,6 +405,24 @@ mod tests {
         }
         // Later votes change nothing.
         assert!(d.step(vote("c", Vote::Prepared)).is_empty());
+    }
+
+    #[test]
+    fn failed_prepare_aborts_but_keeps_that_participant_in_phase2() {
+        let (_, rec) = begun(&["a", "b"], 300);
+        let (mut d, _) = TxnDriver::start_new(&rec, 0);
+        let acts = d.step(Event::PrepareFailed {
+            participant: "a".into(),
+            reason: "INTERNAL: connection reset".into(),
+        });
+        match &acts[..] {
+            [Action::ProposeDecision { outcome, phase2 }] => {
+                assert!(outcome.reason().contains("connection reset"));
+                // An earlier attempt may have prepared: a must hear the abort.
+                assert_eq!(phase2, &vec!["a".to_string(), "b".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -387,8 +387,18 @@ impl Worker {
         if let Some(rec) = log::get_in(&tx, txn_id)? {
             tx.abort()?;
             if rec.payload != payload && rec.state != TxnState::Tombstone {
+                // Not a duplicate: the id was reused for another request (the
+                // coordinator forgets outcomes after its retention window).
+                // Answering the recorded vote would commit only part of the
+                // new transaction; refuse it, and write nothing.
                 warn!(participant = %self.name, txn_id,
-                    "duplicate prepare with a different payload; answering the recorded vote");
+                    "prepare reuses a transaction id with a different payload; voting abort");
+                return Ok((
+                    Answer::Vote(Vote::Abort(format!(
+                        "transaction id {txn_id} was already used here for a different request"
+                    ))),
+                    false,
+                ));
             }
             let vote = match rec.state {
                 TxnState::Prepared | TxnState::Committed => Vote::Prepared,
