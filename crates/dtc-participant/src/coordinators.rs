@@ -70,9 +70,15 @@ pub(crate) fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// How often a registered participant checks that the cluster still has its
+/// endpoint (a delayed registration from an earlier incarnation may land
+/// after the current one and point the registry at a dead address).
+const REGISTRATION_CHECK: Duration = Duration::from_secs(10);
+
 /// Registers `name -> endpoint` until a coordinator accepts it. Every start
 /// registers again, so a participant that moved is found at its new address
-/// (corner case 15).
+/// (corner case 15). Then checks periodically that the registry still says
+/// so, and registers again if it does not.
 pub(crate) async fn register_loop(
     name: String,
     endpoint: String,
@@ -98,7 +104,13 @@ pub(crate) async fn register_loop(
             Ok(_) => {
                 info!(participant = %name, %endpoint, via = addr, attempt, "registered with the coordinators");
                 let _ = registered.send(true);
-                return;
+                if !still_registered(&name, &endpoint, &coordinators, &cancel).await {
+                    return; // cancelled
+                }
+                warn!(participant = %name, %endpoint,
+                    "the cluster's registry no longer has this endpoint; registering again");
+                attempt = 0;
+                continue;
             }
             Err(s) if s.code() == tonic::Code::InvalidArgument => {
                 // Will not fix itself; keep saying so, slowly.
@@ -116,6 +128,46 @@ pub(crate) async fn register_loop(
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Waits, checking every [`REGISTRATION_CHECK`], until the registry shows
+/// another endpoint for `name` (returns true) or `cancel` fires (false).
+/// A check that cannot reach any coordinator proves nothing and is skipped.
+async fn still_registered(
+    name: &str,
+    endpoint: &str,
+    coordinators: &Coordinators,
+    cancel: &CancellationToken,
+) -> bool {
+    let strip = |e: &str| {
+        e.trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let want = strip(endpoint);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REGISTRATION_CHECK) => {}
+            _ = cancel.cancelled() => return false,
+        }
+        let (_, channel) = coordinators.pick();
+        let req = coordinators.request(pb::ClusterStatusRequest {});
+        let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
+        let status = tokio::select! {
+            r = client.cluster_status(req) => r,
+            _ = cancel.cancelled() => return false,
+        };
+        let Ok(status) = status else { continue };
+        let registered = status
+            .into_inner()
+            .participants
+            .into_iter()
+            .find(|p| p.name == name)
+            .map(|p| strip(&p.endpoint));
+        if registered.as_deref() != Some(want.as_str()) {
+            return true;
         }
     }
 }

@@ -95,7 +95,10 @@ impl Resolver {
         let min_age_ms = min_age.as_millis() as u64;
         let ids: Vec<String> = prepared
             .into_iter()
-            .filter(|(_, r)| now.saturating_sub(r.updated_at_ms) >= min_age_ms)
+            // A record "from the future" means the wall clock stepped back
+            // since it was written: ask anyway rather than hold its locks
+            // until the clock catches up.
+            .filter(|(_, r)| r.updated_at_ms > now || now - r.updated_at_ms >= min_age_ms)
             .map(|(id, _)| id)
             .collect();
         pass.asked = ids.len();
