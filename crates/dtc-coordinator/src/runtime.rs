@@ -94,6 +94,62 @@ pub fn spawn_driver(
     handle
 }
 
+/// Reserves a transaction id in the driver registry while something other
+/// than a driver decides it (a presumed-abort outcome query), so that an
+/// `Execute` of that id arriving meanwhile joins and gets the same answer
+/// instead of slipping a `Begin` in between the query's check and its abort.
+pub struct Claim {
+    shared: Arc<Shared>,
+    txn_id: String,
+    serial: u64,
+    status: watch::Sender<DriverStatus>,
+}
+
+impl Claim {
+    /// The caller holds the drivers lock and has checked the id is free.
+    pub fn new(
+        shared: &Arc<Shared>,
+        drivers: &mut HashMap<String, DriverHandle>,
+        txn_id: &str,
+    ) -> Claim {
+        let (status, rx) = watch::channel(DriverStatus::default());
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        drivers.insert(
+            txn_id.to_string(),
+            DriverHandle {
+                serial,
+                digest: None,
+                status: rx,
+            },
+        );
+        Claim {
+            shared: shared.clone(),
+            txn_id: txn_id.to_string(),
+            serial,
+            status,
+        }
+    }
+
+    /// Publishes the applied outcome to anyone who joined.
+    pub fn finish(&self, outcome: &Outcome) {
+        self.status.send_modify(|s| {
+            s.outcome = Some(outcome.clone());
+            s.done = true;
+        });
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.status
+            .send_modify(|s| s.stopped |= s.outcome.is_none());
+        let mut drivers = self.shared.lock_drivers();
+        if drivers.get(&self.txn_id).map(|h| h.serial) == Some(self.serial) {
+            drivers.remove(&self.txn_id);
+        }
+    }
+}
+
 enum Input {
     Core(Event),
     /// A proposal failed: this node is no longer leader (or Raft stopped).

@@ -587,13 +587,19 @@ impl pb::in_doubt_server::InDoubt for InDoubtService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         match self.router.route(&meta).await? {
             Route::Local(_) => {
-                if let Some(record) = shared.reader.get_txn(&msg.txn_id).map_err(store_err)? {
-                    return Ok(Response::new(outcome_response(record.outcome())));
-                }
-                if shared.lock_drivers().contains_key(&msg.txn_id) {
-                    // Begin is being proposed right now.
-                    return Ok(Response::new(outcome_response(None)));
-                }
+                let claim = {
+                    let mut drivers = shared.lock_drivers();
+                    if drivers.contains_key(&msg.txn_id) {
+                        // A driver runs it (or another query is deciding it).
+                        return Ok(Response::new(outcome_response(None)));
+                    }
+                    // Checked under the lock: drivers register (and only then
+                    // propose Begin) under it too, so no Begin can slip in.
+                    if let Some(record) = shared.reader.get_txn(&msg.txn_id).map_err(store_err)? {
+                        return Ok(Response::new(outcome_response(record.outcome())));
+                    }
+                    crate::runtime::Claim::new(&shared, &mut drivers, &msg.txn_id)
+                };
                 // Presumed abort: record the abort through Raft first, then
                 // answer what was applied (corner case 3).
                 let applied = shared
@@ -609,6 +615,9 @@ impl pb::in_doubt_server::InDoubt for InDoubtService {
                     .map_err(|e| Status::unavailable(format!("cannot record the outcome: {e}")))?;
                 match applied {
                     CommandResult::Decided { record } => {
+                        if let Some(outcome) = record.outcome() {
+                            claim.finish(outcome);
+                        }
                         Ok(Response::new(outcome_response(record.outcome())))
                     }
                     other => Err(Status::internal(format!(
