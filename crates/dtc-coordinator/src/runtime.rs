@@ -182,7 +182,7 @@ impl DriverTask {
 
     async fn drive(&self, start: Start) -> Result<(), String> {
         let now = self.shared.clock_ms();
-        let (mut driver, actions, payloads, mut permit) = match start {
+        let (mut driver, actions, mut payloads, mut permit) = match start {
             Start::New {
                 txn_id,
                 branches,
@@ -235,7 +235,16 @@ impl DriverTask {
                     // one waiting on a slow participant no longer counts.
                     drop(permit.take());
                 }
+                let prepared = matches!(
+                    action,
+                    Action::ProposeDecision { .. } | Action::Finished { .. }
+                );
                 self.execute(action, &payloads, &tx);
+                if prepared {
+                    // Payloads serve only prepare; a decided transaction may
+                    // wait long for a dead participant, so free them now.
+                    payloads = HashMap::new();
+                }
             }
             if driver.is_done() {
                 self.status.send_modify(|s| s.done = true);
@@ -400,7 +409,11 @@ fn participant_client(
 fn is_transient(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        // INTERNAL is what tonic reports for a connection torn down mid-call.
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
     )
 }
 
@@ -541,28 +554,31 @@ pub async fn take_over(shared: Arc<Shared>, term: u64, cancel: CancellationToken
         }
     }
     let catch_up = started.elapsed();
-    let scan_started = Instant::now();
-    let reader = shared.reader.clone();
-    let pending = match tokio::task::spawn_blocking(move || {
-        // Crash point: a new leader dies while reading the pending index.
-        fail::fail_point!("coordinator.takeover.scan", |_| crate::crash::crash(
-            "coordinator.takeover.scan"
-        ));
-        reader.pending()
-    })
-    .await
-    {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => {
-            error!(term, error = %e, "takeover: cannot read the pending index");
-            return;
-        }
-        Err(e) => {
-            error!(term, error = %e, "takeover: scan task failed");
-            return;
+    // A failed scan is retried for as long as the term lasts: giving up
+    // would leave a leader that heartbeats (so nobody replaces it) but never
+    // becomes ready.
+    let (pending, scan) = loop {
+        let scan_started = Instant::now();
+        let reader = shared.reader.clone();
+        let why = match tokio::task::spawn_blocking(move || {
+            // Crash point: a new leader dies while reading the pending index.
+            fail::fail_point!("coordinator.takeover.scan", |_| crate::crash::crash(
+                "coordinator.takeover.scan"
+            ));
+            reader.pending()
+        })
+        .await
+        {
+            Ok(Ok(p)) => break (p, scan_started.elapsed()),
+            Ok(Err(e)) => format!("cannot read the pending index: {e}"),
+            Err(e) => format!("scan task failed: {e}"),
+        };
+        error!(term, error = %why, "takeover: scan failed; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))) => {}
+            _ = cancel.cancelled() => return,
         }
     };
-    let scan = scan_started.elapsed();
     let (mut undecided, mut decided) = (0usize, 0usize);
     {
         let mut drivers = shared.lock_drivers();
