@@ -273,6 +273,7 @@ pub fn execute_request(
             })
             .collect(),
         timeout_ms,
+        reply_at_decision: false,
     }
 }
 

@@ -26,6 +26,7 @@ pub struct TxnBuilder {
     timeout: Option<Duration>,
     id: Option<String>,
     deadline: Option<Duration>,
+    reply_at_decision: bool,
     error: Option<ClientError>,
 }
 
@@ -37,6 +38,7 @@ impl TxnBuilder {
             timeout: None,
             id: None,
             deadline: None,
+            reply_at_decision: false,
             error: None,
         }
     }
@@ -64,6 +66,14 @@ impl TxnBuilder {
     /// prepare timeout plus the client's retry budget).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
+        self
+    }
+
+    /// Answer as soon as the decision is replicated, without waiting for
+    /// the participants to acknowledge it (default: wait, so that reads at
+    /// the participants see the transaction's effects).
+    pub fn reply_at_decision(mut self, yes: bool) -> Self {
+        self.reply_at_decision = yes;
         self
     }
 
@@ -117,6 +127,7 @@ impl TxnBuilder {
                 })
                 .collect(),
             timeout_ms,
+            reply_at_decision: self.reply_at_decision,
         };
         let (result, ambiguous) = self
             .client

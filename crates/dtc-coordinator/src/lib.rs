@@ -9,6 +9,7 @@
 //! - [`network`]: the Raft transport over tonic (client and server).
 //! - [`service`]: the `Coordinator` and `InDoubt` gRPC services, with
 //!   forwarding from followers to the leader.
+//! - [`proposer`]: packs every queued proposal into one batched log entry.
 //! - [`runtime`]: one task per transaction running a
 //!   [`dtc_core::TxnDriver`]; takeover on a new leader.
 //! - [`config`], [`channels`]: configuration, data-dir identity, gRPC channels.
@@ -29,6 +30,7 @@ pub mod config;
 mod crash;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod runtime;
 pub mod service;
 

@@ -4,6 +4,7 @@
 use crate::channels::Channels;
 use crate::config::{ConfigError, NodeConfig, claim_data_dir};
 use crate::network::{NetworkFactory, RaftService};
+use crate::proposer::Proposer;
 use crate::runtime::{self, DriverHandle};
 use crate::service::{CoordinatorService, InDoubtService};
 use dtc_core::{Command, CommandResult};
@@ -56,6 +57,8 @@ pub enum Leadership {
 pub struct Shared {
     pub config: NodeConfig,
     pub raft: Raft<TypeConfig>,
+    /// Packs proposals into batched log entries (see [`crate::proposer`]).
+    pub proposer: Proposer,
     pub reader: StateReader,
     /// Channels to peers and participants, by address.
     pub channels: Channels,
@@ -82,10 +85,7 @@ impl Shared {
     /// Proposes a command through Raft and returns what apply produced.
     /// Any error means this node cannot decide now (not leader, or stopped).
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, String> {
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => Ok(resp.data),
-            Err(e) => Err(e.to_string()),
-        }
+        self.proposer.propose(cmd).await
     }
 
     pub fn mark_ready(&self, term: u64) {
@@ -159,6 +159,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let shared = Arc::new(Shared {
         in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
         config,
+        proposer: Proposer::spawn(raft.clone()),
         raft: raft.clone(),
         reader,
         channels,

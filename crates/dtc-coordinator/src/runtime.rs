@@ -30,6 +30,9 @@ use tracing::{debug, error, info, warn};
 pub struct DriverStatus {
     /// The applied outcome, once known.
     pub outcome: Option<Outcome>,
+    /// Every phase-2 participant acknowledged the outcome (`Complete` may
+    /// still be replicating: nobody needs to wait for it).
+    pub acked: bool,
     /// Every participant acknowledged and `Complete` was applied.
     pub done: bool,
     /// The driver stopped before finishing (leadership lost).
@@ -353,6 +356,7 @@ impl DriverTask {
                 });
             }
             Action::ProposeComplete => {
+                self.status.send_modify(|s| s.acked = true);
                 tokio::spawn(async move {
                     let cmd = Command::Complete {
                         txn_id,

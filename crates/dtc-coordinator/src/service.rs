@@ -265,6 +265,7 @@ impl CoordinatorService {
     async fn execute_local(
         &self,
         req: TxnRequest,
+        reply_at_decision: bool,
         cancel: CancellationToken,
     ) -> Result<pb::ExecuteResponse, Status> {
         let shared = self.shared();
@@ -337,12 +338,15 @@ impl CoordinatorService {
             )));
         };
         // Give phase 2 a moment so the client normally reads its own writes;
-        // the outcome is final either way.
-        let _ = tokio::time::timeout(
-            shared.config.ack_wait,
-            status.wait_for(|s| s.done || s.stopped),
-        )
-        .await;
+        // the outcome is final either way. `Complete` is not waited for: it
+        // only moves the record out of the pending index.
+        if !reply_at_decision {
+            let _ = tokio::time::timeout(
+                shared.config.ack_wait,
+                status.wait_for(|s| s.acked || s.done || s.stopped),
+            )
+            .await;
+        }
         // Crash point: the decision is committed (and normally acknowledged
         // by every participant); the client has not been answered.
         fail::fail_point!(
@@ -376,7 +380,10 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let req = TxnRequest::validate(txn_id.clone(), branches, msg.timeout_ms, limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         match self.router.route(&meta).await? {
-            Route::Local(cancel) => self.execute_local(req, cancel).await.map(Response::new),
+            Route::Local(cancel) => self
+                .execute_local(req, msg.reply_at_decision, cancel)
+                .await
+                .map(Response::new),
             Route::Forward { addr, hops } => {
                 let mut fwd = msg;
                 fwd.txn_id = txn_id; // a generated id must stay the same on the leader

@@ -87,17 +87,27 @@ impl LogStore {
         self
     }
 
-    /// Waits until the covering state machine has applied `upto`.
+    /// Waits until the covering state machine has durably applied `upto`.
+    /// Applies are synced only now and then (see `StateMachineStore`), so
+    /// once the entry is applied this forces the sync rather than wait for it.
     async fn wait_covered(&self, upto: &LogId) -> Result<(), StoreError> {
         let Some(state) = self.covered_by.clone() else {
             return Ok(());
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
+            if state
+                .durable_applied()
+                .is_some_and(|a| a.index >= upto.index)
+            {
+                return Ok(());
+            }
             let reader = state.clone();
             let applied = run_blocking(move || reader.last_applied()).await?;
             if applied.is_some_and(|a| a.index >= upto.index) {
-                return Ok(());
+                let reader = state.clone();
+                run_blocking(move || reader.make_durable()).await?;
+                continue;
             }
             if std::time::Instant::now() >= deadline {
                 return Err(StoreError::Inconsistent(format!(

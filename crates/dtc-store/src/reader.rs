@@ -1,5 +1,6 @@
 //! Read-only queries on the applied state, for the coordinator.
 
+use crate::state_machine::{DurableMark, make_durable};
 use crate::tables::{
     COMPLETED, LAST_APPLIED_KEY, MEMBERSHIP_KEY, PARTICIPANTS, PENDING, SM_META, TXNS, decode,
     get_meta,
@@ -18,6 +19,7 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct StateReader {
     db: Arc<Database>,
+    durable: Arc<DurableMark>,
 }
 
 impl std::fmt::Debug for StateReader {
@@ -49,8 +51,8 @@ fn indexed_record(
 }
 
 impl StateReader {
-    pub(crate) fn new(db: Arc<Database>) -> Self {
-        StateReader { db }
+    pub(crate) fn new(db: Arc<Database>, durable: Arc<DurableMark>) -> Self {
+        StateReader { db, durable }
     }
 
     /// The record of one transaction.
@@ -141,6 +143,20 @@ impl StateReader {
     pub fn last_applied(&self) -> Result<Option<LogId>, StoreError> {
         let txn = self.db.begin_read()?;
         get_meta(&txn.open_table(SM_META)?, "meta", LAST_APPLIED_KEY)
+    }
+
+    /// The last applied entry whose effects are known to be on disk. Applies
+    /// commit without an fsync (the synced Raft log re-creates them after a
+    /// crash), so this may trail [`last_applied`](Self::last_applied).
+    pub fn durable_applied(&self) -> Option<LogId> {
+        self.durable.get()
+    }
+
+    /// Forces everything applied so far to disk (one synced redb commit) and
+    /// returns the applied position that is now durable. Blocks: call it
+    /// from a blocking thread.
+    pub fn make_durable(&self) -> Result<Option<LogId>, StoreError> {
+        make_durable(&self.db, &self.durable)
     }
 
     /// The membership last applied to the state machine.

@@ -9,12 +9,13 @@ use crate::{Entry, LogId, NodeId, StorageError, StoreError, StoredMembership, Ty
 use dtc_core::{ApplyStore, CommandResult, TxnRecord};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{BasicNode, EntryPayload, OptionalSend, StorageIOError};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 type Meta = SnapshotMeta<NodeId, BasicNode>;
 
@@ -23,6 +24,109 @@ type Meta = SnapshotMeta<NodeId, BasicNode>;
 #[derive(Clone)]
 pub struct StateMachineStore {
     db: Arc<Database>,
+    durable: Arc<DurableMark>,
+}
+
+/// redb cache of the state machine. Reads are of recent and pending records
+/// (phase 2, takeover, outcome queries); older completed records are read
+/// only by clients retrying an id or listing history, and may come from disk.
+/// Bounds the node's memory whatever the history (redb's default is 1 GiB).
+pub const STATE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// An apply commit is synced at least this often...
+const SYNC_EVERY: Duration = Duration::from_millis(200);
+/// ...and at least every this many entries, so that the entries re-applied
+/// after a crash (from the synced log) stay few, and the pages freed by
+/// unsynced commits (redb reuses them only after a synced one) stay few.
+const SYNC_EVERY_ENTRIES: u64 = 512;
+
+/// What part of the applied state is known to be on disk.
+///
+/// Applies commit with `Durability::None`: the Raft log is synced before an
+/// entry can commit, and openraft re-applies the committed entries past the
+/// state machine's `last_applied` at start-up, so an apply lost in a crash is
+/// re-created, never lost. The one thing that must wait for the sync is a log
+/// purge, which [`crate::LogStore::purge_covered_by`] keeps at or below
+/// [`DurableMark::get`].
+#[derive(Debug)]
+pub(crate) struct DurableMark {
+    state: Mutex<MarkState>,
+}
+
+#[derive(Debug)]
+struct MarkState {
+    /// Last applied entry covered by a synced commit.
+    applied: Option<LogId>,
+    last_sync: Instant,
+    entries_since_sync: u64,
+}
+
+impl DurableMark {
+    fn new(applied: Option<LogId>) -> Self {
+        DurableMark {
+            state: Mutex::new(MarkState {
+                applied,
+                last_sync: Instant::now(),
+                entries_since_sync: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MarkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn get(&self) -> Option<LogId> {
+        self.lock().applied
+    }
+
+    /// Whether the next apply of `entries` entries should be synced.
+    fn sync_due(&self, entries: u64) -> bool {
+        let s = self.lock();
+        s.entries_since_sync + entries >= SYNC_EVERY_ENTRIES || s.last_sync.elapsed() >= SYNC_EVERY
+    }
+
+    /// Records a commit: a synced one moves the durable position to `at`.
+    fn committed(&self, at: Option<LogId>, entries: u64, synced: bool) {
+        let mut s = self.lock();
+        if synced {
+            if at > s.applied || at.is_none() {
+                s.applied = at;
+            }
+            s.last_sync = Instant::now();
+            s.entries_since_sync = 0;
+        } else {
+            s.entries_since_sync += entries;
+        }
+    }
+
+    /// After a snapshot install the applied position may move backwards or
+    /// anywhere: it is exactly the snapshot's, and synced.
+    fn reset(&self, at: Option<LogId>) {
+        let mut s = self.lock();
+        s.applied = at;
+        s.last_sync = Instant::now();
+        s.entries_since_sync = 0;
+    }
+}
+
+/// One synced commit that makes every earlier unsynced apply durable;
+/// returns the applied position it covers.
+pub(crate) fn make_durable(db: &Database, mark: &DurableMark) -> Result<Option<LogId>, StoreError> {
+    let txn = db.begin_write()?; // Durability::Immediate
+    let applied = {
+        // Rewrite the position rather than commit nothing, so that the
+        // commit is a real one whatever redb does with empty transactions.
+        let mut meta = txn.open_table(SM_META)?;
+        let applied: Option<LogId> = get_meta(&meta, "meta", LAST_APPLIED_KEY)?;
+        if let Some(a) = &applied {
+            meta.insert(LAST_APPLIED_KEY, encode("last_applied", a)?.as_slice())?;
+        }
+        applied
+    };
+    txn.commit()?;
+    mark.committed(applied, 0, true);
+    Ok(applied)
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -48,7 +152,9 @@ struct SnapshotData {
 impl StateMachineStore {
     /// Opens (creating if missing) a state machine database file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = crate::files::create_database(&redb::Builder::new(), path)?;
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(STATE_CACHE_BYTES);
+        let db = crate::files::create_database(&builder, path)?;
         crate::tables::init(&db, path, SM_META, |txn| {
             txn.open_table(TXNS)?;
             txn.open_table(PENDING)?;
@@ -57,13 +163,15 @@ impl StateMachineStore {
             txn.open_table(SNAPSHOT)?;
             Ok(())
         })?;
-        Ok(StateMachineStore { db: Arc::new(db) })
+        Self::with_db(db)
     }
 
     /// Opens (creating if empty) a state machine database on a custom redb
     /// storage backend instead of a file, e.g. a simulated disk for crash tests.
     pub fn open_with_backend(backend: impl redb::StorageBackend) -> Result<Self, StoreError> {
-        let db = redb::Builder::new().create_with_backend(backend)?;
+        let db = redb::Builder::new()
+            .set_cache_size(STATE_CACHE_BYTES)
+            .create_with_backend(backend)?;
         crate::tables::init(&db, Path::new("<storage backend>"), SM_META, |txn| {
             txn.open_table(TXNS)?;
             txn.open_table(PENDING)?;
@@ -72,12 +180,24 @@ impl StateMachineStore {
             txn.open_table(SNAPSHOT)?;
             Ok(())
         })?;
-        Ok(StateMachineStore { db: Arc::new(db) })
+        Self::with_db(db)
+    }
+
+    fn with_db(db: Database) -> Result<Self, StoreError> {
+        // Whatever the file holds at open is on disk: that is the durable mark.
+        let applied = {
+            let txn = db.begin_read()?;
+            get_meta::<LogId>(&txn.open_table(SM_META)?, "meta", LAST_APPLIED_KEY)?
+        };
+        Ok(StateMachineStore {
+            db: Arc::new(db),
+            durable: Arc::new(DurableMark::new(applied)),
+        })
     }
 
     /// A cheap, cloneable read handle on the applied state.
     pub fn reader(&self) -> StateReader {
-        StateReader::new(self.db.clone())
+        StateReader::new(self.db.clone(), self.durable.clone())
     }
 
     fn applied_state_sync(&self) -> Result<(Option<LogId>, StoredMembership), StoreError> {
@@ -190,13 +310,20 @@ impl ApplyStore for ApplyTables<'_> {
 /// log id of the entry that failed, for openraft's error.
 fn apply_batch(
     db: &Database,
+    mark: &DurableMark,
     entries: &[Entry],
 ) -> Result<Vec<CommandResult>, (LogId, StoreError)> {
     let Some(last) = entries.last().map(|e| e.log_id) else {
         return Ok(Vec::new());
     };
     let fail = |e: StoreError| (last, e);
-    let txn = db.begin_write().map_err(|e| fail(e.into()))?; // Durability::Immediate
+    let mut txn = db.begin_write().map_err(|e| fail(e.into()))?;
+    let sync = mark.sync_due(entries.len() as u64);
+    if !sync {
+        // See `DurableMark`: the synced log makes this commit recoverable.
+        txn.set_durability(Durability::None)
+            .map_err(|e| fail(StoreError::Inconsistent(format!("set durability: {e}"))))?;
+    }
     let mut results = Vec::with_capacity(entries.len());
     {
         let mut tables = ApplyTables::open(&txn).map_err(fail)?;
@@ -213,6 +340,11 @@ fn apply_batch(
                 }
             };
             results.push(result);
+            // Crash point: part of the entries (or of one batched entry's
+            // commands) are applied, nothing is committed.
+            fail::fail_point!("store.apply.mid_batch", |_| crate::crash::crash(
+                "store.apply.mid_batch"
+            ));
         }
         // The applied position commits with the effects, so after a crash
         // openraft re-applies exactly the entries whose effects were lost.
@@ -227,6 +359,7 @@ fn apply_batch(
         }
     }
     txn.commit().map_err(|e| fail(e.into()))?;
+    mark.committed(Some(last), entries.len() as u64, sync);
     Ok(results)
 }
 
@@ -272,7 +405,10 @@ fn read_snapshot_data(db: &Database) -> Result<SnapshotData, StoreError> {
 /// Builds a snapshot and stores it as current (unless a newer one was
 /// installed meanwhile), durably, so `get_current_snapshot` survives restarts
 /// and the log purge that follows a snapshot never outruns it.
-fn build_snapshot_sync(db: &Database) -> Result<Snapshot<TypeConfig>, StoreError> {
+fn build_snapshot_sync(
+    db: &Database,
+    mark: &DurableMark,
+) -> Result<Snapshot<TypeConfig>, StoreError> {
     let data = read_snapshot_data(db)?;
     let bytes = encode("snapshot", &data)?;
 
@@ -302,7 +438,8 @@ fn build_snapshot_sync(db: &Database) -> Result<Snapshot<TypeConfig>, StoreError
         }
         meta
     };
-    txn.commit()?;
+    txn.commit()?; // synced: it also makes every apply up to the snapshot durable
+    mark.committed(data.last_applied, 0, true);
     Ok(Snapshot {
         meta,
         snapshot: Box::new(Cursor::new(bytes)),
@@ -311,7 +448,12 @@ fn build_snapshot_sync(db: &Database) -> Result<Snapshot<TypeConfig>, StoreError
 
 /// Replaces every state table with the snapshot's contents and makes it the
 /// current snapshot, in one durable transaction.
-fn install_snapshot_sync(db: &Database, meta: &Meta, bytes: Vec<u8>) -> Result<(), StoreError> {
+fn install_snapshot_sync(
+    db: &Database,
+    mark: &DurableMark,
+    meta: &Meta,
+    bytes: Vec<u8>,
+) -> Result<(), StoreError> {
     let data: SnapshotData = decode("snapshot", "snapshot data", &meta.snapshot_id, &bytes)?;
     if data.format != crate::tables::FORMAT_VERSION {
         return Err(StoreError::Inconsistent(format!(
@@ -372,13 +514,14 @@ fn install_snapshot_sync(db: &Database, meta: &Meta, bytes: Vec<u8>) -> Result<(
         "store.snapshot.install"
     ));
     txn.commit()?;
+    mark.reset(meta.last_log_id);
     Ok(())
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let db = self.db.clone();
-        crate::run_blocking(move || build_snapshot_sync(&db))
+        let (db, mark) = (self.db.clone(), self.durable.clone());
+        crate::run_blocking(move || build_snapshot_sync(&db, &mark))
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
@@ -402,7 +545,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(Vec::new());
         }
         let db = self.db.clone();
-        match tokio::task::spawn_blocking(move || apply_batch(&db, &entries)).await {
+        let mark = self.durable.clone();
+        match tokio::task::spawn_blocking(move || apply_batch(&db, &mark, &entries)).await {
             Ok(Ok(results)) => Ok(results),
             Ok(Err((log_id, e))) => Err(StorageIOError::apply(log_id, &e).into()),
             Err(join) => {
@@ -424,10 +568,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &Meta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let db = self.db.clone();
+        let (db, mark) = (self.db.clone(), self.durable.clone());
         let meta2 = meta.clone();
         let bytes = snapshot.into_inner();
-        crate::run_blocking(move || install_snapshot_sync(&db, &meta2, bytes))
+        crate::run_blocking(move || install_snapshot_sync(&db, &mark, &meta2, bytes))
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
     }

@@ -82,6 +82,11 @@ struct Durable {
 #[derive(Debug, Clone)]
 struct Model {
     d: Durable,
+    /// What the state machine reported durable (`StateReader::durable_applied`)
+    /// after the step. Applies commit unsynced, so a crash may take `d.applied`
+    /// back to anywhere between this and `d.applied` (the synced log has the
+    /// entries, and openraft re-applies them at start-up); never below it.
+    applied_floor: Option<LogId>,
     /// Last `save_committed` value (a hint: may be lost, never ahead).
     hint: Option<LogId>,
     /// Entries the cluster committed: `world.committed.len()`.
@@ -93,6 +98,17 @@ struct Model {
 }
 
 impl Model {
+    /// Whether recovered stores `got` are this state, allowing the unsynced
+    /// applies since the durable mark to be lost.
+    fn recovers_as(&self, got: &Durable) -> bool {
+        let a = cnt(&got.applied);
+        let mut want = self.d.clone();
+        if cnt(&self.applied_floor) <= a && a <= cnt(&self.d.applied) {
+            want.applied = got.applied;
+        }
+        want == *got
+    }
+
     /// The index the next appended entry gets.
     fn end(&self) -> u64 {
         self.d
@@ -236,6 +252,7 @@ impl Run {
 
     fn done(&mut self, kind: &'static str, what: String, start: u64) {
         *self.cov.kinds.entry(kind).or_default() += 1;
+        self.m.applied_floor = self.node.sm.reader().durable_applied();
         self.steps.push(Step {
             what,
             start,
@@ -698,6 +715,8 @@ struct CrashCheck {
     matched: usize,
     node: Node,
     recovered: Observed,
+    /// `applied` as found on the recovered disk, before openraft's start-up.
+    observed_applied: Option<LogId>,
 }
 
 /// A file whose creation by redb did not finish: redb sizes the file, writes
@@ -751,12 +770,12 @@ async fn check_crash(
     let matching: Vec<usize> = candidates
         .iter()
         .copied()
-        .filter(|&j| history[j].d == got)
+        .filter(|&j| history[j].recovers_as(&got))
         .collect();
     let Some(&matched) = matching.last() else {
         let mut msg = String::new();
-        let earlier = history[..acked].iter().rposition(|m| m.d == got);
-        match earlier.or_else(|| history.iter().position(|m| m.d == got)) {
+        let earlier = history[..acked].iter().rposition(|m| m.recovers_as(&got));
+        match earlier.or_else(|| history.iter().position(|m| m.recovers_as(&got))) {
             Some(j) if j < acked => {
                 let _ = write!(
                     msg,
@@ -809,6 +828,7 @@ async fn check_crash(
     }
     Ok(Some(CrashCheck {
         matched,
+        observed_applied: o.applied,
         node,
         recovered,
     }))
@@ -828,6 +848,7 @@ fn fresh_model() -> Model {
             snapshot: None,
         },
         hint: None,
+        applied_floor: None,
         commit: 0,
         term: 0,
         leader: 0,
@@ -867,6 +888,8 @@ struct Tally {
     in_flight_kept: usize,
     unopenable_new_files: usize,
     install_gaps: usize,
+    /// Crashes that lost unsynced applies (re-applied from the log at start-up).
+    unsynced_applies_lost: usize,
     per_mode: BTreeMap<&'static str, usize>,
 }
 
@@ -917,6 +940,9 @@ async fn crash_at_points(
                 let m = &run.history[c.matched];
                 if cnt(&m.d.applied) > m.end() {
                     tally.install_gaps += 1;
+                }
+                if cnt(&c.observed_applied) < cnt(&m.d.applied) {
+                    tally.unsynced_applies_lost += 1;
                 }
             }
             Err(e) => {
@@ -1002,6 +1028,10 @@ fn every_acknowledged_raft_write_survives_a_crash_at_every_sync_boundary() {
     }
     eprintln!("{tally:?}");
     assert!(tally.in_flight_kept > 0, "no crash kept an in-flight write");
+    assert!(
+        tally.unsynced_applies_lost > 0,
+        "no crash lost an unsynced apply: the re-apply path went unchecked"
+    );
 }
 
 #[test]
@@ -1088,6 +1118,7 @@ fn stores_recover_and_keep_their_guarantees_across_repeated_crashes() {
                 let m = Model {
                     d: o.durable(),
                     hint: o.hint,
+                    applied_floor: c.node.sm.reader().durable_applied(),
                     commit: world.committed.len() as u64,
                     term: term.max(run.history[c.matched].term),
                     leader: vote.leader_id().voted_for().unwrap_or(1),
