@@ -157,14 +157,18 @@ async fn crash_case(point: &'static str, target: Target, expect: Expect) {
 
 // ---- coordinator crash points -------------------------------------------
 
-/// `Begin` is applied, no prepare has left: the new leader finds the
-/// transaction undecided and aborts it (presumed abort through Raft).
+/// No prepare has left and `Begin` is still replicating (prepares go out
+/// in parallel with it). If `Begin` committed, the new leader finds the
+/// transaction undecided and aborts it; if not, no node knows it and the
+/// client's retry with the same id runs it afresh on the new leader, which
+/// may commit. Either way it has one outcome everywhere and moves money once
+/// or not at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn coordinator_crash_before_sending_prepare_aborts() {
+async fn coordinator_crash_before_sending_prepare_resolves_one_way() {
     crash_case(
         "coordinator.prepare.before_send",
         Target::Coordinators,
-        Expect::Abort,
+        Expect::Either,
     )
     .await;
 }
@@ -350,6 +354,125 @@ async fn store_crash_during_snapshot_install_leaves_the_old_state_and_recovers()
         alpha
             .wait_state("after-snapshot", BranchState::Committed, secs(10))
             .await;
+        assert!(alpha.violations().is_empty() && beta.violations().is_empty());
+    })
+    .await;
+}
+
+/// Every node crashes half-way through applying one batched log entry (a
+/// `Command::Batch` of several transactions' commands): the entry is
+/// committed, none of its effects are. After the restart the entry is
+/// applied again from the log, whole: every transaction has one outcome at
+/// the coordinator and at both participants, and nothing is pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_crash_in_the_middle_of_a_batch_is_applied_whole_after_restart() {
+    use futures::StreamExt;
+    const TXNS: usize = 64;
+    let mut options = dtc_tests::ClusterOptions::new(3);
+    options.first_start_env = vec![("FAILPOINTS".into(), "store.apply.mid_batch=return".into())];
+    let mut cluster = Cluster::with_options(options);
+    cluster.expect_crashes(true);
+    let alpha = TestParticipant::start("alpha").await;
+    let beta = TestParticipant::start("beta").await;
+    bounded(secs(200), async {
+        cluster.wait_for_stable_leader(secs(30)).await;
+        // One at a time: single commands, never a batch.
+        cluster.register(&alpha, secs(15)).await;
+        cluster.register(&beta, secs(15)).await;
+        let ids: Vec<String> = (0..TXNS).map(|i| format!("mb-{i:03}")).collect();
+        let req = |id: &str| execute_request(id, &[("alpha", b"a"), ("beta", b"b")], 5000);
+        // Concurrent transactions fill batches; the first batch of two or
+        // more commands crashes every node that applies it.
+        let all = cluster.ids();
+        let (c, nodes) = (&cluster, &all);
+        let first: Vec<_> = futures::stream::iter(ids.clone())
+            .map(|id| async move {
+                let r = c.execute_retrying(nodes, req(&id), secs(3)).await;
+                (id, r.ok().map(|r| r.outcome()))
+            })
+            .buffer_unordered(TXNS)
+            .collect()
+            .await;
+        // The leader crashes applying the entry; the followers crash when
+        // they apply it, if they learned it committed before the leader
+        // died, or once a new leader of theirs commits it. A majority has it.
+        let deadline = Instant::now() + secs(60);
+        loop {
+            cluster.assert_no_crash(); // reaps the nodes that exited (expected here)
+            let ids = cluster.ids();
+            let down: Vec<u64> = ids
+                .into_iter()
+                .filter(|id| !cluster.is_running(*id))
+                .collect();
+            if down.len() >= 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {down:?} crashed at the crash point within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut crashed = Vec::new();
+        for id in cluster.ids() {
+            if cluster.is_running(id) {
+                // The last one, if it has not applied the entry yet: a
+                // whole-cluster outage then, which must recover all the same.
+                cluster.kill(id);
+                continue;
+            }
+            let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+            assert!(
+                log.contains("failpoint store.apply.mid_batch: crashing"),
+                "node {id} exited without the crash point firing"
+            );
+            crashed.push(id);
+        }
+        println!("nodes {crashed:?} crashed in the middle of a batch apply");
+        for id in cluster.ids() {
+            cluster.restart(id);
+        }
+        cluster.wait_for_stable_leader(secs(30)).await;
+        // Every id again, same request: a recorded outcome is returned as it
+        // stands, an unknown id runs afresh; either way one answer each.
+        let live = cluster.live_ids();
+        let (c, l) = (&cluster, &live);
+        let second: Vec<_> = futures::stream::iter(ids.clone())
+            .map(|id| async move {
+                let r = c.execute_retrying(l, req(&id), secs(60)).await;
+                (id, r)
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let before: std::collections::BTreeMap<String, Option<pb::Outcome>> =
+            first.into_iter().collect();
+        for (id, r) in second {
+            let outcome = r.unwrap_or_else(|s| panic!("{id}: {s:?}")).outcome();
+            if let Some(Some(earlier)) = before.get(&id) {
+                assert_eq!(
+                    *earlier, outcome,
+                    "{id} changed its outcome across the crash"
+                );
+            }
+            let want = match outcome {
+                pb::Outcome::Committed => BranchState::Committed,
+                _ => BranchState::Aborted,
+            };
+            for p in [&alpha, &beta] {
+                // A participant that never prepared an aborted one has no record.
+                if want == BranchState::Aborted && p.state(&id).is_none() {
+                    continue;
+                }
+                p.wait_state(&id, want, secs(20)).await;
+            }
+        }
+        cluster.wait_no_pending(secs(30)).await;
+        let statuses = cluster.statuses().await;
+        let applied: Vec<u64> = statuses.values().map(|s| s.last_applied).collect();
+        assert_eq!(statuses.len(), 3, "{statuses:?}");
+        assert!(statuses.values().all(|s| s.pending == 0), "{statuses:?}");
+        assert!(applied.iter().all(|a| *a > 0), "{applied:?}");
         assert!(alpha.violations().is_empty() && beta.violations().is_empty());
     })
     .await;

@@ -157,6 +157,8 @@ enum Input {
     Core(Event),
     /// A proposal failed: this node is no longer leader (or Raft stopped).
     ProposalFailed(String),
+    /// The request conflicts with a stored transaction of the same id.
+    Rejected(String),
 }
 
 struct DriverTask {
@@ -185,6 +187,7 @@ impl DriverTask {
 
     async fn drive(&self, start: Start) -> Result<(), String> {
         let now = self.shared.clock_ms();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
         let (mut driver, actions, mut payloads, mut permit) = match start {
             Start::New {
                 txn_id,
@@ -193,34 +196,23 @@ impl DriverTask {
                 digest,
                 permit,
             } => {
-                let participants = branches.iter().map(|(p, _)| p.clone()).collect();
-                let begun = self
-                    .shared
-                    .propose(Command::Begin {
+                let participants: Vec<String> = branches.iter().map(|(p, _)| p.clone()).collect();
+                // Prepares leave now, while `Begin` replicates; the driver
+                // decides only once `Begin` is applied (see
+                // `TxnDriver::start_before_begin` for why every crash point
+                // stays safe).
+                let (d, a) = TxnDriver::start_before_begin(&txn_id, &participants, timeout_ms, now);
+                self.propose_begin(
+                    Command::Begin {
                         txn_id,
                         participants,
                         digest,
                         timeout_ms,
                         at_ms: wall_ms(),
-                    })
-                    .await?;
-                let CommandResult::Begun { record, created } = begun else {
-                    return Err(format!("unexpected result of Begin: {begun:?}"));
-                };
-                if !created && record.digest.is_some() && record.digest != Some(digest) {
-                    self.status.send_modify(|s| {
-                        s.rejected = Some(format!(
-                            "transaction {} already exists with a different request",
-                            record.txn_id
-                        ))
-                    });
-                    return Ok(());
-                }
-                let (d, a) = if created {
-                    TxnDriver::start_new(&record, self.shared.clock_ms())
-                } else {
-                    TxnDriver::take_over(&record, self.shared.clock_ms())
-                };
+                    },
+                    digest,
+                    &tx,
+                );
                 let payloads: HashMap<String, Vec<u8>> = branches.into_iter().collect();
                 (d, a, payloads, Some(permit))
             }
@@ -229,7 +221,6 @@ impl DriverTask {
                 (d, a, HashMap::new(), None)
             }
         };
-        let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
         let mut queue: VecDeque<Action> = actions.into();
         loop {
             while let Some(action) = queue.pop_front() {
@@ -253,21 +244,69 @@ impl DriverTask {
                 self.status.send_modify(|s| s.done = true);
                 return Ok(());
             }
-            let preparing = *driver.stage() == dtc_core::driver::Stage::Preparing;
+            // The deadline can decide only once `Begin` is applied (until
+            // then BeginApplied itself checks the deadline).
+            let timed =
+                *driver.stage() == dtc_core::driver::Stage::Preparing && !driver.awaiting_begin();
             let wait =
                 Duration::from_millis(driver.deadline_ms().saturating_sub(self.shared.clock_ms()));
             let input = tokio::select! {
                 input = rx.recv() => input,
-                _ = tokio::time::sleep(wait), if preparing => {
+                _ = tokio::time::sleep(wait), if timed => {
                     Some(Input::Core(Event::Tick { now_ms: self.shared.clock_ms() }))
                 }
             };
             match input {
                 Some(Input::Core(event)) => queue.extend(driver.step(event)),
                 Some(Input::ProposalFailed(why)) => return Err(why),
+                Some(Input::Rejected(why)) => {
+                    self.status.send_modify(|s| s.rejected = Some(why));
+                    return Ok(());
+                }
                 None => return Err("driver channel closed".into()),
             }
         }
+    }
+
+    /// Proposes the `Begin` of a new transaction in its own task and reports
+    /// `BeginApplied` (or why not) back to the driver.
+    fn propose_begin(
+        &self,
+        begin: Command,
+        digest: RequestDigest,
+        tx: &mpsc::UnboundedSender<Input>,
+    ) {
+        let shared = self.shared.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let input = match shared.propose(begin).await {
+                Ok(CommandResult::Begun { record, created }) => {
+                    if !created && record.digest.is_some() && record.digest != Some(digest) {
+                        // `Execute` checked under the drivers lock that the id
+                        // was unknown, so this means a bug elsewhere. The early
+                        // prepares carry this request's payloads: the
+                        // participants that prepared them learn their fate
+                        // from an outcome query, which answers abort to a
+                        // participant the stored transaction does not name.
+                        error!(txn_id = %record.txn_id, "Begin found an existing transaction with a different request");
+                        Input::Rejected(format!(
+                            "transaction {} already exists with a different request",
+                            record.txn_id
+                        ))
+                    } else {
+                        Input::Core(Event::BeginApplied {
+                            record,
+                            now_ms: shared.clock_ms(),
+                        })
+                    }
+                }
+                Ok(other) => {
+                    Input::ProposalFailed(format!("unexpected result of Begin: {other:?}"))
+                }
+                Err(e) => Input::ProposalFailed(e),
+            };
+            let _ = tx.send(input);
+        });
     }
 
     fn execute(
@@ -285,7 +324,8 @@ impl DriverTask {
                 participant,
                 remaining_ms,
             } => {
-                // Crash point: `Begin` is applied, no prepare has left.
+                // Crash point: no prepare has left; `Begin` is replicating
+                // (it may or may not commit).
                 fail::fail_point!(
                     "coordinator.prepare.before_send",
                     crate::crash::armed_for(&txn_id),

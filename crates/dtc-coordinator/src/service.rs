@@ -603,6 +603,20 @@ impl pb::in_doubt_server::InDoubt for InDoubtService {
                     // Checked under the lock: drivers register (and only then
                     // propose Begin) under it too, so no Begin can slip in.
                     if let Some(record) = shared.reader.get_txn(&msg.txn_id).map_err(store_err)? {
+                        if !msg.participant.is_empty()
+                            && record.digest.is_some()
+                            && !record.participants.contains(&msg.participant)
+                        {
+                            // Whatever this participant prepared under this id
+                            // was not part of the stored transaction (prepares
+                            // leave before `Begin` commits): abort is its answer.
+                            return Ok(Response::new(outcome_response(Some(&Outcome::abort(
+                                format!(
+                                    "participant {} is not a participant of transaction {}",
+                                    msg.participant, msg.txn_id
+                                ),
+                            )))));
+                        }
                         return Ok(Response::new(outcome_response(record.outcome())));
                     }
                     crate::runtime::Claim::new(&shared, &mut drivers, &msg.txn_id)

@@ -30,6 +30,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Something that happened to the transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// The transaction's `Begin` was applied (drivers started with
+    /// [`TxnDriver::start_before_begin`]): a decision may now be proposed.
+    BeginApplied { record: TxnRecord, now_ms: u64 },
     /// A participant answered `Prepare`.
     VoteReceived { participant: String, vote: Vote },
     /// `Prepare` failed without a vote (the participant answered an error, or
@@ -97,6 +100,9 @@ pub struct TxnDriver {
     votes: BTreeMap<String, Vote>,
     /// Participants whose prepare failed without a vote, with the reason.
     failed: BTreeMap<String, String>,
+    /// `Begin` is applied. No decision is proposed before it, so a decision
+    /// always follows its `Begin` in the log.
+    begun: bool,
     stage: Stage,
 }
 
@@ -125,6 +131,42 @@ impl TxnDriver {
         }
     }
 
+    /// Starts a new transaction whose `Begin` is still being replicated:
+    /// prepares go out at once, in parallel with the `Begin`, and nothing is
+    /// decided until [`Event::BeginApplied`] arrives.
+    ///
+    /// Why this is safe at every crash point (docs/design.md has the full
+    /// table): until `Begin` commits, no node records the transaction, so a
+    /// participant that prepared and asks later is answered by presumed
+    /// abort (recorded through Raft); once `Begin` commits, a new leader
+    /// finds it undecided in the pending index and aborts it. A commit
+    /// decision needs the `Begin` applied first, so it is never lost to a
+    /// `Begin` that did not make it.
+    pub fn start_before_begin(
+        txn_id: &str,
+        participants: &[String],
+        timeout_ms: u32,
+        now_ms: u64,
+    ) -> (Self, Vec<Action>) {
+        let d = TxnDriver {
+            txn_id: txn_id.to_string(),
+            participants: participants.to_vec(),
+            deadline_ms: now_ms.saturating_add(u64::from(timeout_ms)),
+            votes: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            begun: false,
+            stage: Stage::Preparing,
+        };
+        let actions = participants
+            .iter()
+            .map(|p| Action::SendPrepare {
+                participant: p.clone(),
+                remaining_ms: u64::from(timeout_ms),
+            })
+            .collect();
+        (d, actions)
+    }
+
     /// Resumes a transaction found in the pending index by a new leader
     /// (takeover): undecided ones are aborted, decided ones are finished.
     pub fn take_over(record: &TxnRecord, now_ms: u64) -> (Self, Vec<Action>) {
@@ -149,6 +191,7 @@ impl TxnDriver {
             deadline_ms: now_ms.saturating_add(u64::from(record.timeout_ms)),
             votes: BTreeMap::new(),
             failed: BTreeMap::new(),
+            begun: true,
             stage: Stage::Preparing,
         }
     }
@@ -165,6 +208,12 @@ impl TxnDriver {
         self.deadline_ms
     }
 
+    /// Started by [`start_before_begin`](Self::start_before_begin) and its
+    /// `Begin` is not applied yet: the deadline cannot decide anything yet.
+    pub fn awaiting_begin(&self) -> bool {
+        !self.begun
+    }
+
     pub fn is_done(&self) -> bool {
         matches!(self.stage, Stage::Done { .. })
     }
@@ -172,6 +221,19 @@ impl TxnDriver {
     /// Feeds one event; returns what to do.
     pub fn step(&mut self, event: Event) -> Vec<Action> {
         match event {
+            Event::BeginApplied { record, now_ms } => {
+                if self.begun || self.stage != Stage::Preparing {
+                    return vec![];
+                }
+                self.begun = true;
+                if record.outcome().is_some() {
+                    // Already decided (cannot happen for a fresh id, but the
+                    // applied record is the truth).
+                    return self.adopt(&record);
+                }
+                let timed_out = (now_ms >= self.deadline_ms).then_some(now_ms);
+                self.decide_if_ready(timed_out)
+            }
             Event::VoteReceived { participant, vote } => {
                 if self.stage != Stage::Preparing
                     || !self.participants.contains(&participant)
@@ -234,6 +296,10 @@ impl TxnDriver {
     /// The decision rule, while preparing. `timed_out_at` is set when the
     /// deadline passed.
     fn decide_if_ready(&mut self, timed_out_at: Option<u64>) -> Vec<Action> {
+        if !self.begun {
+            // Votes are kept; BeginApplied runs this rule again.
+            return vec![];
+        }
         let no = self.votes.iter().find_map(|(p, v)| match v {
             Vote::Abort { reason } => Some(format!("participant {p} voted abort: {reason}")),
             _ => None,
@@ -367,6 +433,55 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn early_prepares_decide_only_after_begin_is_applied() {
+        let (_, rec) = begun(&["a", "b"], 300);
+        let ps = ["a".to_string(), "b".to_string()];
+        let (mut d, actions) = TxnDriver::start_before_begin("t", &ps, 300, 0);
+        assert_eq!(actions.len(), 2, "{actions:?}");
+        assert!(d.step(vote("a", Vote::Prepared)).is_empty());
+        assert!(d.step(vote("b", Vote::Prepared)).is_empty(), "no Begin yet");
+        // Even the deadline waits for the Begin.
+        assert!(d.step(Event::Tick { now_ms: 400 }).is_empty());
+        assert_eq!(
+            d.step(Event::BeginApplied {
+                record: rec.clone(),
+                now_ms: 10
+            }),
+            vec![Action::ProposeDecision {
+                outcome: Outcome::Commit,
+                phase2: vec!["a".into(), "b".into()]
+            }]
+        );
+        // A duplicate BeginApplied is ignored.
+        assert!(
+            d.step(Event::BeginApplied {
+                record: rec,
+                now_ms: 11
+            })
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn early_prepares_past_the_deadline_abort_once_begin_is_applied() {
+        let (_, rec) = begun(&["a", "b"], 300);
+        let ps = ["a".to_string(), "b".to_string()];
+        let (mut d, _) = TxnDriver::start_before_begin("t", &ps, 300, 0);
+        d.step(vote("a", Vote::Prepared));
+        match &d.step(Event::BeginApplied {
+            record: rec,
+            now_ms: 301,
+        })[..]
+        {
+            [Action::ProposeDecision { outcome, phase2 }] => {
+                assert!(!outcome.is_commit());
+                assert_eq!(phase2, &vec!["a".to_string(), "b".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
