@@ -596,9 +596,11 @@ impl pb::in_doubt_server::InDoubt for InDoubtService {
             Route::Local(_) => {
                 let claim = {
                     let mut drivers = shared.lock_drivers();
-                    if drivers.contains_key(&msg.txn_id) {
-                        // A driver runs it (or another query is deciding it).
-                        return Ok(Response::new(outcome_response(None)));
+                    if let Some(running) = drivers.get(&msg.txn_id) {
+                        // A driver runs it (or another query is deciding it):
+                        // its applied outcome once there is one, else "ask later".
+                        let outcome = running.status.borrow().outcome.clone();
+                        return Ok(Response::new(outcome_response(outcome.as_ref())));
                     }
                     // Checked under the lock: drivers register (and only then
                     // propose Begin) under it too, so no Begin can slip in.

@@ -76,8 +76,11 @@ struct TxnSpec {
 #[derive(Debug, Clone)]
 enum Op {
     /// The client's `Execute` reaches the leader: `Begin` is applied and a
-    /// driver started (a retry of a begun transaction attaches to it).
-    Begin { txn: Index },
+    /// driver started (a retry of a begun transaction attaches to it). With
+    /// `early`, as the runtime does for an id nobody knows: the driver sends
+    /// its prepares at once and `Begin` becomes an in-flight proposal like
+    /// any other (applied late, after a leader change, or lost).
+    Begin { txn: Index, early: bool },
     /// A participant's vote reaches the leader (may be a duplicate or late).
     /// With `fresh`, the first participant that has not voted yet votes
     /// (if any), otherwise the picked one.
@@ -127,6 +130,8 @@ struct Stats {
     late_decide_lost: u32,
     duplicate_acks: u32,
     client_retry_after_completion: u32,
+    /// Decisions stored for transactions whose prepares left before `Begin`.
+    early_prepare_decisions: u32,
 }
 
 struct Sim {
@@ -145,6 +150,10 @@ struct Sim {
     /// The first outcome seen in the store for each transaction.
     first_outcome: BTreeMap<String, Outcome>,
     begun: BTreeSet<String>,
+    /// Transactions whose participants were asked to prepare.
+    asked: BTreeSet<String>,
+    /// Transactions started with early prepares.
+    early: BTreeSet<String>,
     stats: Stats,
 }
 
@@ -164,13 +173,15 @@ impl Sim {
             received: BTreeMap::new(),
             first_outcome: BTreeMap::new(),
             begun: BTreeSet::new(),
+            asked: BTreeSet::new(),
+            early: BTreeSet::new(),
             stats: Stats::default(),
         }
     }
 
     fn run(&mut self, op: &Op) {
         match op {
-            Op::Begin { txn } => self.begin(txn.index(self.ids.len())),
+            Op::Begin { txn, early } => self.begin(txn.index(self.ids.len()), *early),
             Op::Vote {
                 txn,
                 participant,
@@ -209,16 +220,30 @@ impl Sim {
         }
     }
 
-    fn begin(&mut self, i: usize) {
+    fn begin(&mut self, i: usize, early: bool) {
         let id = self.ids[i].clone();
         let spec = self.specs[&id].clone();
-        let result = self.apply(&Command::Begin {
+        let begin = Command::Begin {
             txn_id: id.clone(),
             participants: spec.participants.clone(),
             digest: [i as u8; 32],
             timeout_ms: spec.timeout_ms,
             at_ms: self.now,
-        });
+        };
+        if early && !self.drivers.contains_key(&id) && !self.store.txns.contains_key(&id) {
+            let (driver, actions) =
+                TxnDriver::start_before_begin(&id, &spec.participants, spec.timeout_ms, self.now);
+            self.drivers.insert(id.clone(), driver);
+            self.asked.insert(id.clone());
+            self.early.insert(id.clone());
+            self.in_flight.push(Proposal {
+                cmd: begin,
+                epoch: self.epoch,
+            });
+            self.handle(&id, actions);
+            return;
+        }
+        let result = self.apply(&begin);
         let CommandResult::Begun { record, created } = result else {
             panic!("Begin returned {result:?}");
         };
@@ -227,6 +252,7 @@ impl Sim {
             self.begun.insert(id.clone()),
             "Begin `created` flag"
         );
+        self.asked.insert(id.clone());
         if self.drivers.contains_key(&id) {
             return; // a retry attaches to the running driver
         }
@@ -241,7 +267,7 @@ impl Sim {
     }
 
     fn vote(&mut self, id: &str, j: usize) {
-        if !self.begun.contains(id) {
+        if !self.asked.contains(id) {
             return; // nobody asked this participant to prepare yet
         }
         let spec = &self.specs[id];
@@ -265,6 +291,22 @@ impl Sim {
     fn restart(&mut self) {
         self.epoch += 1;
         self.drivers.clear();
+        // Catch-up: a deposed leader's `Begin` either committed, and then the
+        // new leader applies it before its scan (`ensure_linearizable`), or
+        // it never will (`DropProposal`). Unlike a late `Decide`, it cannot
+        // apply after the scan: Raft commits a previous term's entry only
+        // through the new leader's first entry, which the scan waits for.
+        let mut k = 0;
+        while k < self.in_flight.len() {
+            if matches!(self.in_flight[k].cmd, Command::Begin { .. }) {
+                let Proposal { cmd, .. } = self.in_flight.remove(k);
+                if let CommandResult::Begun { record, created } = self.apply(&cmd) {
+                    assert_eq!(created, self.begun.insert(record.txn_id.clone()));
+                }
+            } else {
+                k += 1;
+            }
+        }
         let pending: Vec<TxnRecord> = self
             .store
             .pending
@@ -290,6 +332,13 @@ impl Sim {
         let late = epoch != self.epoch;
         let decided_before = stored_outcome(&self.store, &id).is_some();
         let result = self.apply(&cmd);
+        if let CommandResult::Begun { created, .. } = &result {
+            assert_eq!(
+                *created,
+                self.begun.insert(id.clone()),
+                "Begin `created` flag"
+            );
+        }
         if late && matches!(cmd, Command::Decide { .. }) {
             if decided_before {
                 self.stats.late_decide_lost += 1;
@@ -304,6 +353,10 @@ impl Sim {
             return; // the proposer is gone and the runtime does not forward it
         }
         match result {
+            CommandResult::Begun { record, .. } => {
+                let now_ms = self.now;
+                self.step(&id, Event::BeginApplied { record, now_ms });
+            }
             CommandResult::Decided { record } => {
                 self.step(&id, Event::DecisionApplied { record });
             }
@@ -456,6 +509,9 @@ impl Sim {
                 (None, Some(first)) => panic!("{id} lost its outcome {first:?}"),
                 (Some(now), None) => {
                     self.first_outcome.insert(id.clone(), now.clone());
+                    if self.early.contains(id) {
+                        self.stats.early_prepare_decisions += 1;
+                    }
                     if now.is_commit() {
                         self.stats.commits += 1;
                     } else {
@@ -587,7 +643,7 @@ fn txn_spec() -> impl Strategy<Value = TxnSpec> {
 /// (the other weights sum to 54).
 fn op(restart_weight: u32) -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => any::<Index>().prop_map(|txn| Op::Begin { txn }),
+        6 => (any::<Index>(), any::<bool>()).prop_map(|(txn, early)| Op::Begin { txn, early }),
         20 => (any::<Index>(), any::<Index>(), prop::bool::weighted(0.7))
             .prop_map(|(txn, participant, fresh)| Op::Vote { txn, participant, fresh }),
         4 => (0u64..=80).prop_map(|advance_ms| Op::Tick { advance_ms }),
@@ -663,6 +719,7 @@ fn schedules_reach_every_interesting_case() {
         total.late_decide_lost += s.late_decide_lost;
         total.duplicate_acks += s.duplicate_acks;
         total.client_retry_after_completion += s.client_retry_after_completion;
+        total.early_prepare_decisions += s.early_prepare_decisions;
     }
     let Stats {
         commits,
@@ -673,6 +730,7 @@ fn schedules_reach_every_interesting_case() {
         late_decide_lost,
         duplicate_acks,
         client_retry_after_completion,
+        early_prepare_decisions,
     } = total;
     for (name, n) in [
         ("commits", commits),
@@ -686,6 +744,7 @@ fn schedules_reach_every_interesting_case() {
             "client_retry_after_completion",
             client_retry_after_completion,
         ),
+        ("early_prepare_decisions", early_prepare_decisions),
     ] {
         assert!(n >= 10, "only {n} {name} in 300 schedules: {total:?}");
     }

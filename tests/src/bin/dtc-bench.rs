@@ -659,7 +659,13 @@ const fn secs(n: u64) -> Duration {
 }
 
 async fn start_cluster(extra: &[&str], participants: &[&TestParticipant]) -> (Cluster, u64) {
-    let cluster = Cluster::start_with(3, extra);
+    // The product's timing (`dtc coordinator --help` defaults), not the
+    // test suite's slower one.
+    let mut options = dtc_tests::ClusterOptions::new(3);
+    options.heartbeat_ms = 20;
+    options.election_timeout_ms = (60, 120);
+    options.extra_args = extra.iter().map(|a| a.to_string()).collect();
+    let cluster = Cluster::with_options(options);
     let leader = cluster.wait_for_stable_leader(secs(30)).await;
     for p in participants {
         cluster.register(p, secs(15)).await;
