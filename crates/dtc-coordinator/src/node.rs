@@ -250,6 +250,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     if let Err(e) = raft.shutdown().await {
         warn!("raft shutdown: {e}");
     }
+    // Applies are synced only now and then (the log re-creates them after a
+    // crash); a clean stop syncs them so the next start replays nothing.
+    let reader = shared.reader.clone();
+    match tokio::task::spawn_blocking(move || reader.make_durable()).await {
+        Ok(Ok(applied)) => info!(?applied, "state machine synced"),
+        Ok(Err(e)) => warn!("syncing the state machine at shutdown: {e}"),
+        Err(e) => warn!("syncing the state machine at shutdown: {e}"),
+    }
     match serve_result {
         Some(Ok(Err(e))) => Err(NodeError::Serve(e)),
         Some(Err(e)) => Err(NodeError::Raft(format!("server task: {e}"))),
