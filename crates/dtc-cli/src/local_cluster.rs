@@ -1,5 +1,6 @@
-//! A local cluster for `dtc demo` and `dtc up`: three `dtc coordinator`
-//! processes and ledger participants (`dtc participant`), all children of
+//! A local cluster for `dtc demo`, `dtc up` and `dtc bench --local`: three
+//! `dtc coordinator` processes and ledger participants (`dtc participant`;
+//! none for the bench, which serves its own in process), all children of
 //! this process (`std::env::current_exe()`), on free loopback ports, with
 //! their data and logs in one temporary directory.
 //!
@@ -89,18 +90,28 @@ impl LocalCluster {
     /// [`LEDGERS`]. Returns without waiting for anything (see
     /// [`LocalCluster::wait_ready`]).
     pub fn start(prefix: &str) -> Result<LocalCluster, String> {
+        Self::start_with(prefix, &LEDGERS)
+    }
+
+    /// Three coordinators and no ledgers (`dtc bench` serves its own
+    /// participants in process). Returns without waiting for anything.
+    pub fn start_coordinators(prefix: &str) -> Result<LocalCluster, String> {
+        Self::start_with(prefix, &[])
+    }
+
+    fn start_with(prefix: &str, ledger_names: &[&str]) -> Result<LocalCluster, String> {
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot locate the dtc executable: {e}"))?;
         let dir = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir()
             .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-        let ports = free_ports(3 + LEDGERS.len())
+        let ports = free_ports(3 + ledger_names.len())
             .map_err(|e| format!("cannot find free loopback ports: {e}"))?;
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         let nodes: Vec<(u64, SocketAddr)> =
             (0..3).map(|i| (i as u64 + 1, addr(ports[i]))).collect();
-        let ledgers: Vec<(String, SocketAddr)> = LEDGERS
+        let ledgers: Vec<(String, SocketAddr)> = ledger_names
             .iter()
             .enumerate()
             .map(|(i, n)| (n.to_string(), addr(ports[3 + i])))

@@ -10,6 +10,7 @@
 //! Exit codes: 0 ok / committed, 1 aborted (`txn show`: not found), 2 usage
 //! error, 3 unavailable or outcome unknown.
 
+mod bench;
 mod client_cmds;
 mod demo;
 mod local_cluster;
@@ -69,6 +70,11 @@ enum Cmd {
     /// Start a local cluster (3 coordinators, 2 seeded ledgers) and keep it
     /// running until Ctrl-C.
     Up(up::UpArgs),
+    /// Measure a cluster (--coordinators, or --local): transactions per
+    /// second and latency per client level, or leader failover time under
+    /// load (--local --failover). Serves its own in-process participants.
+    #[command(long_about = bench::LONG_ABOUT)]
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -96,11 +102,17 @@ struct CoordinatorArgs {
     /// Cluster name; a node refuses data and messages of another cluster.
     #[arg(long, default_value = "dtc")]
     cluster: String,
-    /// Raft heartbeat interval.
-    #[arg(long, default_value_t = 50, value_name = "MS")]
+    /// Raft heartbeat interval. openraft checks its timers every 1.5
+    /// heartbeats and waits at most one heartbeat for an AppendEntries reply
+    /// (a follower's fsync included), so keep it above the disk's sync time.
+    #[arg(long, default_value_t = 20, value_name = "MS")]
     heartbeat_ms: u64,
-    /// Raft election timeout range, MIN-MAX milliseconds.
-    #[arg(long, default_value = "150-300", value_parser = parse_range, value_name = "MIN-MAX")]
+    /// Raft election timeout range, MIN-MAX milliseconds. After a leader
+    /// dies, a follower campaigns after MAX (openraft's leader lease) plus
+    /// its own random timeout in MIN..MAX, so failover takes about
+    /// MAX + (MIN+MAX)/2 plus up to 1.5 heartbeats: about 200-270 ms with
+    /// the defaults (docs/performance.md measures it).
+    #[arg(long, default_value = "60-120", value_parser = parse_range, value_name = "MIN-MAX")]
     election_timeout_ms: (u64, u64),
     /// Transactions in flight on the leader before Execute answers RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 1024)]
@@ -257,5 +269,9 @@ fn main() -> ExitCode {
         }
         Cmd::Demo(args) => rt.block_on(demo::run(args)),
         Cmd::Up(args) => rt.block_on(up::run(args)),
+        Cmd::Bench(args) => {
+            init_logging_with("warn");
+            rt.block_on(bench::run(args))
+        }
     }
 }
