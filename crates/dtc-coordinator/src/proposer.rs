@@ -62,12 +62,25 @@ impl Proposer {
     /// Proposes one command and returns what applying it produced. Any error
     /// means this node cannot decide now (not leader, or Raft stopped).
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, String> {
+        self.submit(cmd).await
+    }
+
+    /// Queues `cmd` now and returns the future of its result: commands
+    /// queued by one task are submitted to Raft in the order queued, so a
+    /// later command of that task lands after this one in the log.
+    pub fn submit(
+        &self,
+        cmd: Command,
+    ) -> impl std::future::Future<Output = Result<CommandResult, String>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        self.queue
-            .send((cmd, tx))
-            .map_err(|_| "the proposer has stopped".to_string())?;
-        rx.await
-            .unwrap_or_else(|_| Err("the proposer dropped the command (Raft stopped)".into()))
+        let queued = self.queue.send((cmd, tx)).is_ok();
+        async move {
+            if !queued {
+                return Err("the proposer has stopped".to_string());
+            }
+            rx.await
+                .unwrap_or_else(|_| Err("the proposer dropped the command (Raft stopped)".into()))
+        }
     }
 }
 

@@ -197,8 +197,9 @@ impl DriverTask {
                 permit,
             } => {
                 let participants: Vec<String> = branches.iter().map(|(p, _)| p.clone()).collect();
-                // Prepares leave now, while `Begin` replicates; the driver
-                // decides only once `Begin` is applied (see
+                // `Begin` is queued first, then prepares leave while it
+                // replicates, and the decision follows it in the proposer's
+                // queue without waiting for it to apply (see
                 // `TxnDriver::start_before_begin` for why every crash point
                 // stays safe).
                 let (d, a) = TxnDriver::start_before_begin(&txn_id, &participants, timeout_ms, now);
@@ -244,10 +245,7 @@ impl DriverTask {
                 self.status.send_modify(|s| s.done = true);
                 return Ok(());
             }
-            // The deadline can decide only once `Begin` is applied (until
-            // then BeginApplied itself checks the deadline).
-            let timed =
-                *driver.stage() == dtc_core::driver::Stage::Preparing && !driver.awaiting_begin();
+            let timed = *driver.stage() == dtc_core::driver::Stage::Preparing;
             let wait =
                 Duration::from_millis(driver.deadline_ms().saturating_sub(self.shared.clock_ms()));
             let input = tokio::select! {
@@ -268,18 +266,19 @@ impl DriverTask {
         }
     }
 
-    /// Proposes the `Begin` of a new transaction in its own task and reports
-    /// `BeginApplied` (or why not) back to the driver.
+    /// Queues the `Begin` of a new transaction now (before anything else of
+    /// the transaction can be proposed) and reports `BeginApplied` (or why
+    /// not) back to the driver from its own task.
     fn propose_begin(
         &self,
         begin: Command,
         digest: RequestDigest,
         tx: &mpsc::UnboundedSender<Input>,
     ) {
-        let shared = self.shared.clone();
+        let applied = self.shared.proposer.submit(begin);
         let tx = tx.clone();
         tokio::spawn(async move {
-            let input = match shared.propose(begin).await {
+            let input = match applied.await {
                 Ok(CommandResult::Begun { record, created }) => {
                     if !created && record.digest.is_some() && record.digest != Some(digest) {
                         // `Execute` checked under the drivers lock that the id
@@ -294,10 +293,7 @@ impl DriverTask {
                             record.txn_id
                         ))
                     } else {
-                        Input::Core(Event::BeginApplied {
-                            record,
-                            now_ms: shared.clock_ms(),
-                        })
+                        Input::Core(Event::BeginApplied { record })
                     }
                 }
                 Ok(other) => {

@@ -217,20 +217,33 @@ pub fn apply<S: ApplyStore>(store: &mut S, cmd: &Command) -> Result<CommandResul
             at_ms,
         } => {
             let existing = store.get_txn(txn_id)?;
+            let mut outcome = outcome.clone();
             let mut record = match existing {
                 Some(r) if r.outcome().is_some() => {
                     // First decision wins; the later one is dropped.
                     return Ok(CommandResult::Decided { record: r });
                 }
                 Some(r) => r,
-                None => TxnRecord {
-                    txn_id: txn_id.clone(),
-                    participants: phase2.clone(),
-                    digest: None,
-                    timeout_ms: 0,
-                    created_ms: *at_ms,
-                    phase: Phase::Preparing,
-                },
+                None => {
+                    // No `Begin` before it in the log: an outcome query's
+                    // presumed abort, or a commit proposed while its `Begin`
+                    // was still replicating whose `Begin` never made it (or
+                    // comes later). A commit needs its `Begin` first, so the
+                    // transaction is unknown and presumed aborted.
+                    if outcome.is_commit() {
+                        outcome = Outcome::abort(
+                            "commit decided for a transaction whose Begin is not in the log",
+                        );
+                    }
+                    TxnRecord {
+                        txn_id: txn_id.clone(),
+                        participants: phase2.clone(),
+                        digest: None,
+                        timeout_ms: 0,
+                        created_ms: *at_ms,
+                        phase: Phase::Preparing,
+                    }
+                }
             };
             // Only participants of the transaction can owe an acknowledgement.
             let members: BTreeSet<&String> = record.participants.iter().collect();
@@ -469,6 +482,30 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(s.pending.is_empty());
+    }
+
+    #[test]
+    fn commit_without_a_begin_in_the_log_is_recorded_as_abort() {
+        let mut s = MemStore::default();
+        let r = s.apply(&decide("early", Outcome::Commit, &["a", "b"], 5));
+        let CommandResult::Decided { record } = r else {
+            panic!("{r:?}")
+        };
+        assert!(!record.outcome().unwrap().is_commit(), "{record:?}");
+        // Everyone who prepared must hear the abort.
+        match &record.phase {
+            Phase::Decided { awaiting, .. } => {
+                assert_eq!(awaiting, &vec!["a".to_string(), "b".to_string()])
+            }
+            p => panic!("{p:?}"),
+        }
+        // The late Begin finds the decided record and changes nothing.
+        let late = s.apply(&begin("early", &["a", "b"], 6));
+        assert!(
+            matches!(late, CommandResult::Begun { created: false, .. }),
+            "{late:?}"
+        );
+        assert!(!s.txns["early"].outcome().unwrap().is_commit());
     }
 
     #[test]

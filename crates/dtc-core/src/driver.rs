@@ -31,8 +31,9 @@ use std::collections::{BTreeMap, BTreeSet};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The transaction's `Begin` was applied (drivers started with
-    /// [`TxnDriver::start_before_begin`]): a decision may now be proposed.
-    BeginApplied { record: TxnRecord, now_ms: u64 },
+    /// [`TxnDriver::start_before_begin`]). Only a record that is already
+    /// decided changes anything (it is adopted).
+    BeginApplied { record: TxnRecord },
     /// A participant answered `Prepare`.
     VoteReceived { participant: String, vote: Vote },
     /// `Prepare` failed without a vote (the participant answered an error, or
@@ -100,9 +101,6 @@ pub struct TxnDriver {
     votes: BTreeMap<String, Vote>,
     /// Participants whose prepare failed without a vote, with the reason.
     failed: BTreeMap<String, String>,
-    /// `Begin` is applied. No decision is proposed before it, so a decision
-    /// always follows its `Begin` in the log.
-    begun: bool,
     stage: Stage,
 }
 
@@ -131,17 +129,20 @@ impl TxnDriver {
         }
     }
 
-    /// Starts a new transaction whose `Begin` is still being replicated:
-    /// prepares go out at once, in parallel with the `Begin`, and nothing is
-    /// decided until [`Event::BeginApplied`] arrives.
+    /// Starts a new transaction whose `Begin` the runtime has just queued
+    /// for replication: prepares go out at once, in parallel with it, and the
+    /// decision is proposed as soon as the votes allow, without waiting for
+    /// `Begin` to apply.
     ///
     /// Why this is safe at every crash point (docs/design.md has the full
-    /// table): until `Begin` commits, no node records the transaction, so a
-    /// participant that prepared and asks later is answered by presumed
-    /// abort (recorded through Raft); once `Begin` commits, a new leader
-    /// finds it undecided in the pending index and aborts it. A commit
-    /// decision needs the `Begin` applied first, so it is never lost to a
-    /// `Begin` that did not make it.
+    /// table): the runtime queues `Begin` before anything else of the
+    /// transaction, and one proposer submits in queue order, so `Decide`
+    /// lands after `Begin` in the log and commits only if `Begin` did. If
+    /// `Begin` was lost anyway, apply records a commit for an unknown
+    /// transaction as an abort (presumed abort), and so does an outcome
+    /// query from a participant that prepared. Until `Begin` commits no node
+    /// knows the transaction; once it does, a new leader finds it in the
+    /// pending index and aborts it unless the decision is there too.
     pub fn start_before_begin(
         txn_id: &str,
         participants: &[String],
@@ -154,7 +155,6 @@ impl TxnDriver {
             deadline_ms: now_ms.saturating_add(u64::from(timeout_ms)),
             votes: BTreeMap::new(),
             failed: BTreeMap::new(),
-            begun: false,
             stage: Stage::Preparing,
         };
         let actions = participants
@@ -191,7 +191,6 @@ impl TxnDriver {
             deadline_ms: now_ms.saturating_add(u64::from(record.timeout_ms)),
             votes: BTreeMap::new(),
             failed: BTreeMap::new(),
-            begun: true,
             stage: Stage::Preparing,
         }
     }
@@ -208,12 +207,6 @@ impl TxnDriver {
         self.deadline_ms
     }
 
-    /// Started by [`start_before_begin`](Self::start_before_begin) and its
-    /// `Begin` is not applied yet: the deadline cannot decide anything yet.
-    pub fn awaiting_begin(&self) -> bool {
-        !self.begun
-    }
-
     pub fn is_done(&self) -> bool {
         matches!(self.stage, Stage::Done { .. })
     }
@@ -221,18 +214,16 @@ impl TxnDriver {
     /// Feeds one event; returns what to do.
     pub fn step(&mut self, event: Event) -> Vec<Action> {
         match event {
-            Event::BeginApplied { record, now_ms } => {
-                if self.begun || self.stage != Stage::Preparing {
-                    return vec![];
+            Event::BeginApplied { record } => {
+                // Already decided (our own decision applied first cannot
+                // reach here before `DecisionApplied`; another one can only
+                // be a bug elsewhere, but the applied record is the truth).
+                match self.stage {
+                    Stage::Preparing | Stage::Deciding if record.outcome().is_some() => {
+                        self.adopt(&record)
+                    }
+                    _ => vec![],
                 }
-                self.begun = true;
-                if record.outcome().is_some() {
-                    // Already decided (cannot happen for a fresh id, but the
-                    // applied record is the truth).
-                    return self.adopt(&record);
-                }
-                let timed_out = (now_ms >= self.deadline_ms).then_some(now_ms);
-                self.decide_if_ready(timed_out)
             }
             Event::VoteReceived { participant, vote } => {
                 if self.stage != Stage::Preparing
@@ -296,10 +287,6 @@ impl TxnDriver {
     /// The decision rule, while preparing. `timed_out_at` is set when the
     /// deadline passed.
     fn decide_if_ready(&mut self, timed_out_at: Option<u64>) -> Vec<Action> {
-        if !self.begun {
-            // Votes are kept; BeginApplied runs this rule again.
-            return vec![];
-        }
         let no = self.votes.iter().find_map(|(p, v)| match v {
             Vote::Abort { reason } => Some(format!("participant {p} voted abort: {reason}")),
             _ => None,
@@ -436,52 +423,45 @@ mod tests {
     }
 
     #[test]
-    fn early_prepares_decide_only_after_begin_is_applied() {
-        let (_, rec) = begun(&["a", "b"], 300);
+    fn early_prepares_decide_on_the_votes_without_waiting_for_begin() {
         let ps = ["a".to_string(), "b".to_string()];
         let (mut d, actions) = TxnDriver::start_before_begin("t", &ps, 300, 0);
         assert_eq!(actions.len(), 2, "{actions:?}");
         assert!(d.step(vote("a", Vote::Prepared)).is_empty());
-        assert!(d.step(vote("b", Vote::Prepared)).is_empty(), "no Begin yet");
-        // Even the deadline waits for the Begin.
-        assert!(d.step(Event::Tick { now_ms: 400 }).is_empty());
         assert_eq!(
-            d.step(Event::BeginApplied {
-                record: rec.clone(),
-                now_ms: 10
-            }),
+            d.step(vote("b", Vote::Prepared)),
             vec![Action::ProposeDecision {
                 outcome: Outcome::Commit,
                 phase2: vec!["a".into(), "b".into()]
             }]
         );
-        // A duplicate BeginApplied is ignored.
-        assert!(
-            d.step(Event::BeginApplied {
-                record: rec,
-                now_ms: 11
-            })
-            .is_empty()
-        );
+        // Begin applied afterwards, undecided: nothing to do.
+        let (_, rec) = begun(&["a", "b"], 300);
+        assert!(d.step(Event::BeginApplied { record: rec }).is_empty());
     }
 
     #[test]
-    fn early_prepares_past_the_deadline_abort_once_begin_is_applied() {
-        let (_, rec) = begun(&["a", "b"], 300);
+    fn a_commit_applied_without_its_begin_is_adopted_as_the_abort_it_became() {
         let ps = ["a".to_string(), "b".to_string()];
         let (mut d, _) = TxnDriver::start_before_begin("t", &ps, 300, 0);
         d.step(vote("a", Vote::Prepared));
-        match &d.step(Event::BeginApplied {
-            record: rec,
-            now_ms: 301,
-        })[..]
-        {
-            [Action::ProposeDecision { outcome, phase2 }] => {
-                assert!(!outcome.is_commit());
-                assert_eq!(phase2, &vec!["a".to_string(), "b".to_string()]);
-            }
-            other => panic!("{other:?}"),
-        }
+        d.step(vote("b", Vote::Prepared));
+        // The Begin was lost: apply turns the commit into a presumed abort.
+        let mut s = MemStore::default();
+        let CommandResult::Decided { record } = s.apply(&Command::Decide {
+            txn_id: "t".into(),
+            outcome: Outcome::Commit,
+            phase2: ps.to_vec(),
+            at_ms: 1,
+        }) else {
+            panic!()
+        };
+        let acts = d.step(Event::DecisionApplied { record });
+        assert!(
+            matches!(&acts[0], Action::Finished { outcome } if !outcome.is_commit()),
+            "{acts:?}"
+        );
+        assert_eq!(acts.len(), 3, "abort sent to both: {acts:?}");
     }
 
     #[test]

@@ -243,22 +243,25 @@ impl Sim {
             self.handle(&id, actions);
             return;
         }
-        let result = self.apply(&begin);
+        let result = self.apply_begin(&begin);
         let CommandResult::Begun { record, created } = result else {
             panic!("Begin returned {result:?}");
         };
-        assert_eq!(
-            created,
-            self.begun.insert(id.clone()),
-            "Begin `created` flag"
-        );
         self.asked.insert(id.clone());
         if self.drivers.contains_key(&id) {
             return; // a retry attaches to the running driver
         }
+        if !created && record.is_pending() {
+            // Every pending record has a driver, except one a decision created
+            // before its `Begin` (applied late, after the takeover's scan:
+            // see `heal`). The runtime resumes it, as here.
+            assert!(record.digest.is_none(), "pending {id} without a driver");
+            let (driver, actions) = TxnDriver::take_over(&record, self.now);
+            self.drivers.insert(id.clone(), driver);
+            self.handle(&id, actions);
+            return;
+        }
         if !created {
-            // Every pending record has a driver, so this one is finished.
-            assert!(!record.is_pending(), "pending {id} without a driver");
             self.stats.client_retry_after_completion += 1;
         }
         let (driver, actions) = TxnDriver::start_new(&record, self.now);
@@ -300,9 +303,7 @@ impl Sim {
         while k < self.in_flight.len() {
             if matches!(self.in_flight[k].cmd, Command::Begin { .. }) {
                 let Proposal { cmd, .. } = self.in_flight.remove(k);
-                if let CommandResult::Begun { record, created } = self.apply(&cmd) {
-                    assert_eq!(created, self.begun.insert(record.txn_id.clone()));
-                }
+                self.apply_begin(&cmd);
             } else {
                 k += 1;
             }
@@ -331,14 +332,11 @@ impl Sim {
             .to_string();
         let late = epoch != self.epoch;
         let decided_before = stored_outcome(&self.store, &id).is_some();
-        let result = self.apply(&cmd);
-        if let CommandResult::Begun { created, .. } = &result {
-            assert_eq!(
-                *created,
-                self.begun.insert(id.clone()),
-                "Begin `created` flag"
-            );
-        }
+        let result = if matches!(cmd, Command::Begin { .. }) {
+            self.apply_begin(&cmd)
+        } else {
+            self.apply(&cmd)
+        };
         if late && matches!(cmd, Command::Decide { .. }) {
             if decided_before {
                 self.stats.late_decide_lost += 1;
@@ -354,8 +352,7 @@ impl Sim {
         }
         match result {
             CommandResult::Begun { record, .. } => {
-                let now_ms = self.now;
-                self.step(&id, Event::BeginApplied { record, now_ms });
+                self.step(&id, Event::BeginApplied { record });
             }
             CommandResult::Decided { record } => {
                 self.step(&id, Event::DecisionApplied { record });
@@ -461,6 +458,20 @@ impl Sim {
         }
     }
 
+    /// Applies a `Begin`: it creates a record exactly when none existed (a
+    /// decision applied before it, out of order, creates one first).
+    fn apply_begin(&mut self, cmd: &Command) -> CommandResult {
+        let id = cmd.txn_id().expect("Begin names a transaction").to_string();
+        let existed = self.store.txns.contains_key(&id);
+        let result = self.apply(cmd);
+        let CommandResult::Begun { created, .. } = &result else {
+            panic!("Begin returned {result:?}");
+        };
+        assert_eq!(*created, !existed, "Begin `created` flag");
+        self.begun.insert(id);
+        result
+    }
+
     /// Applies a command to the shared store and checks the store invariants.
     fn apply(&mut self, cmd: &Command) -> CommandResult {
         let before = cmd.txn_id().and_then(|id| self.store.txns.get(id)).cloned();
@@ -548,6 +559,14 @@ impl Sim {
                 self.deliver(0, false);
             }
             self.tick(far);
+            // This model lets a deposed leader's decision apply even after
+            // the new leader's scan (real Raft cannot: the scan waits for the
+            // new term's first entry). A decision for a transaction whose
+            // `Begin` was lost then creates a pending record nobody drives;
+            // the next leader's takeover finds it, as it would in the cluster.
+            if self.store.pending.iter().any(|id| !self.drivers.contains_key(id)) {
+                self.restart();
+            }
         }
         assert!(
             self.in_flight.is_empty() && self.outbox.is_empty(),
