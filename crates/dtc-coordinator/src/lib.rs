@@ -21,7 +21,7 @@
 //!           Prepare ─► every participant in parallel ─► votes
 //!           decision rule ─► Decide ─Raft─► apply (first wins) ─► reply = applied outcome
 //!           Commit/Abort ─► participants (retry until ack) ─► Complete ─Raft─► leaves pending index
-//! new leader: catch up (ensure_linearizable) ─► scan pending index ─► resume each driver
+//! new leader: catch up (a barrier entry, applied) ─► scan pending index ─► resume each driver
 //! ```
 
 pub mod channels;

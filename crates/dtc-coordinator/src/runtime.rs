@@ -575,8 +575,15 @@ pub async fn take_over(shared: Arc<Shared>, term: u64, cancel: CancellationToken
     let started = Instant::now();
     let mut delays = backoff();
     loop {
+        // Catch up with a barrier: an empty entry of this term, written
+        // through Raft and applied. Its apply means every entry before it in
+        // this leader's log is applied, which is what the scan must see.
+        // (`ensure_linearizable` is not enough: a leader restarted into its
+        // own term, as openraft allows, waits only for its stale committed
+        // index, and state-machine applies lost in the crash were not yet
+        // re-applied: a decided transaction was missed that way.)
         let caught_up = tokio::select! {
-            r = shared.raft.ensure_linearizable() => r,
+            r = shared.propose(Command::Batch(Vec::new())) => r,
             _ = cancel.cancelled() => return,
         };
         match caught_up {

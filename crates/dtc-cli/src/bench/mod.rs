@@ -518,6 +518,7 @@ async fn throughput(
             format!("level {}/{}: {clients:>4} clients", i + 1, levels.len()),
         );
         events.push((b.run_start.elapsed(), format!("clients={clients}")));
+        let level_start = Instant::now();
         load.start();
         let warm_until = Instant::now() + Duration::from_secs(args.warmup_secs);
         let tick = Duration::from_millis(100);
@@ -557,7 +558,13 @@ async fn throughput(
             // A cut-short level is not a result; bench() drains the cluster.
             return Err(interrupted());
         }
-        let level = LevelJson::new(clients, window, &tally, lost, &b.setup);
+        let mut level = LevelJson::new(clients, window, &tally, lost, &b.setup);
+        level.leader_changes = b
+            .monitor
+            .leader_changes()
+            .iter()
+            .filter(|c| c.at >= level_start)
+            .count();
         if args.json {
             let line = serde_json::to_string(&level).map_err(failed)?;
             b.ui.out(line);

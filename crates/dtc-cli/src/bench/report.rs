@@ -67,6 +67,10 @@ pub struct LevelJson {
     pub reply_at_decision: bool,
     /// Clients whose counts were lost because they did not stop in time.
     pub clients_lost: usize,
+    /// Leader changes the monitor saw from the start of the level's warm-up
+    /// to the end of its window. With no fault injected this should be 0:
+    /// anything else means heartbeats were starved by the load.
+    pub leader_changes: usize,
 }
 
 impl LevelJson {
@@ -95,6 +99,7 @@ impl LevelJson {
             payload_bytes: setup.payload_bytes,
             reply_at_decision: setup.reply_at_decision,
             clients_lost: lost,
+            leader_changes: 0,
         }
     }
 }
@@ -124,7 +129,7 @@ impl Setup {
     }
 }
 
-pub const TABLE_HEADER: [&str; 10] = [
+pub const TABLE_HEADER: [&str; 11] = [
     "clients",
     "secs",
     "committed",
@@ -135,8 +140,9 @@ pub const TABLE_HEADER: [&str; 10] = [
     "p95 ms",
     "p99 ms",
     "max ms",
+    "elections",
 ];
-const WIDTHS: [usize; 10] = [7, 6, 10, 8, 7, 9, 8, 8, 8, 8];
+const WIDTHS: [usize; 11] = [7, 6, 10, 8, 7, 9, 8, 8, 8, 8, 9];
 
 fn row(cells: &[String]) -> String {
     cells
@@ -170,6 +176,7 @@ pub fn table_row(l: &LevelJson) -> String {
         p(|p| p.p95),
         p(|p| p.p99),
         p(|p| p.max),
+        l.leader_changes.to_string(),
     ])
 }
 
