@@ -498,6 +498,11 @@ async fn leader_killed_during_prepare_resolves_to_abort_everywhere() {
             .await;
         beta.wait_state("in-doubt-1", BranchState::Prepared, secs(15))
             .await;
+        // Prepares leave while `Begin` replicates: kill only once the
+        // transaction is recorded, so this pins the takeover-abort path.
+        cluster
+            .wait_txn_state("in-doubt-1", pb::TxnState::Preparing, secs(15))
+            .await;
 
         let offsets: Vec<(u64, u64)> = cluster
             .ids()
