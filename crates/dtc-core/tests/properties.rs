@@ -564,7 +564,12 @@ impl Sim {
             // new term's first entry). A decision for a transaction whose
             // `Begin` was lost then creates a pending record nobody drives;
             // the next leader's takeover finds it, as it would in the cluster.
-            if self.store.pending.iter().any(|id| !self.drivers.contains_key(id)) {
+            if self
+                .store
+                .pending
+                .iter()
+                .any(|id| !self.drivers.contains_key(id))
+            {
                 self.restart();
             }
         }

@@ -35,9 +35,18 @@ pub fn open_database(dir: &Path) -> Result<Arc<Database>, ParticipantError> {
     if !path.exists() {
         create_atomically(&path)?;
     }
-    let db = Database::create(path)?;
+    let db = redb::Builder::new()
+        .set_cache_size(DATABASE_CACHE_BYTES)
+        .create(path)?;
     Ok(Arc::new(db))
 }
+
+/// redb page cache of the participant database. redb's default is 1 GiB;
+/// the participant reads mostly recent records (prepared transactions, their
+/// locks), so a bounded cache keeps a participant's memory independent of
+/// its history. Applications with large tables of their own in the same
+/// file may want more: open the file themselves with `redb::Builder`.
+pub const DATABASE_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Builds a new database under a temporary name and renames it into place
 /// (syncing file and directory), because `Database::create` interrupted by a
@@ -74,7 +83,9 @@ fn create_atomically(path: &Path) -> Result<(), ParticipantError> {
 pub fn open_database_with_backend(
     backend: impl redb::StorageBackend,
 ) -> Result<Arc<Database>, ParticipantError> {
-    let db = redb::Builder::new().create_with_backend(backend)?;
+    let db = redb::Builder::new()
+        .set_cache_size(DATABASE_CACHE_BYTES)
+        .create_with_backend(backend)?;
     Ok(Arc::new(db))
 }
 
