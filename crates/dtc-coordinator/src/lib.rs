@@ -17,10 +17,13 @@
 //! ## Flow of one transaction
 //! ```text
 //! client ─Execute─► any node ─(forward, ≤2 hops)─► leader
-//!   leader: validate ─► Begin ─Raft─► apply (pending index)
-//!           Prepare ─► every participant in parallel ─► votes
-//!           decision rule ─► Decide ─Raft─► apply (first wins) ─► reply = applied outcome
-//!           Commit/Abort ─► participants (retry until ack) ─► Complete ─Raft─► leaves pending index
+//!   leader: validate ─► Begin queued ─Raft─► apply (pending index)
+//!           and at once: Prepare ─► every participant in parallel ─► votes
+//!           decision rule ─► Decide queued behind Begin ─Raft─► apply (first wins)
+//!           Commit/Abort ─► participants (retry until ack) ─► reply = applied outcome
+//!           ─► Complete ─Raft─► leaves pending index
+//!   every proposal goes through one proposer that packs what is queued
+//!   into one batched log entry (Command::Batch)
 //! new leader: catch up (a barrier entry, applied) ─► scan pending index ─► resume each driver
 //! ```
 

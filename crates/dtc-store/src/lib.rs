@@ -18,8 +18,10 @@
 //!  │   meta : vote, committed, last_purged  │
 //!  └────────────────────────────────────────┘
 //!        │ committed entries
-//!        ▼ apply(batch): one durable commit per batch: dtc_core::apply()
-//!        │   per entry, last_applied + membership in the same commit
+//!        ▼ apply(batch): one commit per batch (synced only every 200 ms /
+//!        │   512 entries): dtc_core::apply() per entry (a Command::Batch
+//!        │   entry applies its commands in order), last_applied +
+//!        │   membership in the same commit
 //!  ┌────────────────────────────────────────┐
 //!  │ StateMachineStore     <dir>/state.redb │
 //!  │   txns         : id -> TxnRecord       │
@@ -41,12 +43,15 @@
 //!   deletes the entries in one transaction, so a crash can never leave a hole
 //!   or lose the purge point. `save_committed` is a hint (see below) and does
 //!   not fsync on its own.
-//! - [`StateMachineStore`]: each `apply` batch is one `Immediate` transaction
-//!   that also records `last_applied`, so after a crash the state machine sits
-//!   exactly at the last committed batch and openraft re-applies from there.
-//!   Because the state machine is durable at every apply, the log may be
-//!   purged up to any snapshot without replaying anything: the snapshot is
-//!   only needed to catch up *other* nodes.
+//! - [`StateMachineStore`]: each `apply` batch is one transaction that also
+//!   records `last_applied`, committed with `Durability::None` except every
+//!   200 ms or 512 entries. An entry is applied only after it is committed,
+//!   i.e. synced in a majority of logs, so after a crash the state machine
+//!   sits at some earlier batch and openraft re-applies the committed entries
+//!   after it from the log. The *durable mark*
+//!   ([`StateReader::durable_applied`]) says how far the synced state goes;
+//!   the log is never purged past it ([`LogStore::purge_covered_by`] forces a
+//!   sync when needed), and snapshot builds and installs are synced.
 //! - A redb commit is checksummed; a commit torn by a crash is rolled back
 //!   when the file is next opened.
 //!
