@@ -32,10 +32,11 @@ use tracing::debug;
 /// Log entries submitted to Raft and not yet applied, at most.
 pub const WRITES_IN_FLIGHT: usize = 4;
 
-/// Most estimated bytes of commands in one entry: well below the 1 MiB that
-/// one AppendEntries message carries, so a batch never travels alone in a
-/// message larger than the replication limit.
-pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Most estimated bytes of commands in one entry: a quarter of what one
+/// AppendEntries message carries (`dtc-store`'s 256 KiB), so replication
+/// never has to send one entry alone in an oversized message, and one entry's
+/// apply stays short.
+pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// Most commands in one entry (bounds the apply transaction and the time the
 /// state-machine worker spends on one entry).

@@ -12,9 +12,12 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Most bytes of encoded entries one `limited_get_log_entries` returns, so one
-/// AppendEntries message stays well under tonic's default 4 MiB limit.
-const MAX_REPLICATION_BYTES: usize = 1024 * 1024;
+/// Most bytes of encoded entries one `limited_get_log_entries` returns. An
+/// AppendEntries must be answered within one heartbeat (openraft's RPC
+/// timeout), the follower's decode and fsync included; with 1 MiB messages a
+/// 10,000-transaction takeover timed replication out and cost the leader its
+/// term (docs/performance.md), with 256 KiB it did not.
+const MAX_REPLICATION_BYTES: usize = 256 * 1024;
 
 /// redb cache for the log: reads are mostly of recent entries (replication of
 /// what was just appended), so a modest cache suffices.
@@ -374,7 +377,7 @@ mod tests {
     async fn limited_read_stops_at_the_byte_cap_but_never_returns_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _sm) = crate::open(dir.path()).unwrap();
-        let big = "x".repeat(300 * 1024);
+        let big = "x".repeat(80 * 1024);
         let entries: Vec<Entry> = (1..=8)
             .map(|i| Entry {
                 log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
@@ -386,7 +389,7 @@ mod tests {
             .collect();
         log.blocking_append(entries).await.unwrap();
         let got = log.limited_get_log_entries(1, 9).await.unwrap();
-        assert_eq!(got.len(), 4, "4 x 300 KiB reaches the 1 MiB cap");
+        assert_eq!(got.len(), 4, "4 x 80 KiB reaches the 256 KiB cap");
         assert_eq!(got[0].log_id.index, 1);
         assert_eq!(log.try_get_log_entries(1..9).await.unwrap().len(), 8);
     }
