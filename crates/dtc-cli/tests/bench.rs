@@ -3,77 +3,19 @@
 //! at a time: two local clusters at once on a small machine would measure
 //! each other.
 
-use serde_json::Value;
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+mod common;
 
-const DTC: &str = env!("CARGO_BIN_EXE_dtc");
+use common::{Run, run_dtc};
+use serde_json::Value;
+use std::sync::Mutex;
+use std::time::Duration;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// SIGTERM through kill(1) (no libc here), 15 s to stop its children, then SIGKILL.
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let until = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < until {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = r.read_to_string(&mut s);
-        s
-    })
-}
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `dtc bench ARGS`, at most `within`.
+/// Runs `dtc bench ARGS`, at most `within`, one bench at a time.
 fn bench(args: &[&str], within: Duration) -> Run {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let mut child = Command::new(DTC)
-        .arg("bench")
-        .args(args)
-        .env_remove("DTC_COORDINATORS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {DTC}: {e}"));
-    let out = drain(child.stdout.take().expect("piped stdout"));
-    let err = drain(child.stderr.take().expect("piped stderr"));
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            terminate(&mut child);
-            let stderr = err.join().unwrap_or_default();
-            panic!("dtc bench {args:?} did not finish within {within:?}; stderr:\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Run {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
+    run_dtc("bench", args, within)
 }
 
 /// The one JSON object `--json` prints.

@@ -2,73 +2,17 @@
 //! on free loopback ports, bounded waits. A run that does not finish in time
 //! gets SIGTERM (the demo then stops its children itself), then SIGKILL.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod common;
+
+use common::{DTC, Run, drain, run_dtc, terminate};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const DTC: &str = env!("CARGO_BIN_EXE_dtc");
-
-/// Sends SIGTERM to `child` (through kill(1): no libc here) and waits up to
-/// 15 s for it to stop its own children and exit; SIGKILL after that.
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let until = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < until {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = r.read_to_string(&mut s);
-        s
-    })
-}
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `dtc demo ARGS`, at most `within`.
 fn demo(args: &[&str], within: Duration) -> Run {
-    let mut child = Command::new(DTC)
-        .arg("demo")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {DTC}: {e}"));
-    let out = drain(child.stdout.take().unwrap());
-    let err = drain(child.stderr.take().unwrap());
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            terminate(&mut child);
-            let stderr = err.join().unwrap_or_default();
-            panic!("dtc demo {args:?} did not finish within {within:?}; stderr:\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    Run {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
+    run_dtc("demo", args, within)
 }
 
 /// The value column of the summary row `label`.
