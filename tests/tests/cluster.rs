@@ -1124,6 +1124,23 @@ async fn in_doubt_query_of_an_unknown_txn_records_presumed_abort() {
         assert_eq!(r.outcome(), pb::Outcome::Committed, "{r:?}");
         let q = query("known-1").await.expect("QueryOutcome");
         assert_eq!(q.outcome(), pb::Outcome::Committed, "{q:?}");
+        // A participant the stored transaction does not name prepared
+        // something else under this id (prepares leave before `Begin`
+        // commits): its answer is abort, whatever the transaction's outcome.
+        let stranger = cluster
+            .in_doubt(follower)
+            .query_outcome(request(
+                pb::QueryOutcomeRequest {
+                    txn_id: "known-1".into(),
+                    participant: "gamma".into(),
+                },
+                secs(5),
+            ))
+            .await
+            .expect("QueryOutcome from a stranger")
+            .into_inner();
+        assert_eq!(stranger.outcome(), pb::Outcome::Aborted, "{stranger:?}");
+        assert!(stranger.reason.contains("gamma"), "{stranger:?}");
         let bad = query("bad id!").await;
         expect_status(
             "QueryOutcome with a bad id",
@@ -1131,6 +1148,64 @@ async fn in_doubt_query_of_an_unknown_txn_records_presumed_abort() {
             Code::InvalidArgument,
             &["txn_id"],
         );
+        cluster.wait_no_pending(secs(15)).await;
+        assert_no_violations(&[&alpha, &beta]);
+    })
+    .await;
+}
+
+/// `reply_at_decision` answers once the decision is applied, while a
+/// participant still holds its Commit; without it, Execute waits for the
+/// acknowledgements (up to the ack wait) so the client reads its writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_at_decision_answers_before_the_acknowledgements() {
+    let cluster = Cluster::start(3);
+    let alpha = TestParticipant::start("alpha").await;
+    let beta = TestParticipant::start("beta").await;
+    bounded(secs(60), async {
+        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        beta.hold_commits();
+        let mut req = execute_request("early-answer", &[("alpha", b"a"), ("beta", b"b")], 5000);
+        req.reply_at_decision = true;
+        let asked = Instant::now();
+        let r = cluster
+            .execute(leader, req, secs(10))
+            .await
+            .expect("Execute");
+        assert_eq!(r.outcome(), pb::Outcome::Committed, "{r:?}");
+        // Without the option this answer could only come when the 1 s ack
+        // wait runs out (the Commit is held).
+        assert!(
+            asked.elapsed() < Duration::from_millis(900),
+            "answered after {:?}: it waited for the acknowledgements",
+            asked.elapsed()
+        );
+        // Answered while beta's Commit is still held: nothing committed there.
+        let held = beta.record("early-answer").expect("beta prepared");
+        assert_eq!(held.state, BranchState::Prepared, "{held:?}");
+        // Without the option the answer waits for the acknowledgements
+        // (here released while it waits).
+        let req = execute_request("late-answer", &[("alpha", b"a"), ("beta", b"b")], 5000);
+        let ((r, answered), released) = tokio::join!(
+            async { (cluster.execute(leader, req, secs(10)).await, Instant::now()) },
+            async {
+                beta.wait_for("late-answer", secs(10), "a Commit", |r| r.commits >= 1)
+                    .await;
+                assert_eq!(
+                    beta.state("late-answer"),
+                    Some(BranchState::Prepared),
+                    "commit held"
+                );
+                let at = Instant::now();
+                beta.release_commits();
+                at
+            }
+        );
+        assert_eq!(r.expect("Execute").outcome(), pb::Outcome::Committed);
+        assert!(answered >= released, "answered before the acknowledgement");
+        assert_eq!(beta.state("late-answer"), Some(BranchState::Committed));
+        beta.wait_state("early-answer", BranchState::Committed, secs(10))
+            .await;
         cluster.wait_no_pending(secs(15)).await;
         assert_no_violations(&[&alpha, &beta]);
     })
