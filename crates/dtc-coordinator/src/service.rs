@@ -596,29 +596,31 @@ impl pb::in_doubt_server::InDoubt for InDoubtService {
             Route::Local(_) => {
                 let claim = {
                     let mut drivers = shared.lock_drivers();
+                    // Checked under the lock: drivers register (and only then
+                    // propose Begin) under it too, so no Begin can slip in.
+                    let record = shared.reader.get_txn(&msg.txn_id).map_err(store_err)?;
+                    if let Some(r) = &record
+                        && !msg.participant.is_empty()
+                        && r.digest.is_some()
+                        && !r.participants.contains(&msg.participant)
+                    {
+                        // Whatever this participant prepared under this id
+                        // was not part of the stored transaction (prepares
+                        // leave before `Begin` commits): abort is its answer.
+                        return Ok(Response::new(outcome_response(Some(&Outcome::abort(
+                            format!(
+                                "participant {} is not a participant of transaction {}",
+                                msg.participant, msg.txn_id
+                            ),
+                        )))));
+                    }
                     if let Some(running) = drivers.get(&msg.txn_id) {
                         // A driver runs it (or another query is deciding it):
                         // its applied outcome once there is one, else "ask later".
                         let outcome = running.status.borrow().outcome.clone();
                         return Ok(Response::new(outcome_response(outcome.as_ref())));
                     }
-                    // Checked under the lock: drivers register (and only then
-                    // propose Begin) under it too, so no Begin can slip in.
-                    if let Some(record) = shared.reader.get_txn(&msg.txn_id).map_err(store_err)? {
-                        if !msg.participant.is_empty()
-                            && record.digest.is_some()
-                            && !record.participants.contains(&msg.participant)
-                        {
-                            // Whatever this participant prepared under this id
-                            // was not part of the stored transaction (prepares
-                            // leave before `Begin` commits): abort is its answer.
-                            return Ok(Response::new(outcome_response(Some(&Outcome::abort(
-                                format!(
-                                    "participant {} is not a participant of transaction {}",
-                                    msg.participant, msg.txn_id
-                                ),
-                            )))));
-                        }
+                    if let Some(record) = record {
                         return Ok(Response::new(outcome_response(record.outcome())));
                     }
                     crate::runtime::Claim::new(&shared, &mut drivers, &msg.txn_id)
