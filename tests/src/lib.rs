@@ -873,6 +873,34 @@ impl Cluster {
         .await
     }
 
+    /// Runs two-branch transactions `bulk-NNNN` on participants `alpha` and
+    /// `beta`, one at a time through `via` (concurrent ones would share
+    /// batched log entries), until `leader` has applied `entries` more log
+    /// entries; each must commit. Returns how many ran. For tests that need
+    /// a follower to fall behind a purged log.
+    pub async fn grow_log_by(&self, leader: u64, via: &[u64], entries: u64) -> usize {
+        let applied = |s: Option<pb::ClusterStatusResponse>| s.expect("leader status").last_applied;
+        let target = applied(self.status(leader).await) + entries;
+        let mut ran = 0;
+        while applied(self.status(leader).await) < target {
+            for _ in 0..50 {
+                let id = format!("bulk-{ran:04}");
+                let req = execute_request(&id, &[("alpha", b"a"), ("beta", b"b")], 5000);
+                let r = self
+                    .execute_retrying(via, req, Duration::from_secs(30))
+                    .await
+                    .unwrap_or_else(|s| panic!("{id}: {s:?}"));
+                assert_eq!(r.outcome(), pb::Outcome::Committed, "{r:?}");
+                ran += 1;
+            }
+            assert!(
+                ran < 5000,
+                "the log did not grow by {entries} entries in {ran} transactions"
+            );
+        }
+        ran
+    }
+
     /// Registers `p` through any live node, retrying while there is no leader.
     pub async fn register(&self, p: &TestParticipant, within: Duration) {
         let ids = self.started_ids();

@@ -1336,7 +1336,6 @@ async fn in_flight_limit_refuses_new_work_but_not_decided_transactions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
-    use futures::StreamExt;
     // Past the 1000 entries the leader keeps after a snapshot, so the
     // follower can only catch up by a snapshot.
     const BEHIND: u64 = 1100;
@@ -1350,32 +1349,7 @@ async fn restarted_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
         cluster.kill(follower);
         let live = cluster.live_ids();
         let started = Instant::now();
-        let start = cluster.status(leader).await.expect("leader status").last_applied;
-        // Sequential transactions (concurrent ones share batched entries)
-        // until the log has grown past what the leader keeps.
-        let mut txns = 0;
-        while cluster.status(leader).await.expect("leader status").last_applied < start + BEHIND {
-            let results: Vec<_> = futures::stream::iter(txns..txns + 50)
-                .map(|i| {
-                    let (cluster_ref, live_ref) = (&cluster, &live);
-                    async move {
-                        let id = format!("bulk-{i:04}");
-                        let r = cluster_ref
-                            .execute_retrying(live_ref, execute_request(&id, &[("alpha", b"a"), ("beta", b"b")], 5000), secs(30))
-                            .await;
-                        (id, r)
-                    }
-                })
-                .buffered(1)
-                .collect()
-                .await;
-            for (id, r) in results {
-                let r = r.unwrap_or_else(|s| panic!("{id}: {s:?}"));
-                assert_eq!(r.outcome(), pb::Outcome::Committed, "{r:?}");
-            }
-            txns += 50;
-            assert!(txns < 5000, "the log did not grow by {BEHIND} entries in {txns} transactions");
-        }
+        let txns = cluster.grow_log_by(leader, &live, BEHIND).await;
         println!("{txns} transactions with a follower down took {} ms", started.elapsed().as_millis());
         cluster.wait_no_pending(secs(20)).await;
         let before = cluster.status(leader).await.expect("leader status");

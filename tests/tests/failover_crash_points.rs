@@ -289,7 +289,6 @@ async fn coordinator_crash_during_the_takeover_scan_is_survived() {
 /// installs the snapshot and serves as a full member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_crash_during_snapshot_install_leaves_the_old_state_and_recovers() {
-    use futures::StreamExt;
     // The follower must fall behind the 1000 entries kept after a snapshot.
     const BEHIND: u64 = 1100;
     let mut cluster = Cluster::start_with(3, &["--snapshot-every", "50"]);
@@ -308,43 +307,7 @@ async fn store_crash_during_snapshot_install_leaves_the_old_state_and_recovers()
             .unwrap();
         cluster.kill(follower);
         let live = cluster.live_ids();
-        let start = cluster
-            .status(leader)
-            .await
-            .expect("leader status")
-            .last_applied;
-        // One transaction at a time (a few entries each: concurrent ones would
-        // share batched entries) until the log has moved on far enough.
-        let mut i = 0;
-        while cluster
-            .status(leader)
-            .await
-            .expect("leader status")
-            .last_applied
-            < start + BEHIND
-        {
-            let chunk: Vec<_> = futures::stream::iter(i..i + 50)
-                .map(|i| {
-                    let (c, l) = (&cluster, &live);
-                    async move {
-                        let id = format!("bulk-{i:04}");
-                        let req = execute_request(&id, &[("alpha", b"a"), ("beta", b"b")], 5000);
-                        (id, c.execute_retrying(l, req, secs(30)).await)
-                    }
-                })
-                .buffered(1)
-                .collect()
-                .await;
-            for (id, r) in chunk {
-                let r = r.unwrap_or_else(|s| panic!("{id}: {s:?}"));
-                assert_eq!(r.outcome(), pb::Outcome::Committed, "{r:?}");
-            }
-            i += 50;
-            assert!(
-                i < 5000,
-                "the log did not grow by {BEHIND} entries in {i} transactions"
-            );
-        }
+        cluster.grow_log_by(leader, &live, BEHIND).await;
         cluster.wait_no_pending(secs(20)).await;
         let before = cluster.status(leader).await.expect("leader status");
 
