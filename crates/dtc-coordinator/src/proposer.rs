@@ -27,7 +27,7 @@ use dtc_store::TypeConfig;
 use openraft::Raft;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tracing::debug;
+use tracing::error;
 
 /// Log entries submitted to Raft and not yet applied, at most.
 pub const WRITES_IN_FLIGHT: usize = 4;
@@ -146,7 +146,7 @@ fn deliver(result: Result<CommandResult, String>, replies: Vec<Reply>, count: us
         Ok(other) => {
             // Cannot happen: apply returns one result per command.
             let why = format!("a batch of {count} commands applied as {other:?}");
-            debug!(%why, "proposer");
+            error!(%why, "proposer: apply returned the wrong number of results");
             for reply in replies {
                 let _ = reply.send(Err(why.clone()));
             }
