@@ -1372,6 +1372,7 @@ async fn restarted_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
             snapshot_lines.len(),
             snapshot_lines.first().map(|l| &l[..l.len().min(300)])
         );
+        assert!(!snapshot_lines.is_empty(), "the node must have caught up by a snapshot");
 
         // It is a working quorum member: with the other follower down, the
         // leader can only commit through it.

@@ -29,8 +29,12 @@
 //!  │   completed    : (ms, id) -> ()        │
 //!  │   participants : name -> endpoint      │
 //!  │   meta         : applied, membership   │
-//!  │   snapshot     : current snapshot      │ ──► build_snapshot / install_snapshot
+//!  │   snapshot     : current snapshot's    │
+//!  │                  meta and file name    │
 //!  └────────────────────────────────────────┘
+//!        │ build: one read transaction streamed row by row to a file
+//!        ▼ install: a received file streamed back into the tables
+//!  <dir>/snapshots/<name>.snap   (SnapshotFile, openraft's SnapshotData)
 //!        │ redb read transactions (never block the writer)
 //!        ▼
 //!  StateReader: get_txn, list_txns, pending, participants, last_applied
@@ -52,6 +56,9 @@
 //!   ([`StateReader::durable_applied`]) says how far the synced state goes;
 //!   the log is never purged past it ([`LogStore::purge_covered_by`] forces a
 //!   sync when needed), and snapshot builds and installs are synced.
+//! - Snapshot files are synced and renamed into place before the synced
+//!   commit that names one as current; files no commit names are removed at
+//!   open. A snapshot is never held in memory whole, whatever the history.
 //! - A redb commit is checksummed; a commit torn by a crash is rolled back
 //!   when the file is next opened.
 //!
@@ -76,6 +83,7 @@ mod error;
 pub mod files;
 mod log_store;
 mod reader;
+mod snapshot_file;
 mod state_machine;
 mod tables;
 #[cfg(feature = "test-support")]
@@ -86,6 +94,7 @@ use std::path::Path;
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use reader::StateReader;
+pub use snapshot_file::SnapshotFile;
 pub use state_machine::StateMachineStore;
 
 openraft::declare_raft_types!(
@@ -96,7 +105,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        SnapshotData = SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -115,6 +124,8 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub const LOG_FILE: &str = "raft-log.redb";
 /// File name of the state machine inside a node's data directory.
 pub const STATE_FILE: &str = "state.redb";
+/// Directory of the snapshot files inside a node's data directory.
+pub const SNAPSHOT_DIR: &str = "snapshots";
 
 /// Opens (creating if missing) `<dir>/raft-log.redb` and `<dir>/state.redb`.
 ///

@@ -37,13 +37,16 @@ pub(crate) const PARTICIPANTS: TableDefinition<&str, &str> = TableDefinition::ne
 pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const LAST_APPLIED_KEY: &str = "last_applied";
 pub(crate) const MEMBERSHIP_KEY: &str = "membership";
-/// The current snapshot: `meta` (postcard `SnapshotMeta`), `data` (the
-/// snapshot bytes as sent to followers) and `seq` (snapshots built so far,
-/// for unique snapshot ids across restarts).
+/// The current snapshot: `meta` (postcard `SnapshotMeta`), `file` (the name
+/// of its file in the snapshot directory, see `snapshot_file`) and `seq`
+/// (snapshots built so far, for unique snapshot ids across restarts).
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 pub(crate) const SNAPSHOT_META_KEY: &str = "meta";
-pub(crate) const SNAPSHOT_DATA_KEY: &str = "data";
+pub(crate) const SNAPSHOT_FILE_KEY: &str = "file";
 pub(crate) const SNAPSHOT_SEQ_KEY: &str = "seq";
+/// Where stores before snapshot files kept the whole snapshot as one value;
+/// `StateMachineStore::open` moves it out to a file.
+pub(crate) const LEGACY_SNAPSHOT_DATA_KEY: &str = "data";
 
 pub(crate) fn encode<T: Serialize + ?Sized>(
     what: &'static str,

@@ -374,6 +374,37 @@ impl Rng {
     }
 }
 
+/// The whole content of a snapshot file, read from its start.
+pub async fn snapshot_bytes(file: &mut crate::SnapshotFile) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    file.seek(io::SeekFrom::Start(0))
+        .await
+        .expect("seek a snapshot file");
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .await
+        .expect("read a snapshot file");
+    bytes
+}
+
+/// Receives `bytes` as a snapshot the way openraft's follower does (into the
+/// state machine's receiving file, then shut down), ready for
+/// `install_snapshot`.
+pub async fn receive_snapshot(
+    sm: &mut crate::StateMachineStore,
+    bytes: &[u8],
+) -> Box<crate::SnapshotFile> {
+    use openraft::storage::RaftStateMachine;
+    use tokio::io::AsyncWriteExt;
+    let mut rx = sm
+        .begin_receiving_snapshot()
+        .await
+        .expect("begin receiving a snapshot");
+    rx.write_all(bytes).await.expect("write a received chunk");
+    rx.shutdown().await.expect("finish a received snapshot");
+    rx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

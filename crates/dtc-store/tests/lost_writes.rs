@@ -20,7 +20,9 @@ mod common;
 
 use common::{Contents, command_for, mem_contents};
 use dtc_core::MemStore;
-use dtc_store::test_support::{CrashMode, OpClock, Rng, SimDisk, Trace};
+use dtc_store::test_support::{
+    CrashMode, OpClock, Rng, SimDisk, Trace, receive_snapshot, snapshot_bytes,
+};
 use dtc_store::{
     Entry, LogId, LogStore, StateMachineStore, StateReader, StoredMembership, TypeConfig,
 };
@@ -30,6 +32,7 @@ use openraft::storage::{
 use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder, Vote};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::path::Path;
 
 type V = Vote<u64>;
 
@@ -184,25 +187,47 @@ struct Coverage {
     kinds: BTreeMap<&'static str, usize>,
 }
 
-/// The node under test: its two stores on simulated disks.
+/// The node under test: its two stores on simulated disks, and its snapshot
+/// files in a real directory.
+///
+/// Snapshot files are synced and renamed into place before a state-machine
+/// commit names one, so a crash never leaves a named file incomplete; the
+/// directory is therefore not simulated. The node keeps every file it ever
+/// sealed, and a crash check opens a copy of the directory: whichever file
+/// the crash image names is there, and the open removes the others.
 struct Node {
     log: LogStore,
     sm: StateMachineStore,
     log_disk: SimDisk,
     sm_disk: SimDisk,
+    snaps: tempfile::TempDir,
 }
 
 impl Node {
-    fn open(log_disk: SimDisk, sm_disk: SimDisk) -> Result<Node, String> {
+    fn open(
+        log_disk: SimDisk,
+        sm_disk: SimDisk,
+        snaps_from: Option<&Path>,
+    ) -> Result<Node, String> {
+        let snaps = tempfile::tempdir().map_err(|e| e.to_string())?;
+        if let Some(from) = snaps_from {
+            for f in std::fs::read_dir(from).map_err(|e| e.to_string())? {
+                let f = f.map_err(|e| e.to_string())?;
+                std::fs::copy(f.path(), snaps.path().join(f.file_name()))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         let log = LogStore::open_with_backend(log_disk.clone())
             .map_err(|e| format!("log store does not open: {e}"))?;
-        let sm = StateMachineStore::open_with_backend(sm_disk.clone())
+        let sm = StateMachineStore::open_with_backend(sm_disk.clone(), snaps.path())
             .map_err(|e| format!("state machine does not open: {e}"))?;
+        sm.keep_replaced_snapshots();
         Ok(Node {
             log,
             sm,
             log_disk,
             sm_disk,
+            snaps,
         })
     }
 }
@@ -212,14 +237,20 @@ impl Node {
 struct Leader {
     sm: StateMachineStore,
     applied: u64,
+    _snaps: tempfile::TempDir,
 }
 
 impl Leader {
     fn new() -> Leader {
+        let snaps = tempfile::tempdir().unwrap();
         Leader {
-            sm: StateMachineStore::open_with_backend(redb::backends::InMemoryBackend::new())
-                .unwrap(),
+            sm: StateMachineStore::open_with_backend(
+                redb::backends::InMemoryBackend::new(),
+                snaps.path(),
+            )
+            .unwrap(),
             applied: 0,
+            _snaps: snaps,
         }
     }
 }
@@ -409,7 +440,7 @@ impl Run {
         let batch: Vec<Entry> = ids.into_iter().map(|id| world.entry(id)).collect();
         self.leader.sm.apply(batch).await.unwrap();
         self.leader.applied = s;
-        let snap = self
+        let mut snap = self
             .leader
             .sm
             .get_snapshot_builder()
@@ -417,6 +448,7 @@ impl Run {
             .build_snapshot()
             .await
             .unwrap();
+        let sent = snapshot_bytes(&mut snap.snapshot).await;
         let snap_id = world.committed[s as usize - 1];
         assert_eq!(snap.meta.last_log_id, Some(snap_id));
 
@@ -427,8 +459,7 @@ impl Run {
         }
 
         let start = self.clock.now();
-        let mut rx = self.node.sm.begin_receiving_snapshot().await.unwrap();
-        *rx = *snap.snapshot;
+        let rx = receive_snapshot(&mut self.node.sm, &sent).await;
         self.node.sm.install_snapshot(&snap.meta, rx).await.unwrap();
         self.m.d.applied = Some(snap_id);
         self.m.d.snapshot = Some((snap.meta.last_log_id, snap.meta.snapshot_id.clone()));
@@ -567,7 +598,7 @@ async fn observe(node: &mut Node) -> Result<Observed, String> {
         .await
         .map_err(|e| format!("get_current_snapshot: {e}"))?
     {
-        Some(s) => Some((s.meta, s.snapshot.into_inner())),
+        Some(mut s) => Some((s.meta, snapshot_bytes(&mut s.snapshot).await)),
         None => None,
     };
     let (contents, pending_ids) = read_contents(&sm.reader())?;
@@ -690,9 +721,11 @@ async fn check_snapshot_data(o: &Observed, world: &mut World) -> Result<(), Stri
     let Some((meta, data)) = &o.snapshot else {
         return Ok(());
     };
+    let snaps = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut fresh =
-        StateMachineStore::open_with_backend(redb::backends::InMemoryBackend::new()).unwrap();
-    let rx = Box::new(std::io::Cursor::new(data.clone()));
+        StateMachineStore::open_with_backend(redb::backends::InMemoryBackend::new(), snaps.path())
+            .unwrap();
+    let rx = receive_snapshot(&mut fresh, data).await;
     fresh.install_snapshot(meta, rx).await.map_err(|e| {
         format!(
             "current snapshot {} does not install: {e}",
@@ -735,10 +768,20 @@ fn unfinished_redb_file(img: &[u8]) -> bool {
 /// node cannot start until the file is removed, although nothing was ever
 /// stored in it. A known gap (see `crash_while_creating_the_store_files_*`);
 /// tallied here, not failed.
-async fn check_crash(
-    k: u64,
+/// What a crash leaves: the two files' images and the snapshot directory.
+struct Leftovers<'a> {
     log_img: Vec<u8>,
     sm_img: Vec<u8>,
+    snaps: &'a Path,
+}
+
+async fn check_crash(
+    k: u64,
+    Leftovers {
+        log_img,
+        sm_img,
+        snaps,
+    }: Leftovers<'_>,
     history: &[Model],
     steps: &[Step],
     world: &mut World,
@@ -748,6 +791,7 @@ async fn check_crash(
     let node = Node::open(
         SimDisk::from_image(log_img, clock),
         SimDisk::from_image(sm_img, clock),
+        Some(snaps),
     );
     let mut node = match node {
         Ok(node) => node,
@@ -859,7 +903,7 @@ fn fresh_model() -> Model {
 /// Runs `actions` random actions on fresh stores: (run, traces).
 async fn workload(seed: u64, actions: usize, world: &mut World) -> (Run, Trace, Trace) {
     let clock = OpClock::new();
-    let node = Node::open(SimDisk::new(&clock), SimDisk::new(&clock)).unwrap();
+    let node = Node::open(SimDisk::new(&clock), SimDisk::new(&clock), None).unwrap();
     let mut run = Run::new(seed, clock, node, fresh_model(), Leader::new());
     // openraft's initialize: the first membership entry, then an election.
     run.append(world, 1).await;
@@ -920,8 +964,11 @@ async fn crash_at_points(
         let clock = OpClock::new();
         let result = check_crash(
             p.k,
-            lr.image(p.mode),
-            sr.image(p.mode),
+            Leftovers {
+                log_img: lr.image(p.mode),
+                sm_img: sr.image(p.mode),
+                snaps: run.node.snaps.path(),
+            },
             &run.history,
             &run.steps,
             world,
@@ -1077,7 +1124,7 @@ fn stores_recover_and_keep_their_guarantees_across_repeated_crashes() {
         rt.block_on(async {
             let mut world = World::default();
             let clock = OpClock::new();
-            let node = Node::open(SimDisk::new(&clock), SimDisk::new(&clock)).unwrap();
+            let node = Node::open(SimDisk::new(&clock), SimDisk::new(&clock), None).unwrap();
             let mut run = Run::new(seed, clock.clone(), node, fresh_model(), Leader::new());
             run.append(&mut world, 1).await;
             run.election(1).await;
@@ -1098,8 +1145,11 @@ fn stores_recover_and_keep_their_guarantees_across_repeated_crashes() {
                 let (lt, st) = (run.node.log_disk.trace(), run.node.sm_disk.trace());
                 let c = check_crash(
                     k,
-                    lt.crash_image(k, mode),
-                    st.crash_image(k, mode),
+                    Leftovers {
+                        log_img: lt.crash_image(k, mode),
+                        sm_img: st.crash_image(k, mode),
+                        snaps: run.node.snaps.path(),
+                    },
                     &run.history,
                     &run.steps,
                     &mut world,

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use dtc_core::{Command, CommandResult, MemStore, Outcome};
+use dtc_store::test_support::{receive_snapshot, snapshot_bytes};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 use proptest::prelude::*;
@@ -32,7 +33,7 @@ fn snapshot_installed_into_a_fresh_store_reproduces_the_reader_contents() {
             "{want:?}"
         );
 
-        let snap = leader
+        let mut snap = leader
             .get_snapshot_builder()
             .await
             .build_snapshot()
@@ -44,14 +45,14 @@ fn snapshot_installed_into_a_fresh_store_reproduces_the_reader_contents() {
             "{}",
             snap.meta.snapshot_id
         );
-        let current = leader.get_current_snapshot().await.unwrap().unwrap();
+        let mut current = leader.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, snap.meta);
+        let sent = snapshot_bytes(&mut snap.snapshot).await;
+        assert_eq!(snapshot_bytes(&mut current.snapshot).await, sent);
 
         {
             let (_f_log, mut follower) = dtc_store::open(follower_dir.path()).unwrap();
-            let mut rx = follower.begin_receiving_snapshot().await.unwrap();
-            assert!(rx.get_ref().is_empty());
-            *rx = *snap.snapshot.clone();
+            let rx = receive_snapshot(&mut follower, &sent).await;
             follower.install_snapshot(&snap.meta, rx).await.unwrap();
             let fr = follower.reader();
             assert_eq!(contents(&fr), want);
@@ -68,9 +69,10 @@ fn snapshot_installed_into_a_fresh_store_reproduces_the_reader_contents() {
         // and applying the same next entries on both gives the same results
         // (so the indexes came across too, not just the records).
         let (_f_log, mut follower) = dtc_store::open(follower_dir.path()).unwrap();
-        let Snapshot { meta, snapshot } = follower.get_current_snapshot().await.unwrap().unwrap();
+        let Snapshot { meta, mut snapshot } =
+            follower.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(meta, snap.meta);
-        assert_eq!(snapshot.get_ref(), snap.snapshot.get_ref());
+        assert_eq!(snapshot_bytes(&mut snapshot).await, sent);
         let more = entries(401..=600);
         let a = leader.apply(more.clone()).await.unwrap();
         let b = follower.apply(more).await.unwrap();
@@ -87,12 +89,13 @@ fn installing_a_snapshot_replaces_local_state_entirely() {
     rt.block_on(async {
         let (_a_log, mut a) = dtc_store::open(a_dir.path()).unwrap();
         a.apply(entries(1..=50)).await.unwrap();
-        let snap = a
+        let mut snap = a
             .get_snapshot_builder()
             .await
             .build_snapshot()
             .await
             .unwrap();
+        let sent = snapshot_bytes(&mut snap.snapshot).await;
 
         // b has unrelated state; the snapshot must wipe it, not merge into it.
         let (_b_log, mut b) = dtc_store::open(b_dir.path()).unwrap();
@@ -109,7 +112,8 @@ fn installing_a_snapshot_replaces_local_state_entirely() {
         )])
         .await
         .unwrap();
-        b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        let rx = receive_snapshot(&mut b, &sent).await;
+        b.install_snapshot(&snap.meta, rx).await.unwrap();
         assert_eq!(contents(&b.reader()), contents(&a.reader()));
         assert_eq!(b.reader().get_txn("zzz-only-on-b").unwrap(), None);
     });
