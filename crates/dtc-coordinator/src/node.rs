@@ -103,6 +103,18 @@ impl Shared {
     }
 }
 
+/// The snapshot interval of node `id`: `every` stretched by 0, 10 or 20 %.
+///
+/// Every node applies the same entries at nearly the same moment, so with
+/// one interval all three would build a snapshot at once: on a small machine
+/// that stalls heartbeats everywhere together (seen as an election during a
+/// history fill). Different intervals put the builds at different times;
+/// they meet again only at common multiples (every 11 × or 12 × the
+/// interval for two of them).
+fn staggered_snapshot_every(every: u64, id: u64) -> u64 {
+    every.saturating_add(every.saturating_mul((id.saturating_sub(1)) % 3) / 10)
+}
+
 /// Runs a node until `shutdown` resolves.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     config.validate()?;
@@ -120,7 +132,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         // Snapshots of a long retention window can be large; the default
         // 200 ms per chunk is far too tight.
         install_snapshot_timeout: 10_000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(staggered_snapshot_every(
+            config.snapshot_every,
+            config.id,
+        )),
         max_in_snapshot_log_to_keep: 1000,
         ..Default::default()
     }
@@ -386,5 +401,20 @@ async fn expire_outcomes(shared: Arc<Shared>) {
             Ok(_) => {}
             Err(e) => warn!("expire: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::staggered_snapshot_every;
+
+    #[test]
+    fn the_three_nodes_snapshot_at_different_intervals() {
+        let got: Vec<u64> = (1..=3).map(|id| staggered_snapshot_every(5000, id)).collect();
+        assert_eq!(got, [5000, 5500, 6000]);
+        // Small settings (tests use 50) stay distinct and never reach zero.
+        assert_eq!(staggered_snapshot_every(50, 3), 60);
+        assert_eq!(staggered_snapshot_every(1, 2), 1);
+        assert_eq!(staggered_snapshot_every(u64::MAX, 3), u64::MAX);
     }
 }
