@@ -289,12 +289,18 @@ async fn bench(
         );
         if args.keep {
             cluster.keep();
+            ui.note(format!(
+                "--keep: the coordinators on {} keep their data and logs in {}",
+                cluster.coordinators_arg(),
+                cluster.root().display()
+            ));
+        } else {
+            ui.say(format!(
+                "started 3 coordinators on {} (data and logs in {})",
+                cluster.coordinators_arg(),
+                cluster.root().display()
+            ));
         }
-        ui.say(format!(
-            "started 3 coordinators on {} (data and logs in {})",
-            cluster.coordinators_arg(),
-            cluster.root().display()
-        ));
         cluster
             .wait_for_leader(Duration::from_secs(30), None, 0)
             .await

@@ -268,6 +268,12 @@ impl Ui {
         }
     }
 
+    /// A line on stderr even with `--json` (which keeps stdout for results):
+    /// what the user must know to find what the run left behind.
+    pub fn note(&self, msg: impl AsRef<str>) {
+        self.suspended(|| eprintln!("dtc bench: {}", msg.as_ref()));
+    }
+
     /// A phase line only when there is no progress bar to say it (stderr
     /// is not a terminal), and not with `--json`.
     pub fn say_without_bar(&self, msg: impl AsRef<str>) {
