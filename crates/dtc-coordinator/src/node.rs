@@ -410,7 +410,9 @@ mod tests {
 
     #[test]
     fn the_three_nodes_snapshot_at_different_intervals() {
-        let got: Vec<u64> = (1..=3).map(|id| staggered_snapshot_every(5000, id)).collect();
+        let got: Vec<u64> = (1..=3)
+            .map(|id| staggered_snapshot_every(5000, id))
+            .collect();
         assert_eq!(got, [5000, 5500, 6000]);
         // Small settings (tests use 50) stay distinct and never reach zero.
         assert_eq!(staggered_snapshot_every(50, 3), 60);

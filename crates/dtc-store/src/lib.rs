@@ -138,9 +138,17 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let log = LogStore::open(&dir.join(LOG_FILE))?;
-    let sm = StateMachineStore::open(&dir.join(STATE_FILE))?;
-    Ok((log, sm))
+    // Side by side: after a crash redb walks each file before it opens, and
+    // that walk grows with the history the files hold.
+    let (log, sm) = std::thread::scope(|s| {
+        let log = s.spawn(|| LogStore::open(&dir.join(LOG_FILE)));
+        let sm = StateMachineStore::open(&dir.join(STATE_FILE));
+        let log = log
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Task("opening the log store panicked".into())));
+        (log, sm)
+    });
+    Ok((log?, sm?))
 }
 
 // The coordinator shares these across tasks and threads.
