@@ -115,7 +115,7 @@ impl DurableMark {
 /// One synced commit that makes every earlier unsynced apply durable;
 /// returns the applied position it covers.
 pub(crate) fn make_durable(db: &Database, mark: &DurableMark) -> Result<Option<LogId>, StoreError> {
-    let txn = db.begin_write()?; // Durability::Immediate
+    let txn = crate::tables::begin_synced(db)?;
     let applied = {
         // Rewrite the position rather than commit nothing, so that the
         // commit is a real one whatever redb does with empty transactions.
@@ -286,7 +286,7 @@ fn move_legacy_snapshot_to_file(db: &Database, dir: &SnapshotDir) -> Result<(), 
         w.item(&Item::Participant(name, endpoint))?;
     }
     let name = dir.seal(&w.finish()?)?;
-    let txn = db.begin_write()?;
+    let txn = crate::tables::begin_synced(db)?;
     {
         let mut t = txn.open_table(SNAPSHOT)?;
         t.insert(
@@ -390,13 +390,16 @@ fn apply_batch(
         return Ok(Vec::new());
     };
     let fail = |e: StoreError| (last, e);
-    let mut txn = db.begin_write().map_err(|e| fail(e.into()))?;
     let sync = mark.sync_due(entries.len() as u64);
-    if !sync {
+    let txn = if sync {
+        crate::tables::begin_synced(db).map_err(fail)?
+    } else {
+        let mut txn = db.begin_write().map_err(|e| fail(e.into()))?;
         // See `DurableMark`: the synced log makes this commit recoverable.
         txn.set_durability(Durability::None)
             .map_err(|e| fail(StoreError::Inconsistent(format!("set durability: {e}"))))?;
-    }
+        txn
+    };
     let mut results = Vec::with_capacity(entries.len());
     {
         let mut tables = ApplyTables::open(&txn).map_err(fail)?;
@@ -512,7 +515,7 @@ fn build_snapshot_sync(
     // even if a newer one became current meanwhile.
     let file = dir.open_sealed(&name)?;
 
-    let txn = db.begin_write()?;
+    let txn = crate::tables::begin_synced(db)?;
     let (meta, replaced) = {
         let mut t = txn.open_table(SNAPSHOT)?;
         let seq = get_meta::<u64>(&t, "snapshot", SNAPSHOT_SEQ_KEY)?.unwrap_or(0) + 1;
@@ -584,7 +587,7 @@ fn install_snapshot_sync(
             meta.snapshot_id, header.last_applied, meta.last_log_id
         )));
     }
-    let txn = db.begin_write()?;
+    let txn = crate::tables::begin_synced(db)?;
     // Deleting whole tables frees their pages at once, cheaper than row by row.
     txn.delete_table(TXNS)?;
     txn.delete_table(PENDING)?;

@@ -81,6 +81,22 @@ pub(crate) fn get_meta<T: DeserializeOwned>(
     }
 }
 
+/// Begins a write transaction whose commit is synced and records redb's
+/// allocator state ("quick repair"), for every synced commit of both files.
+///
+/// Without the record, opening a file that was not closed cleanly walks every
+/// page of it to rebuild the allocator, so after a crash the start-up time
+/// grows with the history the file holds (measured: 0.2-0.3 s for a 270 MB
+/// state file with the file in the page cache, 1.6-2.5 s without). With it,
+/// the open loads the state the last synced commit recorded (a few ms). The
+/// unsynced applies in between never reach the file's header, so a crash
+/// always reopens at a commit made here.
+pub(crate) fn begin_synced(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(true);
+    Ok(txn)
+}
+
 /// Creates every table (so read transactions can always open them) and
 /// stamps or checks the format version, in one durable transaction.
 pub(crate) fn init(

@@ -171,6 +171,26 @@ async fn check_after_crash(dir: &Path) -> u64 {
     applied
 }
 
+/// The files whose synced commits record redb's allocator state, so that a
+/// crashed file opens without walking every page.
+const QUICK_REPAIR_FILES: &[&str] = &[dtc_store::STATE_FILE];
+
+/// Opens a copy of a crashed redb file and says whether redb had to repair
+/// it in full (a copy, so the original stays as the crash left it).
+fn opens_with_full_repair(path: &Path) -> bool {
+    let scratch = tempfile::tempdir().unwrap();
+    let copy = scratch.path().join("copy.redb");
+    std::fs::copy(path, &copy).unwrap();
+    let repaired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = repaired.clone();
+    let db = redb::Builder::new()
+        .set_repair_callback(move |_| flag.store(true, std::sync::atomic::Ordering::SeqCst))
+        .open(&copy)
+        .unwrap();
+    drop(db);
+    repaired.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 #[test]
 fn sigkilled_writer_leaves_stores_that_reopen_consistent() {
     if let Some(dir) = std::env::var_os(KILL_DIR_ENV) {
@@ -224,6 +244,13 @@ fn sigkilled_writer_leaves_stores_that_reopen_consistent() {
         child.wait().unwrap();
         pump.join().unwrap();
 
+        for file in QUICK_REPAIR_FILES {
+            assert!(
+                !opens_with_full_repair(&dir.path().join(file)),
+                "round {round}: {file} left by SIGKILL needed redb's full repair (the walk \
+                 of every page that quick-repair commits avoid)"
+            );
+        }
         let now = rt.block_on(check_after_crash(dir.path()));
         assert!(now >= applied, "applied went back from {applied} to {now}");
         eprintln!("round {round}: killed at applied {now}");
