@@ -136,7 +136,7 @@ def log_time(line):
         tzinfo=datetime.timezone.utc).timestamp()
 
 
-def restart(dtc, root, addrs, n, out, tag):
+def restart(dtc, root, addrs, n, tag):
     peers = ",".join(f"{i + 1}={a}" for i, a in enumerate(addrs))
     procs, logs = [], []
     t0 = time.time()
@@ -182,6 +182,8 @@ def main():
     ap.add_argument("--fill-secs", type=int, default=150)
     ap.add_argument("--clients", type=int, default=512)
     ap.add_argument("--restarts", type=int, default=3)
+    ap.add_argument("--then", metavar="BIN", help="after the restarts with --dtc, as many with this "
+                    "other build on the same directories (an A/B on identical data)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -191,10 +193,13 @@ def main():
         print(json.dumps({"history": tag, "fill": summary, "files": files(root)}), flush=True)
         if samples:
             print(json.dumps({"history": tag, "samples": samples}), flush=True)
-        for n in range(1, args.restarts + 1):
-            r = restart(args.dtc, root, addrs, n, args.out, tag)
-            say(f"{tag}: restart {n}: takeover after {r['takeover_ms']} ms")
-            print(json.dumps(r), flush=True)
+        builds = [args.dtc] + ([args.then] if args.then else [])
+        for b, build in enumerate(builds):
+            for n in range(1, args.restarts + 1):
+                r = restart(build, root, addrs, n + b * args.restarts, tag)
+                r["build"] = build
+                say(f"{tag}: {build}: restart {n}: takeover after {r['takeover_ms']} ms")
+                print(json.dumps(r), flush=True)
         print(json.dumps({"history": tag, "files_after": files(root), "dir": root}), flush=True)
 
 
