@@ -25,7 +25,7 @@
 
 use crate::local_cluster::{self, LEDGERS, Leader, LocalCluster, account, indent};
 use dtc_client::proto::{AuditEntry, AuditOutcome};
-use dtc_client::{Client, ClientConfig, ClientError, TxnState, TxnStatus};
+use dtc_client::{AccountBalance, Client, ClientConfig, ClientError, TxnState, TxnStatus};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{IsTerminal, Write};
@@ -141,7 +141,14 @@ impl Ui {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AbortKind {
+    /// The balance could not cover the debit whatever else was pending.
     Funds,
+    /// Contention: the debit would have fitted but for what other prepared
+    /// transactions reserved (the ledger says "until prepared transactions
+    /// resolve").
+    Reserved,
+    /// Contention: an account was locked by another prepared transaction
+    /// ("held by"; the ledger no longer locks accounts, so this should stay 0).
     Busy,
     LedgerDown,
     Failover,
@@ -150,7 +157,9 @@ enum AbortKind {
 
 impl AbortKind {
     fn of(reason: &str) -> AbortKind {
-        if reason.contains("insufficient funds") {
+        if reason.contains("until prepared transactions resolve") {
+            AbortKind::Reserved
+        } else if reason.contains("insufficient funds") {
             AbortKind::Funds
         } else if reason.contains("held by") {
             AbortKind::Busy
@@ -218,7 +227,7 @@ impl Record {
 struct Stats {
     committed: AtomicU64,
     committed_cross: AtomicU64,
-    aborted: [AtomicU64; 5],
+    aborted: [AtomicU64; 6],
     /// Transfers currently retrying after an unknown outcome.
     retrying: AtomicU64,
     /// Transfers that had an unknown outcome at least once.
@@ -456,7 +465,12 @@ pub struct Transfers {
     pub committed_cross_ledger: u64,
     pub aborted: u64,
     pub aborted_insufficient_funds: u64,
+    /// Contention: refused for funds that concurrent transfers had reserved.
+    pub aborted_funds_reserved: u64,
+    /// Contention: refused for an account locked by another transaction.
     pub aborted_account_busy: u64,
+    /// Both kinds of contention, in percent of all transfers.
+    pub aborted_contention_percent: f64,
     pub aborted_ledger_down: u64,
     pub aborted_coordinator_failover: u64,
     pub aborted_other: u64,
@@ -556,29 +570,30 @@ async fn wait_until(cluster: &mut LocalCluster, deadline: Instant) -> Result<(),
     }
 }
 
-/// Every account's committed balance, and their sum.
+/// Every account's committed balance (with its reservations), and the sum
+/// of the balances.
 async fn balances(
     client: &Client,
     accounts: u64,
-) -> Result<(i64, BTreeMap<(usize, String), i64>), String> {
+) -> Result<(i64, BTreeMap<(usize, String), AccountBalance>), String> {
     let mut jobs = Vec::new();
     for (l, name) in LEDGERS.iter().enumerate() {
         for a in 0..accounts as usize {
             let acct = account(a);
             jobs.push(async move {
                 let b = client
-                    .balance(name, &acct)
+                    .account_balance(name, &acct)
                     .await
                     .map_err(|e| format!("reading {name}/{acct}: {e}"))?;
                 Ok::<_, String>(((l, acct), b))
             });
         }
     }
-    let all: BTreeMap<(usize, String), i64> = futures::future::join_all(jobs)
+    let all: BTreeMap<(usize, String), AccountBalance> = futures::future::join_all(jobs)
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    Ok((all.values().sum(), all))
+    Ok((all.values().map(|b| b.balance).sum(), all))
 }
 
 /// Prepared (undecided) transactions at each ledger.
@@ -1163,6 +1178,7 @@ async fn check(
             if let Outcome::Aborted(reason) = &r.outcome {
                 match AbortKind::of(reason) {
                     AbortKind::Funds => t.aborted_insufficient_funds += 1,
+                    AbortKind::Reserved => t.aborted_funds_reserved += 1,
                     AbortKind::Busy => t.aborted_account_busy += 1,
                     AbortKind::LedgerDown => t.aborted_ledger_down += 1,
                     AbortKind::Failover => t.aborted_coordinator_failover += 1,
@@ -1181,6 +1197,12 @@ async fn check(
             }
         }
     }
+    t.aborted_contention_percent = if t.total > 0 {
+        let contention = t.aborted_funds_reserved + t.aborted_account_busy;
+        (contention as f64 * 10_000.0 / t.total as f64).round() / 100.0
+    } else {
+        0.0
+    };
     t.committed_per_sec = if load_secs > 0.0 {
         (t.committed as f64 / load_secs * 10.0).round() / 10.0
     } else {
@@ -1195,7 +1217,15 @@ async fn check(
             (None, BTreeMap::new())
         }
     };
-    for ((l, acct), balance) in &per_account {
+    for ((l, acct), held) in &per_account {
+        let balance = &held.balance;
+        if held.reserved != 0 || held.incoming != 0 {
+            // Drained: nothing is prepared, so nothing may be reserved.
+            anomalies.push(format!(
+                "{}/{acct} still has {} reserved and {} incoming after the drain",
+                LEDGERS[*l], held.reserved, held.incoming
+            ));
+        }
         let sum = applied.get(&(*l, acct.clone())).copied().unwrap_or(0);
         if *balance != sum {
             mismatches.push(format!(
@@ -1326,7 +1356,14 @@ fn print_text(s: &Summary) {
         format!("{:>6}", t.aborted_insufficient_funds),
     );
     row(
-        "    account busy (no-wait lock)",
+        "    funds reserved by others",
+        format!(
+            "{:>6}   (contention: {:.2}% of transfers, locks included)",
+            t.aborted_funds_reserved, t.aborted_contention_percent
+        ),
+    );
+    row(
+        "    account locked by another",
         format!("{:>6}", t.aborted_account_busy),
     );
     row(
@@ -1584,6 +1621,14 @@ mod tests {
                 "participant bank-a voted abort: insufficient funds in account \"acct-01\""
             ),
             AbortKind::Funds
+        );
+        assert_eq!(
+            AbortKind::of(
+                "participant bank-a voted abort: insufficient funds in account \"acct-01\" \
+                 until prepared transactions resolve: debit 5, available 3 (balance 10, \
+                 reserved 7): short by 2"
+            ),
+            AbortKind::Reserved
         );
         assert_eq!(
             AbortKind::of(
