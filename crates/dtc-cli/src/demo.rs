@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! setup    3 coordinators + ledgers bank-a, bank-b (child processes, free loopback
-//!          ports, a temporary directory); wait for a leader and the registrations;
+//!          ports, a temporary directory; the ledgers with --lock-wait-ms, default
+//!          250, so a debit held up only by concurrent reservations waits for
+//!          their decisions); wait for a leader and the registrations;
 //!          deposit the opening balances; read the total
 //! load     --clients tasks run random transfers (within and across the ledgers;
 //!          ~8% are overdrafts larger than all the money, which must abort),
@@ -52,6 +54,12 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1000,
           value_parser = clap::value_parser!(i64).range(1..=1_000_000_000_000))]
     initial_balance: i64,
+    /// How long a ledger lets a debit wait when only funds that concurrent
+    /// transfers reserve stand in its way, before voting abort
+    /// (`dtc participant --lock-wait-ms`; 0: abort at once).
+    #[arg(long, default_value_t = 250, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    lock_wait_ms: u64,
     /// Keep the directory with the data and logs (it is always kept when the
     /// demo fails).
     #[arg(long)]
@@ -444,6 +452,8 @@ pub struct Summary {
     pub clients: u64,
     pub ledgers: Vec<String>,
     pub accounts_per_ledger: u64,
+    /// The ledgers' `--lock-wait-ms`.
+    pub ledger_lock_wait_ms: u64,
     pub transfers: Transfers,
     pub leader_failover: Option<LeaderFailover>,
     pub ledger_crash: Option<LedgerCrash>,
@@ -1307,6 +1317,7 @@ async fn check(
         clients: args.clients,
         ledgers: LEDGERS.iter().map(|l| l.to_string()).collect(),
         accounts_per_ledger: args.accounts,
+        ledger_lock_wait_ms: args.lock_wait_ms,
         transfers: t,
         leader_failover: sc.leader,
         ledger_crash: sc.ledger,
@@ -1358,8 +1369,8 @@ fn print_text(s: &Summary) {
     row(
         "    funds reserved by others",
         format!(
-            "{:>6}   (contention: {:.2}% of transfers, locks included)",
-            t.aborted_funds_reserved, t.aborted_contention_percent
+            "{:>6}   (contention: {:.2}% of transfers, locks included; lock wait {} ms)",
+            t.aborted_funds_reserved, t.aborted_contention_percent, s.ledger_lock_wait_ms
         ),
     );
     row(
@@ -1513,7 +1524,7 @@ fn print_text(s: &Summary) {
 /// `dtc demo`.
 pub async fn run(args: DemoArgs) -> ExitCode {
     let ui = Arc::new(Ui::new());
-    let mut cluster = match LocalCluster::start("dtc-demo-") {
+    let mut cluster = match LocalCluster::start("dtc-demo-", args.lock_wait_ms) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dtc demo: {e}");
