@@ -173,6 +173,11 @@ impl Counters {
         let values = tx.open_table(self.values_table())?;
         let mut held = tx.open_table(self.reservations_table())?;
         let mut updates = Vec::with_capacity(deltas.len());
+        let too_much = |key: &str| {
+            ResourceError::new(format!(
+                "counter {key:?}: the pending changes no longer fit in an i64"
+            ))
+        };
         for (key, &delta) in deltas {
             if delta == 0 {
                 continue;
@@ -209,7 +214,9 @@ impl Counters {
                         best >= self.min as i128,
                     )));
                 }
-                updates.push((key, (reserved - delta, incoming)));
+                // Fits in i64 unless the bounds span more than i64 does.
+                let r = reserved.checked_sub(delta).ok_or_else(|| too_much(key))?;
+                updates.push((key, (r, incoming)));
             } else {
                 let worst = v + i + d;
                 if worst > self.max as i128 {
@@ -220,7 +227,8 @@ impl Counters {
                         best <= self.max as i128,
                     )));
                 }
-                updates.push((key, (reserved, incoming + delta)));
+                let i = incoming.checked_add(delta).ok_or_else(|| too_much(key))?;
+                updates.push((key, (reserved, i)));
             }
         }
         for (key, h) in updates {

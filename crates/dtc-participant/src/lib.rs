@@ -38,6 +38,10 @@
 //! - **Locks come back (14).** [`Resource::recover`] gets every prepared
 //!   transaction before the server accepts its first call.
 //! - **Endpoints change (15).** Every start registers the current endpoint.
+//! - **Bounded lock wait.** A prepare the resource finds busy
+//!   ([`Vote::Busy`]) votes abort at once, or, with
+//!   [`ParticipantBuilder::lock_wait`], waits for other transactions'
+//!   decisions without blocking the writer, never past its deadline.
 //!
 //! Decided records are kept (see [`log`] for why, and what pruning would need).
 //!
