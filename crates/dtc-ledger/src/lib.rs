@@ -23,7 +23,7 @@
 //! ```
 //!
 //! A debit refused only because of other transactions' reservations (it
-//! would fit if they aborted) votes [`Vote::Busy`](dtc_participant::Vote::Busy):
+//! would fit if they aborted) votes [`Vote::Busy`]:
 //! with the participant's lock wait (`dtc participant --lock-wait-ms`) it
 //! waits for their decisions instead of aborting at once.
 //!

@@ -21,7 +21,7 @@
 //! | values (e.g. `ledger_balances`) | key → committed value (`i64`; a missing key is 0) |
 //! | reservations (e.g. `ledger_reserved`) | key → (reserved decreases, incoming increases), both ≥ 0; the row is removed when both are 0 |
 //!
-//! [`CounterResource`] wraps this into a complete [`Resource`](crate::Resource)
+//! [`CounterResource`] wraps this into a complete [`Resource`]
 //! given a payload decoder; the crate docs show an inventory built on it.
 
 use crate::{PreparedTxn, Resource, ResourceError, Vote};
