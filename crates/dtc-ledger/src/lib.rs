@@ -13,7 +13,8 @@
 //! Prepare(payload) ─► decode ─► net delta per account ─► for each account:
 //!     net debit d:  d > balance - reserved  → vote abort (insufficient funds,
 //!                   naming the account and the shortfall)
-//!                   else reserved += d       (table ledger_reserved)
+//!                   else reserved += d       (table ledger_reserved; d > 0 here
+//!                                             is the debited amount)
 //!     net credit c: balance + incoming + c overflows → vote abort
 //!                   else incoming += c
 //!   → vote prepared
@@ -22,10 +23,10 @@
 //! restart ─► recover(): rebuild ledger_reserved from the prepared records
 //! ```
 //!
-//! A debit refused only because of other transactions' reservations (it
-//! would fit if they aborted) votes [`Vote::Busy`]:
-//! with the participant's lock wait (`dtc participant --lock-wait-ms`) it
-//! waits for their decisions instead of aborting at once.
+//! A debit refused only because of other prepared transactions (it would fit
+//! if their debits aborted and their credits committed) votes
+//! [`Vote::Busy`]: with the participant's lock wait (`dtc participant
+//! --lock-wait-ms`) it waits for their decisions instead of aborting at once.
 //!
 //! The deltas of a prepared transaction are not copied anywhere: they are
 //! the payload in its participant-log record. `Ledger.Balance` reads the

@@ -206,6 +206,8 @@ impl Writer {
     }
 
     /// Finishes the queued operations (synced and answered), then stops.
+    /// Prepares waiting for a lock are dropped unanswered (their callers get
+    /// UNAVAILABLE, as from a stopped participant): they hold nothing.
     pub(crate) async fn stop(&self) {
         self.close();
         self.join().await;
@@ -263,6 +265,7 @@ struct Parked {
     deadline: Instant,
     /// When the wait ends: the lock wait after arrival, or the deadline.
     give_up: Instant,
+    /// When it arrived (the abort reason says how long it waited).
     since: Instant,
     /// The resource's reason when it last found the prepare busy (empty
     /// before the first run).
