@@ -7,6 +7,7 @@
 
 use dtc_ledger::{AccountBalance, Ledger, payload};
 use dtc_participant::RunningParticipant;
+use dtc_participant::redb::{ReadableDatabase, TableDefinition, TableHandle};
 use dtc_proto::v1 as pb;
 use pb::ledger_client::LedgerClient;
 use pb::participant_client::ParticipantClient;
@@ -643,6 +644,51 @@ async fn reservations_come_back_after_reopening_the_file() {
         b.commit("held").await.unwrap();
         assert_eq!(b.balance("alice").await, settled(30));
         assert_eq!(b.balance("bob").await, settled(20));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_file_from_the_locking_ledger_opens_and_its_prepared_transaction_is_reserved() {
+    bounded(async {
+        let mut b = Bank::start(None).await;
+        b.apply("fund", &[("alice", 50)]).await;
+        assert_eq!(
+            b.prepare("old", &[("alice", -20)]).await.0,
+            pb::Vote::Prepared
+        );
+        b.stop().await;
+        // What the ledger before escrow left: a lock row, no reservation.
+        {
+            let db = dtc_participant::open_database(b.dir.path()).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.delete_table(TableDefinition::<&str, (i64, i64)>::new(
+                dtc_ledger::RESERVED_TABLE,
+            ))
+            .unwrap();
+            tx.open_table(TableDefinition::<&str, &str>::new("ledger_locks"))
+                .unwrap()
+                .insert("alice", "old")
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        b.start_again().await;
+        assert_eq!(b.balance("alice").await.reserved, 20);
+        b.commit("old").await.unwrap();
+        assert_eq!(b.balance("alice").await, settled(30));
+        b.stop().await;
+        let db = dtc_participant::open_database(b.dir.path()).unwrap();
+        let tables: Vec<String> = db
+            .begin_read()
+            .unwrap()
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_string())
+            .collect();
+        assert!(
+            !tables.iter().any(|t| t == "ledger_locks"),
+            "the old lock table is dropped: {tables:?}"
+        );
     })
     .await
 }
