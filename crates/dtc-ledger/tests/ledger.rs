@@ -422,6 +422,70 @@ async fn concurrent_transactions_on_one_account_all_prepare_while_the_funds_cove
     .await
 }
 
+/// The shop of issue 12: every purchase debits one of eight buyers and
+/// credits one shop account, six clients at a time. Under the old no-wait
+/// locks most purchases were refused for a busy account; with escrow every
+/// one prepares while the buyers' money lasts.
+#[tokio::test]
+async fn a_shop_account_credited_by_every_concurrent_purchase_refuses_none() {
+    bounded(async {
+        let b = Bank::start(None).await;
+        let buyers: Vec<String> = (0..8).map(|i| format!("buyer-{i}")).collect();
+        let fund: Vec<(&str, i64)> = buyers.iter().map(|a| (a.as_str(), 1000)).collect();
+        b.apply("fund", &fund).await;
+        let clients = (0..6).map(|c| {
+            let (p, buyers) = (b.participant.clone(), buyers.clone());
+            tokio::spawn(async move {
+                let mut refused = Vec::new();
+                for n in 0..100 {
+                    let txn = format!("buy-{c}-{n}");
+                    let buyer = &buyers[(c * 100 + n) % buyers.len()];
+                    let r = p
+                        .clone()
+                        .prepare(pb::PrepareRequest {
+                            txn_id: txn.clone(),
+                            participant: NAME.into(),
+                            payload: payload(&[(buyer, -10), ("shop", 10)]),
+                            remaining_ms: T,
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    if r.vote != pb::Vote::Prepared as i32 {
+                        refused.push(r.reason);
+                        continue;
+                    }
+                    p.clone()
+                        .commit(pb::CommitRequest {
+                            txn_id: txn,
+                            participant: NAME.into(),
+                        })
+                        .await
+                        .unwrap();
+                }
+                refused
+            })
+        });
+        let refused: Vec<String> = refusals_of(clients).await;
+        assert!(refused.is_empty(), "{} refused: {refused:?}", refused.len());
+        assert_eq!(b.balance("shop").await, settled(600 * 10));
+        let total: i64 = b.ledger().balances().unwrap().values().sum();
+        assert_eq!(total, 8 * 1000, "money moved, none created");
+    })
+    .await
+}
+
+/// Every task's refusals, in task order.
+async fn refusals_of(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<Vec<String>>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in tasks.collect::<Vec<_>>() {
+        out.extend(t.await.unwrap());
+    }
+    out
+}
+
 #[tokio::test]
 async fn entries_on_one_account_net_out_and_a_net_debit_is_checked_against_the_available_funds() {
     bounded(async {
