@@ -19,7 +19,7 @@
 //! | `unresolved` | after quiescing, the cluster cannot say how a transaction ended |
 //! | `decision-changed` | two decisions seen for one transaction differ (across leaders, over time, or vs the client's answer) |
 //! | `in-doubt-after-heal` | a participant still holds a prepared transaction after quiescing |
-//! | `lock-held-after-heal` | an account is still locked after quiescing |
+//! | `reservation-held-after-heal` | an account still has a reservation (or lock) of a prepared transaction after quiescing |
 //! | `phantom-commit` | a participant committed a transaction no client ran |
 //! | `not-quiescent` | pending or in-doubt transactions outlived the bound after healing |
 //! | `not-live-after-heal` | a transfer after healing did not commit |
@@ -56,7 +56,7 @@ pub enum AtCluster {
 /// Everything read from the system after quiescing.
 #[derive(Debug, Clone, Default)]
 pub struct FinalState {
-    /// (ledger, account) -> (balance, locked_by).
+    /// (ledger, account) -> (balance, what prepared transactions hold on it; "" if nothing).
     pub balances: BTreeMap<(String, String), (i64, String)>,
     /// ledger -> txn id -> outcome there.
     pub audits: BTreeMap<String, BTreeMap<String, AtParticipant>>,
@@ -176,17 +176,17 @@ pub fn check(bank: &Bank, fin: &FinalState) -> (Anomalies, Resolution) {
             format!("sum of balances {total}, deposited {}", bank.total),
         );
     }
-    for ((ledger, account), (balance, locked_by)) in &fin.balances {
+    for ((ledger, account), (balance, held)) in &fin.balances {
         if *balance < 0 {
             an.add(
                 "negative-balance",
                 format!("{ledger}/{account} = {balance}"),
             );
         }
-        if !locked_by.is_empty() {
+        if !held.is_empty() {
             an.add(
-                "lock-held-after-heal",
-                format!("{ledger}/{account} held by {locked_by}"),
+                "reservation-held-after-heal",
+                format!("{ledger}/{account}: {held}"),
             );
         }
         let from_audit: i64 = fin
@@ -559,11 +559,11 @@ mod tests {
     #[test]
     fn money_from_nowhere_and_leftovers_are_caught() {
         let (bank, mut fin) = scenario(OpResult::Aborted { reason: "x".into() });
-        // A balance no audit explains, a negative one, a lock, a prepared
+        // A balance no audit explains, a negative one, a reservation, a prepared
         // record, a commit nobody ran, and a cluster that cannot answer.
         balances(&mut fin, 130, -20);
         fin.balances
-            .insert(("bank-1".into(), "a".into()), (-20, "t9".into()));
+            .insert(("bank-1".into(), "a".into()), (-20, "5 reserved".into()));
         fin.audits.get_mut("bank-0").unwrap().insert(
             "t9".into(),
             AtParticipant::Committed(vec![("a".into(), 30)]),
@@ -580,9 +580,9 @@ mod tests {
             [
                 "balance-vs-audit",
                 "in-doubt-after-heal",
-                "lock-held-after-heal",
                 "negative-balance",
                 "phantom-commit",
+                "reservation-held-after-heal",
                 "total-mismatch",
                 "unresolved"
             ],

@@ -262,7 +262,8 @@ impl LedgerProc {
         pb::ledger_client::LedgerClient::new(self.channel.clone())
     }
 
-    /// The committed balance and holder of `account`.
+    /// The committed balance of `account`, and what prepared transactions
+    /// hold on it in words ("" when nothing: no reservation, no lock).
     pub async fn balance(&self, account: &str) -> Result<(i64, String), tonic::Status> {
         let r = self
             .ledger_client()
@@ -274,7 +275,17 @@ impl LedgerProc {
             ))
             .await?
             .into_inner();
-        Ok((r.balance, r.locked_by))
+        let mut held = Vec::new();
+        if r.reserved != 0 {
+            held.push(format!("{} reserved", r.reserved));
+        }
+        if r.incoming != 0 {
+            held.push(format!("{} incoming", r.incoming));
+        }
+        if !r.locked_by.is_empty() {
+            held.push(format!("locked by {}", r.locked_by));
+        }
+        Ok((r.balance, held.join(", ")))
     }
 
     /// Every decided (and, with `include_prepared`, prepared) transaction.

@@ -242,15 +242,25 @@ pub async fn balance(args: BalanceArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match c.balance(&p, &a).await {
-        Ok(balance) => {
+    match c.account_balance(&p, &a).await {
+        Ok(b) => {
             if args.cluster.json {
                 println!(
                     "{}",
-                    json!({ "participant": p, "account": a, "balance": balance })
+                    json!({
+                        "participant": p,
+                        "account": a,
+                        "balance": b.balance,
+                        "reserved": b.reserved,
+                        "available": b.available,
+                        "incoming": b.incoming,
+                    })
                 );
             } else {
-                println!("{p}/{a}: {balance}");
+                println!(
+                    "{p}/{a}: {} (reserved {}, available {}, incoming {})",
+                    b.balance, b.reserved, b.available, b.incoming
+                );
             }
             ExitCode::SUCCESS
         }

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! setup    3 coordinators + ledgers bank-a, bank-b (child processes, free loopback
-//!          ports, a temporary directory); wait for a leader and the registrations;
+//!          ports, a temporary directory; the ledgers with --lock-wait-ms, default
+//!          250, so a debit held up only by concurrent reservations waits for
+//!          their decisions); wait for a leader and the registrations;
 //!          deposit the opening balances; read the total
 //! load     --clients tasks run random transfers (within and across the ledgers;
 //!          ~8% are overdrafts larger than all the money, which must abort),
@@ -25,7 +27,7 @@
 
 use crate::local_cluster::{self, LEDGERS, Leader, LocalCluster, account, indent};
 use dtc_client::proto::{AuditEntry, AuditOutcome};
-use dtc_client::{Client, ClientConfig, ClientError, TxnState, TxnStatus};
+use dtc_client::{AccountBalance, Client, ClientConfig, ClientError, TxnState, TxnStatus};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{IsTerminal, Write};
@@ -52,6 +54,12 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1000,
           value_parser = clap::value_parser!(i64).range(1..=1_000_000_000_000))]
     initial_balance: i64,
+    /// How long a ledger lets a debit wait when only funds that concurrent
+    /// transfers reserve stand in its way, before voting abort
+    /// (`dtc participant --lock-wait-ms`; 0: abort at once).
+    #[arg(long, default_value_t = 250, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    lock_wait_ms: u64,
     /// Keep the directory with the data and logs (it is always kept when the
     /// demo fails).
     #[arg(long)]
@@ -141,7 +149,14 @@ impl Ui {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AbortKind {
+    /// The balance could not cover the debit whatever else was pending.
     Funds,
+    /// Contention: the debit would have fitted but for what other prepared
+    /// transactions reserved (the ledger says "until prepared transactions
+    /// resolve").
+    Reserved,
+    /// Contention: an account was locked by another prepared transaction
+    /// ("held by"; the ledger no longer locks accounts, so this should stay 0).
     Busy,
     LedgerDown,
     Failover,
@@ -150,7 +165,9 @@ enum AbortKind {
 
 impl AbortKind {
     fn of(reason: &str) -> AbortKind {
-        if reason.contains("insufficient funds") {
+        if reason.contains("until prepared transactions resolve") {
+            AbortKind::Reserved
+        } else if reason.contains("insufficient funds") {
             AbortKind::Funds
         } else if reason.contains("held by") {
             AbortKind::Busy
@@ -218,7 +235,7 @@ impl Record {
 struct Stats {
     committed: AtomicU64,
     committed_cross: AtomicU64,
-    aborted: [AtomicU64; 5],
+    aborted: [AtomicU64; 6],
     /// Transfers currently retrying after an unknown outcome.
     retrying: AtomicU64,
     /// Transfers that had an unknown outcome at least once.
@@ -435,6 +452,8 @@ pub struct Summary {
     pub clients: u64,
     pub ledgers: Vec<String>,
     pub accounts_per_ledger: u64,
+    /// The ledgers' `--lock-wait-ms`.
+    pub ledger_lock_wait_ms: u64,
     pub transfers: Transfers,
     pub leader_failover: Option<LeaderFailover>,
     pub ledger_crash: Option<LedgerCrash>,
@@ -456,7 +475,12 @@ pub struct Transfers {
     pub committed_cross_ledger: u64,
     pub aborted: u64,
     pub aborted_insufficient_funds: u64,
+    /// Contention: refused for funds that concurrent transfers had reserved.
+    pub aborted_funds_reserved: u64,
+    /// Contention: refused for an account locked by another transaction.
     pub aborted_account_busy: u64,
+    /// Both kinds of contention, in percent of all transfers.
+    pub aborted_contention_percent: f64,
     pub aborted_ledger_down: u64,
     pub aborted_coordinator_failover: u64,
     pub aborted_other: u64,
@@ -556,29 +580,30 @@ async fn wait_until(cluster: &mut LocalCluster, deadline: Instant) -> Result<(),
     }
 }
 
-/// Every account's committed balance, and their sum.
+/// Every account's committed balance (with its reservations), and the sum
+/// of the balances.
 async fn balances(
     client: &Client,
     accounts: u64,
-) -> Result<(i64, BTreeMap<(usize, String), i64>), String> {
+) -> Result<(i64, BTreeMap<(usize, String), AccountBalance>), String> {
     let mut jobs = Vec::new();
     for (l, name) in LEDGERS.iter().enumerate() {
         for a in 0..accounts as usize {
             let acct = account(a);
             jobs.push(async move {
                 let b = client
-                    .balance(name, &acct)
+                    .account_balance(name, &acct)
                     .await
                     .map_err(|e| format!("reading {name}/{acct}: {e}"))?;
                 Ok::<_, String>(((l, acct), b))
             });
         }
     }
-    let all: BTreeMap<(usize, String), i64> = futures::future::join_all(jobs)
+    let all: BTreeMap<(usize, String), AccountBalance> = futures::future::join_all(jobs)
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    Ok((all.values().sum(), all))
+    Ok((all.values().map(|b| b.balance).sum(), all))
 }
 
 /// Prepared (undecided) transactions at each ledger.
@@ -1163,6 +1188,7 @@ async fn check(
             if let Outcome::Aborted(reason) = &r.outcome {
                 match AbortKind::of(reason) {
                     AbortKind::Funds => t.aborted_insufficient_funds += 1,
+                    AbortKind::Reserved => t.aborted_funds_reserved += 1,
                     AbortKind::Busy => t.aborted_account_busy += 1,
                     AbortKind::LedgerDown => t.aborted_ledger_down += 1,
                     AbortKind::Failover => t.aborted_coordinator_failover += 1,
@@ -1181,6 +1207,12 @@ async fn check(
             }
         }
     }
+    t.aborted_contention_percent = if t.total > 0 {
+        let contention = t.aborted_funds_reserved + t.aborted_account_busy;
+        (contention as f64 * 10_000.0 / t.total as f64).round() / 100.0
+    } else {
+        0.0
+    };
     t.committed_per_sec = if load_secs > 0.0 {
         (t.committed as f64 / load_secs * 10.0).round() / 10.0
     } else {
@@ -1195,7 +1227,15 @@ async fn check(
             (None, BTreeMap::new())
         }
     };
-    for ((l, acct), balance) in &per_account {
+    for ((l, acct), held) in &per_account {
+        let balance = &held.balance;
+        if held.reserved != 0 || held.incoming != 0 {
+            // Drained: nothing is prepared, so nothing may be reserved.
+            anomalies.push(format!(
+                "{}/{acct} still has {} reserved and {} incoming after the drain",
+                LEDGERS[*l], held.reserved, held.incoming
+            ));
+        }
         let sum = applied.get(&(*l, acct.clone())).copied().unwrap_or(0);
         if *balance != sum {
             mismatches.push(format!(
@@ -1277,6 +1317,7 @@ async fn check(
         clients: args.clients,
         ledgers: LEDGERS.iter().map(|l| l.to_string()).collect(),
         accounts_per_ledger: args.accounts,
+        ledger_lock_wait_ms: args.lock_wait_ms,
         transfers: t,
         leader_failover: sc.leader,
         ledger_crash: sc.ledger,
@@ -1326,7 +1367,14 @@ fn print_text(s: &Summary) {
         format!("{:>6}", t.aborted_insufficient_funds),
     );
     row(
-        "    account busy (no-wait lock)",
+        "    funds reserved by others",
+        format!(
+            "{:>6}   (contention: {:.2}% of transfers, locks included; lock wait {} ms)",
+            t.aborted_funds_reserved, t.aborted_contention_percent, s.ledger_lock_wait_ms
+        ),
+    );
+    row(
+        "    account locked by another",
         format!("{:>6}", t.aborted_account_busy),
     );
     row(
@@ -1476,7 +1524,7 @@ fn print_text(s: &Summary) {
 /// `dtc demo`.
 pub async fn run(args: DemoArgs) -> ExitCode {
     let ui = Arc::new(Ui::new());
-    let mut cluster = match LocalCluster::start("dtc-demo-") {
+    let mut cluster = match LocalCluster::start("dtc-demo-", args.lock_wait_ms) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dtc demo: {e}");
@@ -1584,6 +1632,14 @@ mod tests {
                 "participant bank-a voted abort: insufficient funds in account \"acct-01\""
             ),
             AbortKind::Funds
+        );
+        assert_eq!(
+            AbortKind::of(
+                "participant bank-a voted abort: insufficient funds in account \"acct-01\" \
+                 until prepared transactions resolve: debit 5, available 3 (balance 10, \
+                 reserved 7): short by 2"
+            ),
+            AbortKind::Reserved
         );
         assert_eq!(
             AbortKind::of(

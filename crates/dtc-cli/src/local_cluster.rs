@@ -87,19 +87,25 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Lays out and starts three coordinators and the ledgers of
-    /// [`LEDGERS`]. Returns without waiting for anything (see
-    /// [`LocalCluster::wait_ready`]).
-    pub fn start(prefix: &str) -> Result<LocalCluster, String> {
-        Self::start_with(prefix, &LEDGERS)
+    /// [`LEDGERS`], whose debits refused only for funds other prepared
+    /// transactions reserve wait up to `lock_wait_ms` for their decisions
+    /// (`dtc participant --lock-wait-ms`). Returns without waiting for
+    /// anything (see [`LocalCluster::wait_ready`]).
+    pub fn start(prefix: &str, lock_wait_ms: u64) -> Result<LocalCluster, String> {
+        Self::start_with(prefix, &LEDGERS, lock_wait_ms)
     }
 
     /// Three coordinators and no ledgers (`dtc bench` serves its own
     /// participants in process). Returns without waiting for anything.
     pub fn start_coordinators(prefix: &str) -> Result<LocalCluster, String> {
-        Self::start_with(prefix, &[])
+        Self::start_with(prefix, &[], 0)
     }
 
-    fn start_with(prefix: &str, ledger_names: &[&str]) -> Result<LocalCluster, String> {
+    fn start_with(
+        prefix: &str,
+        ledger_names: &[&str],
+        lock_wait_ms: u64,
+    ) -> Result<LocalCluster, String> {
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot locate the dtc executable: {e}"))?;
         let dir = tempfile::Builder::new()
@@ -177,6 +183,8 @@ impl LocalCluster {
                 coordinators.clone(),
                 "--in-doubt-interval-ms".into(),
                 "500".into(),
+                "--lock-wait-ms".into(),
+                lock_wait_ms.to_string(),
             ];
             cluster.add(&name, args)?;
         }

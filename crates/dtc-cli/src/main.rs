@@ -54,7 +54,8 @@ enum Cmd {
     /// Move money: `--from P/ACCOUNT --to P/ACCOUNT --amount N`, atomically
     /// across ledgers.
     Transfer(client_cmds::TransferArgs),
-    /// Print an account's committed balance.
+    /// Print an account's committed balance, what prepared transactions
+    /// reserve on it (debits) and bring to it (credits), and what is available.
     Balance(client_cmds::BalanceArgs),
     /// Inspect transactions.
     #[command(subcommand)]

@@ -27,6 +27,13 @@ pub struct ParticipantArgs {
     /// How often prepared transactions are checked for a missing decision.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     in_doubt_interval_ms: u64,
+    /// How long a debit refused only for funds that other prepared
+    /// transactions reserve may wait for their decisions before voting
+    /// abort (0: vote abort at once). Never longer than the prepare's own
+    /// timeout; other branches are served meanwhile.
+    #[arg(long, default_value_t = 0, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    lock_wait_ms: u64,
     /// Print the start-up line as JSON.
     #[arg(long)]
     json: bool,
@@ -55,7 +62,8 @@ pub async fn run(
     };
     builder = builder
         .coordinators(args.coordinators.clone())
-        .in_doubt_interval(Duration::from_millis(args.in_doubt_interval_ms.max(10)));
+        .in_doubt_interval(Duration::from_millis(args.in_doubt_interval_ms.max(10)))
+        .lock_wait(Duration::from_millis(args.lock_wait_ms));
     if let Some(a) = &args.advertise {
         builder = builder.advertise(a.clone());
     }

@@ -33,7 +33,8 @@ async fn start(cluster: &mut LocalCluster, args: &UpArgs) -> Result<u64, String>
 
 pub async fn run(args: UpArgs) -> ExitCode {
     let started = Instant::now();
-    let mut cluster = match LocalCluster::start("dtc-up-") {
+    // The ledgers' default: a contended debit votes abort at once.
+    let mut cluster = match LocalCluster::start("dtc-up-", 0) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dtc up: {e}");

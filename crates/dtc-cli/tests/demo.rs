@@ -106,6 +106,15 @@ fn demo_json_summary_parses_and_every_check_holds() {
         t["overdrafts"], t["overdrafts_aborted"],
         "every overdraft aborted"
     );
+    // Contention: the ledgers lock no account (escrow reservations), so no
+    // transfer aborts for a busy account, and few for funds that concurrent
+    // transfers had reserved (under the old no-wait locks a third aborted).
+    assert_eq!(t["aborted_account_busy"], 0, "{v:#}");
+    let reserved = t["aborted_funds_reserved"].as_u64().unwrap();
+    assert!(
+        reserved * 20 <= t["total"].as_u64().unwrap(),
+        "over 5% aborted for reserved funds: {v:#}"
+    );
     let f = &v["leader_failover"];
     assert_ne!(f["new_leader"], f["killed_node"], "{v:#}");
     assert!(f["election_ms"].as_u64().is_some(), "{v:#}");

@@ -20,6 +20,19 @@ pub fn ledger_payload(entries: &[(&str, i64)]) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// An account at a ledger participant, as `Ledger.Balance` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AccountBalance {
+    /// The committed balance.
+    pub balance: i64,
+    /// Net debits of prepared, undecided transactions (taken if they commit).
+    pub reserved: i64,
+    /// What a new debit may take: `balance - reserved`.
+    pub available: i64,
+    /// Net credits of prepared, undecided transactions (not spendable yet).
+    pub incoming: i64,
+}
+
 fn check_target(what: &str, (participant, account): (&str, &str)) -> Result<(), ClientError> {
     if participant.is_empty() || account.is_empty() {
         return Err(ClientError::InvalidArgument(format!(
@@ -51,8 +64,8 @@ impl Client {
 
     /// A transaction moving `amount` from `from` to `to` (each
     /// `(participant, account)`); one branch per participant. It aborts if
-    /// `from` lacks the funds or either account is held by another
-    /// transaction.
+    /// `from` lacks the available funds (its balance minus what other
+    /// prepared transactions reserve on it).
     pub fn transfer(&self, from: (&str, &str), to: (&str, &str), amount: i64) -> TxnBuilder {
         let builder = self.transaction();
         let checked = check_amount(amount)
@@ -90,6 +103,16 @@ impl Client {
     /// The committed balance of `account` at ledger participant `participant`
     /// (read from the participant, found through the cluster's registry).
     pub async fn balance(&self, participant: &str, account: &str) -> Result<i64, ClientError> {
+        Ok(self.account_balance(participant, account).await?.balance)
+    }
+
+    /// The committed balance of `account` at ledger participant
+    /// `participant`, with what prepared transactions reserve on it.
+    pub async fn account_balance(
+        &self,
+        participant: &str,
+        account: &str,
+    ) -> Result<AccountBalance, ClientError> {
         check_target("balance", (participant, account))?;
         let mut ledger = self.ledger_client(participant).await?;
         let until = Instant::now() + self.config().call_deadline;
@@ -102,7 +125,15 @@ impl Client {
                 Duration::from_secs(2),
             );
             match ledger.balance(req).await {
-                Ok(r) => return Ok(r.into_inner().balance),
+                Ok(r) => {
+                    let r = r.into_inner();
+                    return Ok(AccountBalance {
+                        balance: r.balance,
+                        reserved: r.reserved,
+                        available: r.available,
+                        incoming: r.incoming,
+                    });
+                }
                 Err(s) if s.code() == Code::InvalidArgument => {
                     return Err(ClientError::InvalidArgument(s.message().to_string()));
                 }

@@ -41,7 +41,7 @@ mod ledger;
 mod txn;
 
 pub use error::ClientError;
-pub use ledger::ledger_payload;
+pub use ledger::{AccountBalance, ledger_payload};
 pub use txn::{TxnBuilder, TxnOutcome, TxnState, TxnStatus};
 
 use dtc_proto::v1 as pb;

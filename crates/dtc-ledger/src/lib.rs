@@ -5,23 +5,37 @@
 //! together. A branch's payload is a protobuf `dtc.v1.LedgerPayload` (a list
 //! of `(account, delta)`; see `proto/dtc/v1/ledger.proto`).
 //!
+//! Accounts are never locked: the ledger is the SDK's escrow counters
+//! ([`dtc_participant::counters`]) with a lower bound of 0, so concurrent
+//! transactions on one account all prepare while its funds cover them.
+//!
 //! ```text
 //! Prepare(payload) ─► decode ─► net delta per account ─► for each account:
-//!     held by another prepared txn?  → vote abort (no-wait: no deadlocks)
-//!     balance + delta < 0 on a debit? → vote abort (insufficient funds)
-//!   else take the locks (table ledger_locks: account → txn) → vote prepared
-//! Commit ─► balance += delta, release the locks   (table ledger_balances)
-//! Abort  ─► release the locks
-//! restart ─► recover(): rebuild ledger_locks from the prepared records
+//!     net debit d:  d > balance - reserved  → vote abort (insufficient funds,
+//!                   naming the account and the shortfall)
+//!                   else reserved += d       (table ledger_reserved; d > 0 here
+//!                                             is the debited amount)
+//!     net credit c: balance + incoming + c overflows → vote abort
+//!                   else incoming += c
+//!   → vote prepared
+//! Commit ─► balance += delta, drop the reservation  (table ledger_balances)
+//! Abort  ─► drop the reservation
+//! restart ─► recover(): rebuild ledger_reserved from the prepared records
 //! ```
 //!
+//! A debit refused only because of other prepared transactions (it would fit
+//! if their debits aborted and their credits committed) votes
+//! [`Vote::Busy`]: with the participant's lock wait (`dtc participant
+//! --lock-wait-ms`) it waits for their decisions instead of aborting at once.
+//!
 //! The deltas of a prepared transaction are not copied anywhere: they are
-//! the payload in its participant-log record. `Ledger.Balance` reads
-//! committed balances; `Ledger.Audit` lists the decided transactions from
-//! the participant log, for checkers (e.g. "the sum of balances equals the
-//! sum of committed deltas").
+//! the payload in its participant-log record. `Ledger.Balance` reads the
+//! committed balance with the reservations; `Ledger.Audit` lists the decided
+//! transactions from the participant log, for checkers (e.g. "the sum of
+//! balances equals the sum of committed deltas").
 
-use dtc_participant::redb::{self, Database, ReadableDatabase, ReadableTable, TableDefinition};
+use dtc_participant::counters::{Counter, Counters, Refusal};
+use dtc_participant::redb::{self, Database};
 use dtc_participant::{
     ParticipantBuilder, ParticipantError, ParticipantLog, ParticipantServer, PreparedTxn, Resource,
     ResourceError, Routes, TxnState, Vote,
@@ -32,14 +46,18 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
-use tracing::error;
 
 pub use pb::{LedgerEntry, LedgerPayload};
 
-/// Account → committed balance.
-const BALANCES: TableDefinition<&str, i64> = TableDefinition::new("ledger_balances");
-/// Account → the prepared transaction holding it.
-const LOCKS: TableDefinition<&str, &str> = TableDefinition::new("ledger_locks");
+/// Table: account → committed balance.
+pub const BALANCES_TABLE: &str = "ledger_balances";
+/// Table: account → (reserved debits, incoming credits) of prepared
+/// transactions.
+pub const RESERVED_TABLE: &str = "ledger_reserved";
+/// The exclusive locks of the ledger before escrow (account → holder). An
+/// old file's table is dropped at open: `recover` rebuilds the reservations
+/// from the prepared records, which is all the locks described.
+const OLD_LOCKS_TABLE: &str = "ledger_locks";
 
 /// Longest account name, in bytes.
 pub const MAX_ACCOUNT_LEN: usize = 128;
@@ -51,6 +69,8 @@ pub enum LedgerError {
     Participant(#[from] ParticipantError),
     #[error("ledger storage: {0}")]
     Storage(#[from] redb::Error),
+    #[error("ledger: {0}")]
+    Resource(#[from] ResourceError),
     #[error("invalid account name {0:?}: {1}")]
     InvalidAccount(String, String),
 }
@@ -124,10 +144,65 @@ fn net_deltas(p: &LedgerPayload) -> Result<BTreeMap<String, i64>, String> {
     Ok(out)
 }
 
+/// One account as `Ledger.Balance` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AccountBalance {
+    /// The committed balance.
+    pub balance: i64,
+    /// Net debits of prepared, undecided transactions.
+    pub reserved: i64,
+    /// What a new debit may take: `balance - reserved`.
+    pub available: i64,
+    /// Net credits of prepared, undecided transactions (not spendable yet).
+    pub incoming: i64,
+}
+
+impl From<Counter> for AccountBalance {
+    fn from(c: Counter) -> Self {
+        AccountBalance {
+            balance: c.value,
+            reserved: c.reserved,
+            available: c.available(0),
+            incoming: c.incoming,
+        }
+    }
+}
+
+/// The abort reason for a refused account: names it and the shortfall. A
+/// refusal that only other prepared transactions cause says so (the demo
+/// counts those as contention).
+fn refusal_reason(r: &Refusal) -> String {
+    let c = &r.counter;
+    let pending = if r.contended {
+        " until prepared transactions resolve"
+    } else {
+        ""
+    };
+    if r.below_min {
+        format!(
+            "insufficient funds in account {:?}{pending}: debit {}, available {} \
+             (balance {}, reserved {}): short by {}",
+            r.key,
+            r.delta.unsigned_abs(),
+            c.available(0),
+            c.value,
+            c.reserved,
+            r.short_by
+        )
+    } else {
+        format!(
+            "account {:?}: credit {} would overflow the balance{pending} \
+             (balance {}, incoming {}): over by {}",
+            r.key, r.delta, c.value, c.incoming, r.short_by
+        )
+    }
+}
+
 /// The ledger: a [`Resource`] over tables in the participant's database.
 #[derive(Clone)]
 pub struct Ledger {
     db: Arc<Database>,
+    counters: Counters,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -139,76 +214,56 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// A ledger in `db` (tables are created if missing). Blocking.
     pub fn new(db: Arc<Database>) -> Result<Ledger, LedgerError> {
+        // Balances never go below 0, whichever prepared transactions commit.
+        let counters = Counters::new(BALANCES_TABLE, RESERVED_TABLE).bounds(0, i64::MAX);
         let tx = db.begin_write()?;
-        tx.open_table(BALANCES)?;
-        tx.open_table(LOCKS)?;
+        counters.create(&tx)?;
+        let old: redb::TableDefinition<&str, &str> = redb::TableDefinition::new(OLD_LOCKS_TABLE);
+        tx.delete_table(old)?;
         tx.commit()?;
-        Ok(Ledger { db })
+        Ok(Ledger { db, counters })
     }
 
     /// The committed balance of `account` (0 if never used). Blocking (a
     /// short read transaction).
     pub fn balance(&self, account: &str) -> Result<i64, LedgerError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(BALANCES)?;
-        Ok(t.get(account)?.map(|v| v.value()).unwrap_or(0))
+        Ok(self.account(account)?.balance)
     }
 
-    /// The prepared transaction holding `account`, if any.
-    pub fn locked_by(&self, account: &str) -> Result<Option<String>, LedgerError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(LOCKS)?;
-        Ok(t.get(account)?.map(|v| v.value().to_string()))
+    /// `account`'s balance with the reservations of prepared transactions,
+    /// read in one transaction. Blocking.
+    pub fn account(&self, account: &str) -> Result<AccountBalance, LedgerError> {
+        Ok(self.counters.read(&self.db, account)?.into())
     }
 
-    /// Every account's committed balance.
+    /// Every account's committed balance (every account that has one, or a
+    /// reservation).
     pub fn balances(&self) -> Result<BTreeMap<String, i64>, LedgerError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(BALANCES)?;
-        let mut out = BTreeMap::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.insert(k.value().to_string(), v.value());
-        }
-        Ok(out)
+        Ok(self
+            .counters
+            .read_all(&self.db)?
+            .into_iter()
+            .map(|(k, c)| (k, c.value))
+            .collect())
     }
 
-    /// Every held account and its holder.
-    pub fn locks(&self) -> Result<BTreeMap<String, String>, LedgerError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(LOCKS)?;
-        let mut out = BTreeMap::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.insert(k.value().to_string(), v.value().to_string());
-        }
-        Ok(out)
+    /// Every account with a reservation (a prepared transaction debits or
+    /// credits it), and what is reserved.
+    pub fn reservations(&self) -> Result<BTreeMap<String, AccountBalance>, LedgerError> {
+        Ok(self
+            .counters
+            .read_all(&self.db)?
+            .into_iter()
+            .filter(|(_, c)| c.reserved != 0 || c.incoming != 0)
+            .map(|(k, c)| (k, c.into()))
+            .collect())
     }
 
-    fn release(
-        tx: &redb::WriteTransaction,
-        txn_id: &str,
-        payload: &[u8],
-    ) -> Result<(), ResourceError> {
-        let mut locks = tx.open_table(LOCKS)?;
-        match decode_payload(payload)
-            .ok()
-            .and_then(|p| net_deltas(&p).ok())
-        {
-            Some(deltas) => {
-                for account in deltas.keys() {
-                    let mine = locks
-                        .get(account.as_str())?
-                        .is_some_and(|h| h.value() == txn_id);
-                    if mine {
-                        locks.remove(account.as_str())?;
-                    }
-                }
-            }
-            // Cannot happen for a payload that prepared; be thorough anyway.
-            None => locks.retain(|_, holder| holder != txn_id)?,
-        }
-        Ok(())
+    /// The net deltas of a payload that prepared (commit, abort, recovery).
+    fn prepared_deltas(payload: &[u8]) -> Result<BTreeMap<String, i64>, ResourceError> {
+        let p = decode_payload(payload)
+            .map_err(|e| ResourceError::new(format!("prepared payload does not decode: {e}")))?;
+        net_deltas(&p).map_err(ResourceError)
     }
 }
 
@@ -216,7 +271,7 @@ impl Resource for Ledger {
     fn prepare(
         &self,
         tx: &redb::WriteTransaction,
-        txn_id: &str,
+        _txn_id: &str,
         payload: &[u8],
     ) -> Result<Vote, ResourceError> {
         let p = match decode_payload(payload) {
@@ -230,107 +285,53 @@ impl Resource for Ledger {
             Ok(d) => d,
             Err(why) => return Ok(Vote::Abort(why)),
         };
-        let balances = tx.open_table(BALANCES)?;
-        let mut locks = tx.open_table(LOCKS)?;
-        for (account, delta) in &deltas {
-            let holder = locks.get(account.as_str())?.map(|h| h.value().to_string());
-            if let Some(holder) = holder {
-                // No-wait locking: refuse at once instead of queueing, so
-                // there are no deadlocks; the client may retry later.
-                return Ok(Vote::Abort(format!(
-                    "account {account:?} is held by prepared transaction {holder}"
-                )));
-            }
-            let balance = balances
-                .get(account.as_str())?
-                .map(|v| v.value())
-                .unwrap_or(0);
-            match balance.checked_add(*delta) {
-                None => {
-                    return Ok(Vote::Abort(format!(
-                        "account {account:?}: balance {balance} {delta:+} overflows"
-                    )));
-                }
-                Some(after) if after < 0 && *delta < 0 => {
-                    return Ok(Vote::Abort(format!(
-                        "insufficient funds in account {account:?}: balance {balance}, debit {}",
-                        delta.unsigned_abs()
-                    )));
-                }
-                Some(_) => {}
-            }
-        }
-        for account in deltas.keys() {
-            locks.insert(account.as_str(), txn_id)?;
-        }
-        Ok(Vote::Prepared)
+        Ok(match self.counters.reserve(tx, &deltas)? {
+            Ok(()) => Vote::Prepared,
+            // Other transactions' decisions may make room: the lock wait applies.
+            Err(r) if r.contended => Vote::Busy(refusal_reason(&r)),
+            Err(r) => Vote::Abort(refusal_reason(&r)),
+        })
     }
 
     fn commit(
         &self,
         tx: &redb::WriteTransaction,
-        txn_id: &str,
+        _txn_id: &str,
         payload: &[u8],
     ) -> Result<(), ResourceError> {
-        let p = decode_payload(payload)
-            .map_err(|e| ResourceError::new(format!("prepared payload does not decode: {e}")))?;
-        let deltas = net_deltas(&p).map_err(ResourceError)?;
-        {
-            let mut balances = tx.open_table(BALANCES)?;
-            for (account, delta) in &deltas {
-                let balance = balances
-                    .get(account.as_str())?
-                    .map(|v| v.value())
-                    .unwrap_or(0);
-                // Checked at prepare, and the account was held since.
-                let after = balance.checked_add(*delta).ok_or_else(|| {
-                    ResourceError::new(format!("account {account:?}: balance overflow at commit"))
-                })?;
-                balances.insert(account.as_str(), after)?;
-            }
-        }
-        Self::release(tx, txn_id, payload)
+        self.counters.apply(tx, &Self::prepared_deltas(payload)?)
     }
 
     fn abort(
         &self,
         tx: &redb::WriteTransaction,
-        txn_id: &str,
+        _txn_id: &str,
         payload: &[u8],
         _reason: &str,
     ) -> Result<(), ResourceError> {
-        Self::release(tx, txn_id, payload)
+        self.counters.release(tx, &Self::prepared_deltas(payload)?)
     }
 
-    /// The locks are rebuilt from the prepared records alone, so whatever
-    /// the lock table held (it is written in the same transactions, so it
-    /// should agree) the prepared transactions hold exactly their accounts.
+    /// The reservations are rebuilt from the prepared records alone, so
+    /// whatever the table held (it is written in the same transactions, so
+    /// it should agree) they are exactly those of the prepared transactions.
+    /// A prepared payload that no longer decodes stops the start: its
+    /// reservation cannot be rebuilt, and serving without it could let a
+    /// debit overdraw.
     fn recover(
         &self,
         tx: &redb::WriteTransaction,
         prepared: &[PreparedTxn],
     ) -> Result<(), ResourceError> {
-        let mut locks = tx.open_table(LOCKS)?;
-        locks.retain(|_, _| false)?;
-        for t in prepared {
-            let deltas = decode_payload(&t.payload)
-                .ok()
-                .and_then(|p| net_deltas(&p).ok())
-                .unwrap_or_default();
-            for account in deltas.keys() {
-                let holder = locks.get(account.as_str())?.map(|h| h.value().to_string());
-                match holder {
-                    Some(other) => error!(
-                        account = %account, txn_id = %t.txn_id, %other,
-                        "two prepared transactions hold one account; keeping the first"
-                    ),
-                    None => {
-                        locks.insert(account.as_str(), t.txn_id.as_str())?;
-                    }
-                }
-            }
-        }
-        Ok(())
+        let all = prepared
+            .iter()
+            .map(|t| {
+                Self::prepared_deltas(&t.payload).map_err(|e| {
+                    ResourceError::new(format!("prepared transaction {}: {e}", t.txn_id))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.counters.rebuild(tx, &all)
     }
 }
 
@@ -426,16 +427,17 @@ impl pb::ledger_server::Ledger for LedgerService {
         validate_account(&account).map_err(ledger_status)?;
         let ledger = self.ledger.clone();
         let key = account.clone();
-        let (balance, locked_by) = tokio::task::spawn_blocking(move || {
-            Ok::<_, LedgerError>((ledger.balance(&key)?, ledger.locked_by(&key)?))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(ledger_status)?;
+        let a = tokio::task::spawn_blocking(move || ledger.account(&key))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(ledger_status)?;
         Ok(Response::new(pb::BalanceResponse {
             account,
-            balance,
-            locked_by: locked_by.unwrap_or_default(),
+            balance: a.balance,
+            locked_by: String::new(),
+            reserved: a.reserved,
+            available: a.available,
+            incoming: a.incoming,
         }))
     }
 

@@ -38,10 +38,53 @@
 //! - **Locks come back (14).** [`Resource::recover`] gets every prepared
 //!   transaction before the server accepts its first call.
 //! - **Endpoints change (15).** Every start registers the current endpoint.
+//! - **Bounded lock wait.** A prepare the resource finds busy
+//!   ([`Vote::Busy`]) votes abort at once, or, with
+//!   [`ParticipantBuilder::lock_wait`], waits for other transactions'
+//!   decisions without blocking the writer, never past its deadline.
 //!
 //! Decided records are kept (see [`log`] for why, and what pruning would need).
+//!
+//! ## Counters: concurrency without conflicts
+//!
+//! A resource whose state is numbers (stock, seats, quotas, balances) should
+//! not lock them: [`counters`] implements escrow reservations (a decrease
+//! reserves its amount at prepare and is refused only if the value minus
+//! every reserved decrease would not cover it; an increase is applied at
+//! commit; abort releases; restart rebuilds the reservations from the
+//! prepared records), so concurrent transactions on one counter all prepare
+//! while the stock lasts. An inventory participant whose branch payload is
+//! `sku:delta` lines (`widget:-2` takes two widgets):
+//!
+//! ```no_run
+//! use dtc_participant::counters::{CounterResource, Counters};
+//! use dtc_participant::{ParticipantServer, open_database};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let stock = CounterResource::new(Counters::new("stock", "stock_reserved"), |payload| {
+//!     let text = std::str::from_utf8(payload).map_err(|e| e.to_string())?;
+//!     text.lines()
+//!         .map(|line| match line.split_once(':') {
+//!             Some((sku, n)) => Ok((sku.to_string(), n.parse().map_err(|_| format!("bad count {n:?}"))?)),
+//!             None => Err(format!("{line:?} is not sku:delta")),
+//!         })
+//!         .collect()
+//! });
+//! let db = open_database(std::path::Path::new("inventory-data"))?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7201").await?;
+//! ParticipantServer::builder("inventory", db, stock)
+//!     .coordinators(["127.0.0.1:7001"])
+//!     .serve(listener, async { tokio::signal::ctrl_c().await.unwrap_or(()) })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Stock never goes below zero whichever prepared transactions commit; a
+//! take larger than what is left votes abort with the shortfall in its
+//! reason. `dtc-ledger` is the same pattern with its own payload and messages.
 
 mod coordinators;
+pub mod counters;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod error;

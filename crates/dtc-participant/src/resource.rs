@@ -14,6 +14,16 @@ pub enum Vote {
     /// The branch changes nothing: it needs neither commit nor abort. The SDK
     /// discards any change made in the write transaction.
     ReadOnly,
+    /// Refuse for now: what the branch needs is held by other prepared
+    /// transactions, and their decisions may free it. The SDK discards the
+    /// write transaction's changes. With a lock wait configured
+    /// ([`ParticipantBuilder::lock_wait`](crate::ParticipantBuilder::lock_wait))
+    /// it runs `prepare` again after each decision, until it votes otherwise
+    /// or the wait (or the prepare's deadline) runs out; then, and at once
+    /// without a lock wait, it records and sends an abort with this reason.
+    /// Never sent as such: the coordinator only ever sees prepared,
+    /// read-only or abort.
+    Busy(String),
 }
 
 /// A failure of the application's own work, with a message for logs and for
@@ -57,6 +67,10 @@ pub struct PreparedTxn {
 }
 
 /// The application's local work for a branch.
+///
+/// A resource whose state is counters (stock, seats, quotas, balances) can
+/// use [`CounterResource`](crate::counters::CounterResource) instead of
+/// writing one.
 ///
 /// Every method runs inside the SDK's redb write transaction `tx`, on the
 /// SDK's single writer thread: the application's table changes and the SDK's

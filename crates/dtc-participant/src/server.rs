@@ -111,6 +111,7 @@ impl ParticipantServer {
             in_doubt_interval: Duration::from_secs(5),
             in_doubt_after: None,
             rpc_timeout: Duration::from_secs(2),
+            lock_wait: Duration::ZERO,
             routes: None,
         }
     }
@@ -127,6 +128,7 @@ pub struct ParticipantBuilder {
     in_doubt_interval: Duration,
     in_doubt_after: Option<Duration>,
     rpc_timeout: Duration,
+    lock_wait: Duration,
     routes: Option<Routes>,
 }
 
@@ -137,6 +139,7 @@ impl std::fmt::Debug for ParticipantBuilder {
             .field("coordinators", &self.coordinators)
             .field("advertise", &self.advertise)
             .field("in_doubt_interval", &self.in_doubt_interval)
+            .field("lock_wait", &self.lock_wait)
             .finish_non_exhaustive()
     }
 }
@@ -185,6 +188,17 @@ impl ParticipantBuilder {
     /// Timeout of each call to a coordinator (default 2 s).
     pub fn rpc_timeout(mut self, timeout: Duration) -> Self {
         self.rpc_timeout = timeout;
+        self
+    }
+
+    /// How long a prepare that the resource finds busy ([`Vote::Busy`](crate::Vote::Busy):
+    /// what it needs is held by other prepared transactions) may wait for
+    /// their decisions before it votes abort. Default zero: it votes abort at
+    /// once. The wait never blocks the writer (other branches go on) and
+    /// never outlasts the prepare's own deadline; see docs/design.md §12 for
+    /// why it cannot deadlock.
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
         self
     }
 
@@ -242,6 +256,7 @@ impl ParticipantBuilder {
             self.name.clone(),
             self.db.clone(),
             self.resource.clone(),
+            self.lock_wait,
         )?);
         let plog = ParticipantLog::new(self.db.clone());
         let cancel = CancellationToken::new();

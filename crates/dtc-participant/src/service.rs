@@ -76,7 +76,8 @@ impl pb::participant_server::Participant for ParticipantService {
         let (vote, reason) = match vote {
             Vote::Prepared => (pb::Vote::Prepared, String::new()),
             Vote::ReadOnly => (pb::Vote::ReadOnly, String::new()),
-            Vote::Abort(reason) => (pb::Vote::Abort, reason),
+            // The writer turns Busy into a recorded abort; mapped for completeness.
+            Vote::Abort(reason) | Vote::Busy(reason) => (pb::Vote::Abort, reason),
         };
         Ok(Response::new(pb::PrepareResponse {
             vote: vote as i32,

@@ -14,14 +14,25 @@
 //! its own write transaction. redb admits one writer at a time and there is
 //! one writer thread, so two duplicate Prepares can never both run the
 //! resource: the second finds the first one's record and returns its answer.
+//!
+//! **Lock wait.** A resource votes [`Vote::Busy`] when other prepared
+//! transactions hold what a branch needs. With a lock wait, the writer does
+//! not block on it (that would stop every other branch, including the
+//! decisions that would free the resource): it parks the prepare, with its
+//! reply, and runs it again after every decision it carries out, answering
+//! once the resource votes otherwise or recording an abort when the wait or
+//! the prepare's deadline runs out (the queue is read with that timeout).
+//! A parked prepare has written nothing and holds nothing, so a wait never
+//! makes another branch of this participant wait (docs/design.md §12).
 
 use crate::log::{self, LogRecord, TxnState};
 use crate::{ParticipantError, Resource, ResourceError, Vote};
 use redb::{Database, Durability, WriteTransaction};
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
@@ -115,6 +126,7 @@ impl Writer {
         name: String,
         db: Arc<Database>,
         resource: Arc<dyn Resource>,
+        lock_wait: Duration,
     ) -> Result<Writer, ParticipantError> {
         let (tx, rx) = mpsc::channel();
         let crashed = Arc::new(AtomicBool::new(false));
@@ -125,6 +137,9 @@ impl Writer {
             rx,
             crashed: crashed.clone(),
             poisoned: None,
+            lock_wait,
+            parked: VecDeque::new(),
+            decided: false,
         };
         let thread = std::thread::Builder::new()
             .name(format!("dtc-participant-writer-{name}"))
@@ -191,6 +206,8 @@ impl Writer {
     }
 
     /// Finishes the queued operations (synced and answered), then stops.
+    /// Prepares waiting for a lock are dropped unanswered (their callers get
+    /// UNAVAILABLE, as from a stopped participant): they hold nothing.
     pub(crate) async fn stop(&self) {
         self.close();
         self.join().await;
@@ -230,6 +247,39 @@ struct Worker {
     /// in-process view may hold unsynced records, so nothing more is answered
     /// from it. A restart repairs the file.
     poisoned: Option<String>,
+    /// How long a prepare that the resource finds busy may wait for other
+    /// transactions' decisions (zero: it votes abort at once).
+    lock_wait: Duration,
+    /// Prepares waiting for a decision to free what they need, oldest
+    /// first (so they are retried, and win, in arrival order).
+    parked: VecDeque<Parked>,
+    /// A commit or abort changed something since the parked prepares last ran.
+    decided: bool,
+}
+
+/// A prepare the resource found busy, waiting (see the module docs).
+struct Parked {
+    txn_id: String,
+    payload: Vec<u8>,
+    /// The prepare's own deadline (from `remaining_ms`).
+    deadline: Instant,
+    /// When the wait ends: the lock wait after arrival, or the deadline.
+    give_up: Instant,
+    /// When it arrived (the abort reason says how long it waited).
+    since: Instant,
+    /// The resource's reason when it last found the prepare busy (empty
+    /// before the first run).
+    busy: String,
+    reply: Reply,
+}
+
+/// What [`Worker::prepare`] did.
+enum Prepared {
+    /// Answered (the bool: whether it wrote).
+    Answer(Answer, bool),
+    /// The resource voted busy (with this reason) and the prepare may
+    /// still wait: nothing was written or answered.
+    Busy(String),
 }
 
 fn reply_of(op: &mut Op) -> Option<Reply> {
@@ -269,11 +319,27 @@ impl Worker {
 
     fn run(mut self) {
         loop {
-            let Ok(first) = self.rx.recv() else { return };
-            let mut stop = matches!(first, Op::Stop);
+            // With prepares waiting, wake up when the first wait runs out.
+            let first = match self.parked.iter().map(|p| p.give_up).min() {
+                None => match self.rx.recv() {
+                    Ok(op) => Some(op),
+                    Err(_) => return,
+                },
+                Some(t) => match self
+                    .rx
+                    .recv_timeout(t.saturating_duration_since(Instant::now()))
+                {
+                    Ok(op) => Some(op),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                },
+            };
+            let mut stop = matches!(first, Some(Op::Stop));
             let mut batch = Vec::new();
-            if !stop {
-                batch.push(first);
+            if let Some(op) = first
+                && !stop
+            {
+                batch.push(op);
             }
             while !stop && batch.len() < MAX_BATCH {
                 match self.rx.try_recv() {
@@ -288,19 +354,49 @@ impl Worker {
                 if self.crashed() {
                     return;
                 }
-                let Some(reply) = reply_of(&mut op) else {
+                if let Some(why) = &self.poisoned {
+                    if let Some(reply) = reply_of(&mut op) {
+                        let e = OpError::Storage(format!("{why}; restart the participant"));
+                        answers.push((reply, Err(e)));
+                    }
                     continue;
-                };
-                let result = match &self.poisoned {
-                    Some(why) => Err(OpError::Storage(format!("{why}; restart the participant"))),
-                    None => {
+                }
+                match op {
+                    Op::Prepare {
+                        txn_id,
+                        payload,
+                        deadline,
+                        reply,
+                    } => {
+                        let now = Instant::now();
+                        let give_up = (now + self.lock_wait).min(deadline);
+                        let parked = Parked {
+                            txn_id,
+                            payload,
+                            deadline,
+                            give_up,
+                            since: now,
+                            busy: String::new(),
+                            reply,
+                        };
+                        self.run_prepare(parked, now < give_up, &mut answers, &mut dirty);
+                    }
+                    mut op => {
+                        let Some(reply) = reply_of(&mut op) else {
+                            continue;
+                        };
                         let (result, wrote) = self.apply(op);
                         dirty |= wrote;
-                        result
+                        self.decided |= wrote;
+                        answers.push((reply, result));
+                        // A decision may have freed what a parked prepare
+                        // waits for: it runs before newer prepares can take it.
+                        self.retry_parked(&mut answers, &mut dirty);
                     }
-                };
-                answers.push((reply, result));
+                }
             }
+            // Waits that ran out (also when nothing arrived).
+            self.retry_parked(&mut answers, &mut dirty);
             if self.crashed() {
                 return;
             }
@@ -358,15 +454,67 @@ impl Worker {
         self.commit(tx)
     }
 
-    /// Carries out one operation; returns its result and whether it wrote.
+    /// Runs a prepare (new, or parked and retried). If the resource is busy
+    /// and `may_wait`, parks it; otherwise queues its answer.
+    fn run_prepare(
+        &mut self,
+        mut p: Parked,
+        may_wait: bool,
+        answers: &mut Vec<(Reply, Result<Answer, OpError>)>,
+        dirty: &mut bool,
+    ) {
+        let waited = (!p.busy.is_empty()).then(|| (p.since.elapsed(), p.busy.as_str()));
+        match self.prepare(&p.txn_id, &p.payload, p.deadline, may_wait, waited) {
+            Ok(Prepared::Busy(reason)) => {
+                p.busy = reason;
+                self.parked.push_back(p);
+            }
+            Ok(Prepared::Answer(answer, wrote)) => {
+                *dirty |= wrote;
+                answers.push((p.reply, Ok(answer)));
+            }
+            Err(e) => answers.push((p.reply, Err(e))),
+        }
+    }
+
+    /// Runs the parked prepares again: all of them if a decision changed
+    /// something since they last ran, else only those whose wait ran out
+    /// (which then vote abort if still busy).
+    fn retry_parked(
+        &mut self,
+        answers: &mut Vec<(Reply, Result<Answer, OpError>)>,
+        dirty: &mut bool,
+    ) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let decided = std::mem::take(&mut self.decided);
+        let now = Instant::now();
+        for p in std::mem::take(&mut self.parked) {
+            if self.crashed() {
+                return; // dropped unanswered, as a crash would
+            }
+            if let Some(why) = &self.poisoned {
+                let e = OpError::Storage(format!("{why}; restart the participant"));
+                answers.push((p.reply, Err(e)));
+                continue;
+            }
+            let expired = now >= p.give_up;
+            if decided || expired {
+                self.run_prepare(p, !expired, answers, dirty);
+            } else {
+                self.parked.push_back(p);
+            }
+        }
+    }
+
+    /// Carries out a commit or abort; returns its result and whether it wrote.
     fn apply(&mut self, op: Op) -> (Result<Answer, OpError>, bool) {
         let result = match op {
-            Op::Prepare {
-                txn_id,
-                payload,
-                deadline,
-                ..
-            } => self.prepare(&txn_id, payload, deadline),
+            // Prepares go through `run_prepare`.
+            Op::Prepare { .. } => Err(OpError::Storage(
+                "internal: a prepare was handed to apply".into(),
+            )),
             Op::Commit { txn_id, .. } => self.commit_txn(&txn_id),
             Op::Abort { txn_id, reason, .. } => self.abort_txn(&txn_id, &reason),
             Op::Stop => Ok((Answer::Done, false)),
@@ -377,12 +525,24 @@ impl Worker {
         }
     }
 
+    /// Prepares `txn_id`, or answers from its record. If the resource votes
+    /// busy: returns [`Prepared::Busy`] if `may_wait`, else records an abort.
+    /// `waited`: how long a parked prepare has waited, and why it was busy
+    /// (the abort reason then says both).
     fn prepare(
         &mut self,
         txn_id: &str,
-        payload: Vec<u8>,
+        payload: &[u8],
         deadline: Instant,
-    ) -> Result<(Answer, bool), OpError> {
+        may_wait: bool,
+        waited: Option<(Duration, &str)>,
+    ) -> Result<Prepared, OpError> {
+        let after_waiting = |reason: &str, w: Duration| {
+            format!(
+                "{reason} (after waiting {} ms for other transactions' decisions)",
+                w.as_millis()
+            )
+        };
         let tx = self.begin()?;
         if let Some(rec) = log::get_in(&tx, txn_id)? {
             tx.abort()?;
@@ -393,7 +553,7 @@ impl Worker {
                 // new transaction; refuse it, and write nothing.
                 warn!(participant = %self.name, txn_id,
                     "prepare reuses a transaction id with a different payload; voting abort");
-                return Ok((
+                return Ok(Prepared::Answer(
                     Answer::Vote(Vote::Abort(format!(
                         "transaction id {txn_id} was already used here for a different request"
                     ))),
@@ -409,24 +569,31 @@ impl Worker {
                 }
             };
             debug!(participant = %self.name, txn_id, ?vote, "duplicate prepare answered from the log");
-            return Ok((Answer::Vote(vote), false));
+            return Ok(Prepared::Answer(Answer::Vote(vote), false));
         }
         let now_ms = log::wall_ms();
         let refuse = |reason: String| LogRecord {
             state: TxnState::Aborted,
-            payload: payload.clone(),
+            payload: payload.to_vec(),
             reason,
             voted_prepared: false,
             updated_at_ms: now_ms,
         };
         if Instant::now() >= deadline {
             // Not prepared yet, so refusing is still allowed (corner case 13).
-            let rec = refuse("the prepare deadline passed before this participant prepared".into());
+            // A wait that ran into the deadline says what it waited for.
+            let rec = refuse(match waited {
+                Some((w, busy)) => after_waiting(busy, w),
+                None => "the prepare deadline passed before this participant prepared".into(),
+            });
             log::put_in(&tx, txn_id, &rec)?;
             self.commit(tx)?;
-            return Ok((Answer::Vote(Vote::Abort(rec.reason)), true));
+            return Ok(Prepared::Answer(
+                Answer::Vote(Vote::Abort(rec.reason)),
+                true,
+            ));
         }
-        let vote = guarded(|| self.resource.prepare(&tx, txn_id, &payload));
+        let vote = guarded(|| self.resource.prepare(&tx, txn_id, payload));
         if self.crashed() {
             return Err(OpError::Stopped); // the transaction is dropped unwritten
         }
@@ -434,39 +601,53 @@ impl Worker {
             Ok(Vote::Prepared) => {
                 let rec = LogRecord {
                     state: TxnState::Prepared,
-                    payload: payload.clone(),
+                    payload: payload.to_vec(),
                     reason: String::new(),
                     voted_prepared: true,
                     updated_at_ms: now_ms,
                 };
                 log::put_in(&tx, txn_id, &rec)?;
                 self.commit(tx)?;
-                Ok((Answer::Vote(Vote::Prepared), true))
+                Ok(Prepared::Answer(Answer::Vote(Vote::Prepared), true))
             }
             Ok(Vote::ReadOnly) => {
                 drop(tx); // a read-only branch leaves nothing behind
                 let rec = LogRecord {
                     state: TxnState::ReadOnly,
-                    payload: payload.clone(),
+                    payload: payload.to_vec(),
                     reason: String::new(),
                     voted_prepared: false,
                     updated_at_ms: now_ms,
                 };
                 self.record_alone(txn_id, &rec)?;
-                Ok((Answer::Vote(Vote::ReadOnly), true))
+                Ok(Prepared::Answer(Answer::Vote(Vote::ReadOnly), true))
+            }
+            Ok(Vote::Busy(reason)) if may_wait => {
+                drop(tx); // holds nothing while it waits
+                Ok(Prepared::Busy(reason))
+            }
+            Ok(Vote::Busy(reason)) => {
+                drop(tx);
+                let reason = match waited {
+                    Some((w, _)) => after_waiting(&reason, w),
+                    None => reason,
+                };
+                debug!(participant = %self.name, txn_id, %reason, "busy: voting abort");
+                self.record_alone(txn_id, &refuse(reason.clone()))?;
+                Ok(Prepared::Answer(Answer::Vote(Vote::Abort(reason)), true))
             }
             Ok(Vote::Abort(reason)) => {
                 drop(tx);
                 debug!(participant = %self.name, txn_id, %reason, "voting abort");
                 self.record_alone(txn_id, &refuse(reason.clone()))?;
-                Ok((Answer::Vote(Vote::Abort(reason)), true))
+                Ok(Prepared::Answer(Answer::Vote(Vote::Abort(reason)), true))
             }
             Err(e) => {
                 drop(tx);
                 let reason = format!("prepare failed: {e}");
                 warn!(participant = %self.name, txn_id, %reason, "voting abort");
                 self.record_alone(txn_id, &refuse(reason.clone()))?;
-                Ok((Answer::Vote(Vote::Abort(reason)), true))
+                Ok(Prepared::Answer(Answer::Vote(Vote::Abort(reason)), true))
             }
         }
     }

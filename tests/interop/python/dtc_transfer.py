@@ -21,7 +21,8 @@ balance from Ledger.Balance on the participant itself):
 
     python3 dtc_transfer.py --coordinator 127.0.0.1:7002 --balance ledgerA/alice
 
-prints {"participant": ..., "account": ..., "balance": N, "locked_by": ...}.
+prints {"participant": ..., "account": ..., "balance": N, "reserved": N,
+"available": N, "incoming": N}.
 
 Exit codes: 0 committed / ok, 1 aborted, 2 usage error or a request the
 cluster refuses (INVALID_ARGUMENT, FAILED_PRECONDITION, unknown participant),
@@ -394,7 +395,9 @@ def balance(args, stubs):
                     "participant": participant,
                     "account": r.account,
                     "balance": r.balance,
-                    "locked_by": r.locked_by,
+                    "reserved": r.reserved,
+                    "available": r.available,
+                    "incoming": r.incoming,
                     "endpoint": endpoint,
                 }
             )
