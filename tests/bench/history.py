@@ -62,18 +62,40 @@ def rss_kib(pids):
 
 
 def coordinator_pids(root):
-    pids = []
+    return sorted(pid for pid, _ in coordinators(lambda d: d.startswith(root)))
+
+
+def coordinators(want):
+    """(pid, argv) of every `dtc coordinator` whose --data-dir passes `want`."""
+    found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
         except OSError:
             continue
-        if b"coordinator" in cmd and any(root.encode() in c for c in cmd):
-            pids.append(int(pid))
-    return sorted(pids)
+        if "coordinator" not in argv or "--data-dir" not in argv:
+            continue
+        i = argv.index("--data-dir")
+        if i + 1 < len(argv) and want(argv[i + 1]):
+            found.append((int(pid), argv))
+    return found
+
+
+def local_cluster(known_before):
+    """The data root and addresses of the cluster `dtc bench --local` started:
+    read from its coordinators' command lines (works for any dtc version)."""
+    for _, argv in coordinators(lambda d: "dtc-bench-" in d):
+        data = argv[argv.index("--data-dir") + 1]
+        root = os.path.dirname(data.rstrip("/"))
+        if root in known_before:
+            continue
+        peers = argv[argv.index("--peers") + 1].split(",")
+        addrs = [p.split("=", 1)[1] for p in sorted(peers, key=lambda p: int(p.split("=")[0]))]
+        return root, addrs
+    return None, None
 
 
 def fill(dtc, clients, secs, out, tag):
@@ -82,16 +104,15 @@ def fill(dtc, clients, secs, out, tag):
         bench = subprocess.Popen(
             [dtc, "bench", "--local", "--keep", "--clients", str(clients), "--secs", str(secs), "--json"],
             stdout=subprocess.PIPE, stderr=err, text=True)
-        root = None
+        known_before = {os.path.dirname(a[a.index("--data-dir") + 1].rstrip("/"))
+                        for _, a in coordinators(lambda d: "dtc-bench-" in d)}
+        root = addrs = None
         samples = []
         started = time.time()
         next_sample = started
         while bench.poll() is None:
             if root is None:
-                with open(err_path) as f:
-                    m = re.search(r"keep their data and logs in (\S+)", f.read())
-                    if m:
-                        root = m.group(1)
+                root, addrs = local_cluster(known_before)
             if root and time.time() >= next_sample:
                 next_sample += 5
                 rss = rss_kib(coordinator_pids(root))
@@ -104,9 +125,6 @@ def fill(dtc, clients, secs, out, tag):
         result = bench.stdout.read()
     if bench.returncode != 0 or root is None:
         raise SystemExit(f"the fill failed (exit {bench.returncode}); see {err_path}")
-    with open(err_path) as f:
-        text = f.read()
-    addrs = re.search(r"the coordinators on (\S+) keep", text).group(1).split(",")
     summary = json.loads(result.strip().splitlines()[-1])
     return root, addrs, summary, samples
 
