@@ -190,11 +190,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     health_reporter
         .set_serving::<InDoubtServer<InDoubtService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(dtc_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| NodeError::Raft(format!("reflection: {e}")))?;
+    let listed = dtc_proto::reflection::Listed {
+        services: [
+            dtc_proto::v1::coordinator_server::SERVICE_NAME,
+            dtc_proto::v1::in_doubt_server::SERVICE_NAME,
+            dtc_proto::v1::raft_transport_server::SERVICE_NAME,
+            dtc_proto::reflection::HEALTH,
+        ]
+        .map(String::from)
+        .to_vec(),
+        descriptor_sets: Vec::new(),
+    };
+    let reflection_error = |e| NodeError::Raft(format!("reflection: {e}"));
+    let reflection = dtc_proto::reflection::v1(&listed).map_err(reflection_error)?;
+    let reflection_v1alpha = dtc_proto::reflection::v1alpha(&listed).map_err(reflection_error)?;
 
     let max_msg =
         shared.config.limits.max_payload_bytes * shared.config.limits.max_branches + 1024 * 1024;
@@ -202,6 +211,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(
             RaftTransportServer::new(RaftService {
                 raft: raft.clone(),

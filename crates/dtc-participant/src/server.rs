@@ -113,6 +113,13 @@ impl ParticipantServer {
             rpc_timeout: Duration::from_secs(2),
             lock_wait: Duration::ZERO,
             routes: None,
+            listed: dtc_proto::reflection::Listed {
+                services: vec![
+                    pb::participant_server::SERVICE_NAME.to_string(),
+                    dtc_proto::reflection::HEALTH.to_string(),
+                ],
+                descriptor_sets: Vec::new(),
+            },
         }
     }
 }
@@ -130,6 +137,8 @@ pub struct ParticipantBuilder {
     rpc_timeout: Duration,
     lock_wait: Duration,
     routes: Option<Routes>,
+    /// What server reflection lists (see [`ParticipantBuilder::reflect`]).
+    listed: dtc_proto::reflection::Listed,
 }
 
 impl std::fmt::Debug for ParticipantBuilder {
@@ -203,9 +212,26 @@ impl ParticipantBuilder {
     }
 
     /// More gRPC services to serve on the same port (the application's own
-    /// API, e.g. `Routes::new(LedgerServer::new(svc))`).
+    /// API, e.g. `Routes::new(LedgerServer::new(svc))`). List each under
+    /// server reflection with [`ParticipantBuilder::reflect`].
     pub fn routes(mut self, routes: Routes) -> Self {
         self.routes = Some(routes);
+        self
+    }
+
+    /// Lists one of the [`routes`](Self::routes) services under gRPC server
+    /// reflection (v1 and v1alpha), as the participant API and health
+    /// already are: `name` is its full name (`dtc.v1.Ledger`), and
+    /// `descriptor_set` the encoded `FileDescriptorSet` that defines it
+    /// (`tonic::include_file_descriptor_set!`), or `None` for a service of
+    /// dtc's own protos.
+    pub fn reflect(
+        mut self,
+        name: impl Into<String>,
+        descriptor_set: Option<&'static [u8]>,
+    ) -> Self {
+        self.listed.services.push(name.into());
+        self.listed.descriptor_sets.extend(descriptor_set);
         self
     }
 
@@ -250,7 +276,7 @@ impl ParticipantBuilder {
                 .map_err(|e| ParticipantError::Task(e.to_string()))??
         };
         info!(participant = %self.name, prepared = recovered,
-            "participant log opened; prepared transactions re-took their locks");
+            "participant log opened; prepared transactions recovered");
 
         let writer = Arc::new(Writer::start(
             self.name.clone(),
@@ -270,10 +296,15 @@ impl ParticipantBuilder {
             writer: writer.clone(),
         })
         .max_decoding_message_size(64 * 1024 * 1024);
+        let reflection_error = |e: tonic_reflection::server::Error| {
+            ParticipantError::Config(format!("reflection: {e}"))
+        };
         let routes = self
             .routes
             .unwrap_or_default()
             .add_service(health_service)
+            .add_service(dtc_proto::reflection::v1(&self.listed).map_err(reflection_error)?)
+            .add_service(dtc_proto::reflection::v1alpha(&self.listed).map_err(reflection_error)?)
             .add_service(participant);
         // `Server::tcp_nodelay` does not reach sockets accepted from our own
         // listener; without this, concurrent calls on one connection wait

@@ -534,6 +534,66 @@ async fn crash_before_the_prepare_record_is_written_leaves_no_record() {
     .await
 }
 
+/// Server reflection answers in both protocol versions (many tools speak
+/// only v1alpha) and lists what the participant serves, nothing else.
+#[tokio::test]
+async fn the_server_lists_its_services_by_reflection_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    bounded(async {
+        let h = Harness::start().await;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", h.running().local_addr()))
+                .unwrap()
+                .connect_lazy();
+        let want = ["dtc.v1.Participant", "grpc.health.v1.Health"];
+
+        let mut c = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+        let req = v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        };
+        let mut stream = c
+            .server_reflection_info(futures::stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let r = stream.message().await.unwrap().unwrap();
+        let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(l)) =
+            r.message_response
+        else {
+            panic!("v1: not a service list: {r:?}");
+        };
+        let mut got: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
+        got.sort();
+        assert_eq!(got, want, "v1");
+
+        let mut c = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+        let req = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        let mut stream = c
+            .server_reflection_info(futures::stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let r = stream.message().await.unwrap().unwrap();
+        let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) =
+            r.message_response
+        else {
+            panic!("v1alpha: not a service list: {r:?}");
+        };
+        let mut got: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
+        got.sort();
+        assert_eq!(got, want, "v1alpha");
+    })
+    .await
+}
+
 #[tokio::test]
 async fn the_server_answers_grpc_health_checks() {
     bounded(async {
