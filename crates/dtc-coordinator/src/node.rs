@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Errors that stop a node from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,8 @@ pub enum NodeError {
     },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Metrics(std::io::Error),
 }
 
 /// This node's leadership, as the driver runtime sees it.
@@ -70,6 +72,7 @@ pub struct Shared {
     pub in_flight: Arc<Semaphore>,
     /// Monotonic origin for driver deadlines.
     started: Instant,
+    pub metrics: crate::metrics::CoordinatorMetrics,
 }
 
 impl Shared {
@@ -123,6 +126,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let reader = state_machine.reader();
     // Never purge the log past what the state machine durably covers.
     let log_store = log_store.purge_covered_by(reader.clone());
+    let log_for_metrics = log_store.clone();
+    // Bound before anything starts, so a taken port fails the start at once.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(dtc_metrics::bind(addr).await.map_err(NodeError::Metrics)?),
+        None => None,
+    };
 
     let raft_config = openraft::Config {
         cluster_name: config.cluster.clone(),
@@ -181,6 +190,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         drivers: Mutex::new(HashMap::new()),
         leadership,
         started: Instant::now(),
+        metrics: Default::default(),
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -256,6 +266,37 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             Ok(()) => info!("initialized a new cluster with {:?}", shared.config.peers),
             Err(e) => info!("not initializing: {e}"),
         }
+    }
+
+    if let Some(listener) = metrics_listener {
+        let mut registry = dtc_metrics::Registry::default();
+        shared.metrics.register(&mut registry);
+        let refresh: dtc_metrics::Refresh = {
+            let shared = shared.clone();
+            Arc::new(move || {
+                let raft_metrics = shared.raft.metrics().borrow().clone();
+                shared.metrics.refresh(
+                    &raft_metrics,
+                    log_for_metrics.committed_index(),
+                    shared.reader.pending_count().ok(),
+                );
+            })
+        };
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "metrics listening");
+        }
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let served = dtc_metrics::serve(
+                listener,
+                Arc::new(registry),
+                refresh,
+                stop.cancelled_owned(),
+            );
+            if let Err(e) = served.await {
+                error!(error = %e, "the metrics endpoint stopped");
+            }
+        });
     }
 
     let watcher = tokio::spawn(watch_leadership(shared.clone()));
