@@ -34,6 +34,10 @@ pub struct ParticipantArgs {
     #[arg(long, default_value_t = 0, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     lock_wait_ms: u64,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any
+    /// free port, logged at start). docs/operations.md lists the metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Print the start-up line as JSON.
     #[arg(long)]
     json: bool,
@@ -64,6 +68,9 @@ pub async fn run(
         .coordinators(args.coordinators.clone())
         .in_doubt_interval(Duration::from_millis(args.in_doubt_interval_ms.max(10)))
         .lock_wait(Duration::from_millis(args.lock_wait_ms));
+    if let Some(addr) = args.metrics_listen {
+        builder = builder.metrics_listen(addr);
+    }
     if let Some(a) = &args.advertise {
         builder = builder.advertise(a.clone());
     }

@@ -89,6 +89,7 @@ pub mod counters;
 mod crash;
 mod error;
 pub mod log;
+mod metrics;
 mod resolver;
 mod resource;
 mod server;

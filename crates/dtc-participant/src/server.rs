@@ -112,6 +112,7 @@ impl ParticipantServer {
             in_doubt_after: None,
             rpc_timeout: Duration::from_secs(2),
             lock_wait: Duration::ZERO,
+            metrics_listen: None,
             routes: None,
             listed: dtc_proto::reflection::Listed {
                 services: vec![
@@ -136,6 +137,7 @@ pub struct ParticipantBuilder {
     in_doubt_after: Option<Duration>,
     rpc_timeout: Duration,
     lock_wait: Duration,
+    metrics_listen: Option<std::net::SocketAddr>,
     routes: Option<Routes>,
     /// What server reflection lists (see [`ParticipantBuilder::reflect`]).
     listed: dtc_proto::reflection::Listed,
@@ -219,6 +221,15 @@ impl ParticipantBuilder {
         self
     }
 
+    /// Serves Prometheus metrics at `http://ADDR/metrics` (port 0: any free
+    /// port, logged as "metrics listening"): prepares by vote and their
+    /// duration, decisions, and the transactions in doubt. Not served unless
+    /// set; docs/operations.md lists the metrics.
+    pub fn metrics_listen(mut self, addr: std::net::SocketAddr) -> Self {
+        self.metrics_listen = Some(addr);
+        self
+    }
+
     /// Lists one of the [`routes`](Self::routes) services under gRPC server
     /// reflection (v1 and v1alpha), as the participant API and health
     /// already are: `name` is its full name (`dtc.v1.Ledger`), and
@@ -291,9 +302,48 @@ impl ParticipantBuilder {
         health_reporter
             .set_serving::<pb::participant_server::ParticipantServer<ParticipantService>>()
             .await;
+        let metrics = Arc::new(crate::metrics::ParticipantMetrics::default());
+        let mut metrics_addr = None;
+        if let Some(addr) = self.metrics_listen {
+            let listener =
+                dtc_metrics::bind(addr)
+                    .await
+                    .map_err(|source| ParticipantError::Io {
+                        what: "metrics endpoint".into(),
+                        source,
+                    })?;
+            let mut registry = dtc_metrics::Registry::default();
+            metrics.register(&mut registry);
+            let refresh: dtc_metrics::Refresh = {
+                let metrics = metrics.clone();
+                let log = plog.clone();
+                Arc::new(move || {
+                    if let Ok(n) = log.prepared_count() {
+                        metrics.in_doubt.set(i64::try_from(n).unwrap_or(i64::MAX));
+                    }
+                })
+            };
+            metrics_addr = listener.local_addr().ok();
+            if let Some(addr) = metrics_addr {
+                info!(participant = %self.name, %addr, "metrics listening");
+            }
+            let stop = cancel.clone();
+            tokio::spawn(async move {
+                let served = dtc_metrics::serve(
+                    listener,
+                    Arc::new(registry),
+                    refresh,
+                    stop.cancelled_owned(),
+                );
+                if let Err(e) = served.await {
+                    tracing::error!(error = %e, "the metrics endpoint stopped");
+                }
+            });
+        }
         let participant = pb::participant_server::ParticipantServer::new(ParticipantService {
             name: self.name.clone(),
             writer: writer.clone(),
+            metrics,
         })
         .max_decoding_message_size(64 * 1024 * 1024);
         let reflection_error = |e: tonic_reflection::server::Error| {
@@ -361,6 +411,7 @@ impl ParticipantBuilder {
             registered,
             resolver,
             log: plog,
+            metrics_addr,
         })
     }
 
@@ -428,6 +479,7 @@ pub struct RunningParticipant {
     registered: watch::Receiver<bool>,
     resolver: Arc<Resolver>,
     log: ParticipantLog,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for RunningParticipant {
@@ -441,6 +493,11 @@ impl std::fmt::Debug for RunningParticipant {
 }
 
 impl RunningParticipant {
+    /// Where the metrics are served, if [`ParticipantBuilder::metrics_listen`] was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

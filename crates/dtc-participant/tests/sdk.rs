@@ -620,3 +620,111 @@ async fn the_server_answers_grpc_health_checks() {
     })
     .await
 }
+
+/// `GET /metrics` on `addr`, the body.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_votes_and_decisions_and_show_what_is_in_doubt() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dtc_participant::open_database(dir.path()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = ParticipantServer::builder(NAME, db, TestResource::default())
+            .metrics_listen("127.0.0.1:0".parse().unwrap())
+            .start(listener)
+            .await
+            .unwrap();
+        let metrics = running.metrics_addr().expect("metrics are served");
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", running.local_addr()))
+                .unwrap()
+                .connect_lazy();
+        let mut client = ParticipantClient::new(channel);
+        let prepare = |txn: &str, payload: &[u8]| pb::PrepareRequest {
+            txn_id: txn.into(),
+            participant: NAME.into(),
+            payload: payload.to_vec(),
+            remaining_ms: 5000,
+        };
+        client.prepare(prepare("m1", b"x")).await.unwrap();
+        client.prepare(prepare("m2", b"x")).await.unwrap();
+        client.prepare(prepare("m3", b"abort")).await.unwrap();
+        let body = scrape(metrics).await;
+        assert_eq!(
+            sample(&body, "dtc_in_doubt_transactions"),
+            Some(2.0),
+            "{body}"
+        );
+        assert_eq!(
+            sample(&body, r#"dtc_participant_prepares_total{vote="prepared"}"#),
+            Some(2.0),
+            "{body}"
+        );
+        assert_eq!(
+            sample(&body, r#"dtc_participant_prepares_total{vote="abort"}"#),
+            Some(1.0),
+            "{body}"
+        );
+        assert_eq!(
+            sample(&body, "dtc_participant_prepare_duration_seconds_count"),
+            Some(3.0),
+            "{body}"
+        );
+
+        client
+            .commit(pb::CommitRequest {
+                txn_id: "m1".into(),
+                participant: NAME.into(),
+            })
+            .await
+            .unwrap();
+        client
+            .abort(pb::AbortRequest {
+                txn_id: "m2".into(),
+                participant: NAME.into(),
+                reason: "r".into(),
+            })
+            .await
+            .unwrap();
+        let body = scrape(metrics).await;
+        assert_eq!(
+            sample(&body, "dtc_in_doubt_transactions"),
+            Some(0.0),
+            "{body}"
+        );
+        assert_eq!(
+            sample(
+                &body,
+                r#"dtc_participant_decisions_total{decision="commit"}"#
+            ),
+            Some(1.0),
+            "{body}"
+        );
+        assert_eq!(
+            sample(
+                &body,
+                r#"dtc_participant_decisions_total{decision="abort"}"#
+            ),
+            Some(1.0),
+            "{body}"
+        );
+        running.shutdown().await;
+    })
+    .await
+}
