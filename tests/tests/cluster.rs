@@ -1563,3 +1563,67 @@ async fn metrics_move_with_traffic() {
     })
     .await;
 }
+
+/// The `grpc.health.v1` status node `id` reports for the Coordinator service.
+async fn coordinator_health(cluster: &Cluster, id: u64) -> Result<i32, String> {
+    let channel = dtc_tests::channel_for(cluster.addr(id));
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health
+        .check(request(
+            tonic_health::pb::HealthCheckRequest {
+                service: "dtc.v1.Coordinator".into(),
+            },
+            secs(1),
+        ))
+        .await
+        .map(|r| r.into_inner().status)
+        .map_err(|s| s.to_string())
+}
+
+/// Waits until node `id` reports `want` for the Coordinator service.
+async fn expect_health(
+    cluster: &Cluster,
+    id: u64,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    wait_for_ok(
+        secs(20),
+        &format!("node {id} health {want:?}"),
+        || async move {
+            match coordinator_health(cluster, id).await {
+                Ok(s) if s == want as i32 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_quorum() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut cluster = Cluster::start(3);
+    bounded(secs(90), async {
+        let leader = cluster.wait_for_stable_leader(secs(30)).await;
+        let survivor = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+        for id in cluster.ids() {
+            expect_health(&cluster, id, ServingStatus::Serving).await;
+        }
+        // Alone, a node cannot commit anything: it must say so.
+        for id in cluster.ids() {
+            if id != survivor {
+                cluster.kill(id);
+            }
+        }
+        expect_health(&cluster, survivor, ServingStatus::NotServing).await;
+        // With a quorum back, it serves again.
+        let back = cluster
+            .ids()
+            .into_iter()
+            .find(|id| *id != survivor)
+            .unwrap();
+        cluster.restart(back);
+        expect_health(&cluster, survivor, ServingStatus::Serving).await;
+    })
+    .await;
+}
