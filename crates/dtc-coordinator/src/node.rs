@@ -303,9 +303,33 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let health = tokio::spawn(watch_health(shared.clone(), health_reporter));
     let expirer = tokio::spawn(expire_outcomes(shared.clone()));
 
+    // openraft stops for good on a storage error (a full disk, a failed
+    // fsync): the node can then never vote or replicate again. Lingering as
+    // a process that answers nothing useful would hide that from its
+    // supervisor, so the node exits non-zero instead, and its restart
+    // recovers from what is durable.
+    let raft_stopped = {
+        let mut m = raft.metrics();
+        async move {
+            loop {
+                if let Err(fatal) = &m.borrow_and_update().running_state {
+                    return fatal.to_string();
+                }
+                if m.changed().await.is_err() {
+                    return "raft stopped".to_string();
+                }
+            }
+        }
+    };
+    let mut fatal = None;
     let serve_result = tokio::select! {
         _ = shutdown => None,
         r = serving => Some(r),
+        why = raft_stopped => {
+            error!(error = %why, "raft stopped for good; exiting so that a supervisor restarts this node");
+            fatal = Some(why);
+            None
+        }
     };
     info!("shutting down");
     stop.cancel();
@@ -325,6 +349,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         Ok(Ok(applied)) => info!(?applied, "state machine synced"),
         Ok(Err(e)) => warn!("syncing the state machine at shutdown: {e}"),
         Err(e) => warn!("syncing the state machine at shutdown: {e}"),
+    }
+    if let Some(why) = fatal {
+        return Err(NodeError::Raft(format!(
+            "raft stopped: {why}; restart the node (it recovers from what is on disk)"
+        )));
     }
     match serve_result {
         Some(Ok(Err(e))) => Err(NodeError::Serve(e)),

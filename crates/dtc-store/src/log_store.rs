@@ -299,6 +299,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
+        // Fault injection for the failover tests: the disk refuses the
+        // write, as a full one does (openraft then stops the node for good).
+        fail::fail_point!("store.log.append_error", |_| {
+            let e = StoreError::Io {
+                path: crate::LOG_FILE.into(),
+                source: std::io::Error::other("injected: the disk refused the append"),
+            };
+            Err(StorageIOError::write_logs(&e).into())
+        });
         let db = self.db.clone();
         // Awaiting the commit here (rather than returning early and calling
         // back from the blocking thread) keeps every log write in order: a
