@@ -285,6 +285,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(committed.flatten())
     }
 
+    // openraft's error type is large; the injected fault returns it as is.
+    #[allow(clippy::result_large_err)]
     async fn append<I>(
         &mut self,
         entries: I,
