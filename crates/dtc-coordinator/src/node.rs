@@ -511,6 +511,10 @@ async fn watch_leadership(shared: Arc<Shared>) {
 
 /// Periodically proposes `Expire` on the leader, so completed outcomes leave
 /// the state after the retention window.
+/// Most completed outcomes one `ExpireAtMost` entry drops (each costs two
+/// index removals in the apply's write transaction).
+const EXPIRE_SLICE: u32 = 4096;
+
 async fn expire_outcomes(shared: Arc<Shared>) {
     let retention = shared.config.outcome_retention;
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -524,19 +528,38 @@ async fn expire_outcomes(shared: Arc<Shared>) {
         ) {
             continue;
         }
-        let cmd = Command::Expire {
-            now_ms: runtime::wall_ms(),
-            retention_ms: retention.as_millis() as u64,
-        };
-        match shared.propose(cmd).await {
-            Ok(CommandResult::Expired { count }) if count > 0 => {
-                info!(
-                    count,
-                    "expired completed outcomes past the retention window"
-                )
+        // In slices: a backlog (after an outage, or a shorter retention)
+        // must not become one huge write that stalls every apply behind it.
+        let now_ms = runtime::wall_ms();
+        let mut total = 0u64;
+        loop {
+            let cmd = Command::ExpireAtMost {
+                now_ms,
+                retention_ms: retention.as_millis() as u64,
+                limit: EXPIRE_SLICE,
+            };
+            match shared.propose(cmd).await {
+                Ok(CommandResult::Expired { count }) => {
+                    total += count;
+                    if count < u64::from(EXPIRE_SLICE) {
+                        break;
+                    }
+                }
+                Ok(other) => {
+                    warn!("expire: unexpected result {other:?}");
+                    break;
+                }
+                Err(e) => {
+                    warn!("expire: {e}");
+                    break;
+                }
             }
-            Ok(_) => {}
-            Err(e) => warn!("expire: {e}"),
+        }
+        if total > 0 {
+            info!(
+                count = total,
+                "expired completed outcomes past the retention window"
+            );
         }
     }
 }
