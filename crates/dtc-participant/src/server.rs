@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tracing::{error, info, warn};
 
+/// Default of [`ParticipantBuilder::max_queued`].
+pub const DEFAULT_MAX_QUEUED: usize = 4096;
+
 /// Name of the redb file [`open_database`] creates in a data directory.
 pub const DATABASE_FILE: &str = "participant.redb";
 
@@ -112,6 +115,7 @@ impl ParticipantServer {
             in_doubt_after: None,
             rpc_timeout: Duration::from_secs(2),
             lock_wait: Duration::ZERO,
+            max_queued: DEFAULT_MAX_QUEUED,
             metrics_listen: None,
             routes: None,
             listed: dtc_proto::reflection::Listed {
@@ -137,6 +141,7 @@ pub struct ParticipantBuilder {
     in_doubt_after: Option<Duration>,
     rpc_timeout: Duration,
     lock_wait: Duration,
+    max_queued: usize,
     metrics_listen: Option<std::net::SocketAddr>,
     routes: Option<Routes>,
     /// What server reflection lists (see [`ParticipantBuilder::reflect`]).
@@ -221,6 +226,15 @@ impl ParticipantBuilder {
         self
     }
 
+    /// Most operations (prepares, commits, aborts) waiting for the writer at
+    /// once; past it a call is answered RESOURCE_EXHAUSTED at once (a
+    /// prepare refused so counts as an abort vote; a decision is resent).
+    /// Default 4,096.
+    pub fn max_queued(mut self, ops: usize) -> Self {
+        self.max_queued = ops.max(1);
+        self
+    }
+
     /// Serves Prometheus metrics at `http://ADDR/metrics` (port 0: any free
     /// port, logged as "metrics listening"): prepares by vote and their
     /// duration, decisions, and the transactions in doubt. Not served unless
@@ -294,6 +308,7 @@ impl ParticipantBuilder {
             self.db.clone(),
             self.resource.clone(),
             self.lock_wait,
+            self.max_queued,
         )?);
         let plog = ParticipantLog::new(self.db.clone());
         let cancel = CancellationToken::new();

@@ -27,6 +27,9 @@ pub(crate) fn status_of(e: OpError) -> Status {
         OpError::Resource(_) | OpError::Storage(_) | OpError::Stopped => {
             Status::unavailable(e.to_string())
         }
+        // A prepare refused this way counts as an abort vote at the
+        // coordinator; a decision is resent later.
+        OpError::Overloaded(_) => Status::resource_exhausted(e.to_string()),
     }
 }
 

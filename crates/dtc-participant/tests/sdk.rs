@@ -728,3 +728,71 @@ async fn metrics_count_votes_and_decisions_and_show_what_is_in_doubt() {
     })
     .await
 }
+
+/// The writer's queue is bounded: while the writer is busy, calls past
+/// `max_queued` are refused with RESOURCE_EXHAUSTED at once (a prepare so
+/// refused counts as an abort vote), and the queued ones still complete.
+#[tokio::test]
+async fn calls_past_the_writer_queue_bound_are_refused_not_queued() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dtc_participant::open_database(dir.path()).unwrap();
+        let resource = Arc::new(TestResource::default());
+        let (release, gate) = std::sync::mpsc::channel();
+        *resource.gate.lock().unwrap() = Some(gate);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = ParticipantServer::builder(NAME, db, resource.clone())
+            .max_queued(2)
+            .start(listener)
+            .await
+            .unwrap();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", running.local_addr()))
+                .unwrap()
+                .connect_lazy();
+        let client = ParticipantClient::new(channel);
+        let call = |txn: &str, payload: &[u8]| {
+            let mut c = client.clone();
+            let req = pb::PrepareRequest {
+                txn_id: txn.into(),
+                participant: NAME.into(),
+                payload: payload.to_vec(),
+                remaining_ms: 20_000,
+            };
+            tokio::spawn(async move { c.prepare(req).await.map(|r| r.into_inner().vote) })
+        };
+        // The writer is busy inside the resource.
+        let entered = resource.entered.notified();
+        let gated = call("gated", b"gate");
+        entered.await;
+        let mut waiting: Vec<_> = (0..5).map(|i| call(&format!("q{i}"), b"x")).collect();
+        // Three of the five find the queue full and are answered at once.
+        let mut refused = 0;
+        while refused < 3 {
+            let mut still = Vec::new();
+            for c in waiting {
+                if c.is_finished() {
+                    let status = c
+                        .await
+                        .unwrap()
+                        .expect_err("a refusal while the writer is busy");
+                    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                    assert!(status.message().contains("overloaded"), "{status:?}");
+                    refused += 1;
+                } else {
+                    still.push(c);
+                }
+            }
+            waiting = still;
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(waiting.len(), 2);
+        release.send(()).unwrap();
+        assert_eq!(gated.await.unwrap().unwrap(), pb::Vote::Prepared as i32);
+        for c in waiting {
+            assert_eq!(c.await.unwrap().unwrap(), pb::Vote::Prepared as i32);
+        }
+        running.shutdown().await;
+    })
+    .await
+}
