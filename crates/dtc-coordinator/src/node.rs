@@ -282,21 +282,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 );
             })
         };
-        if let Ok(addr) = listener.local_addr() {
-            info!(%addr, "metrics listening");
-        }
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let served = dtc_metrics::serve(
-                listener,
-                Arc::new(registry),
-                refresh,
-                stop.cancelled_owned(),
-            );
-            if let Err(e) = served.await {
-                error!(error = %e, "the metrics endpoint stopped");
-            }
-        });
+        dtc_metrics::spawn(listener, registry, refresh, stop.clone().cancelled_owned());
     }
 
     let watcher = tokio::spawn(watch_leadership(shared.clone()));

@@ -62,6 +62,28 @@ pub async fn serve(
         .await
 }
 
+/// Runs [`serve`] in a task of the current runtime, logging where it listens
+/// ("metrics listening", with the address: tests and operators read it
+/// there when the port was 0) and why it stopped, if it fails. Returns the
+/// address.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    refresh: Refresh,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Option<SocketAddr> {
+    let addr = listener.local_addr().ok();
+    if let Some(addr) = addr {
+        tracing::info!(%addr, "metrics listening");
+    }
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, Arc::new(registry), refresh, shutdown).await {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    addr
+}
+
 fn scrape(registry: &Registry, refresh: &Refresh) -> axum::response::Response {
     refresh();
     let mut body = String::new();

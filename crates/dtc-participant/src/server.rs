@@ -338,22 +338,12 @@ impl ParticipantBuilder {
                     }
                 })
             };
-            metrics_addr = listener.local_addr().ok();
-            if let Some(addr) = metrics_addr {
-                info!(participant = %self.name, %addr, "metrics listening");
-            }
-            let stop = cancel.clone();
-            tokio::spawn(async move {
-                let served = dtc_metrics::serve(
-                    listener,
-                    Arc::new(registry),
-                    refresh,
-                    stop.cancelled_owned(),
-                );
-                if let Err(e) = served.await {
-                    tracing::error!(error = %e, "the metrics endpoint stopped");
-                }
-            });
+            metrics_addr = dtc_metrics::spawn(
+                listener,
+                registry,
+                refresh,
+                cancel.clone().cancelled_owned(),
+            );
         }
         let participant = pb::participant_server::ParticipantServer::new(ParticipantService {
             name: self.name.clone(),
