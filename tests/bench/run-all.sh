@@ -4,7 +4,7 @@
 #
 #   tests/bench/run-all.sh [OUT_DIR]
 #
-# Takes about 12 minutes on 2 cores. Run it on an otherwise idle machine:
+# Takes about 16 minutes on 2 cores. Run it on an otherwise idle machine:
 # every process (three coordinators, participants, clients, etcd) shares
 # the same cores, so anything else running moves the figures. Loopback only;
 # every step ends by itself.
@@ -56,6 +56,10 @@ DTC_BIN=$bin target/release/dtc-bench ledger --ledger-clients 32,128,256 --ledge
 say "takeover of 1000 and 10000 transactions in flight (dtc-bench takeover)"
 DTC_BIN=$bin target/release/dtc-bench takeover --sizes 1000,10000 \
   --json > "$out/takeover.json" 2> "$out/takeover.txt"
+
+say "history: fill the retention window for 150 s, then cold restarts against an empty history"
+python3 tests/bench/history.py --dtc "$bin" --out "$out" --fill-secs 150 --clients 512 \
+  --restarts 3 > "$out/history.jsonl"
 
 echo "loadavg after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out/machine.txt"
 

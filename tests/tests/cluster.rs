@@ -1432,3 +1432,198 @@ async fn a_late_starting_node_joins_without_deposing_the_leader() {
     })
     .await;
 }
+
+/// Where node `id` serves metrics, from its "metrics listening" log line.
+async fn metrics_addr(cluster: &Cluster, id: u64) -> String {
+    wait_for_ok(secs(20), "the node to log its metrics address", || {
+        let log = cluster.log_since(id, 0);
+        let found = log
+            .lines()
+            .filter(|l| l.contains("metrics listening"))
+            .find_map(|l| l.split("addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string);
+        async move { found.ok_or_else(|| "no metrics line yet".to_string()) }
+    })
+    .await
+}
+
+/// `GET /metrics`, the body.
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to /metrics");
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of the sample `name` (with its labels, as printed), if present.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic() {
+    let cluster = Cluster::start_with(3, &["--metrics-listen", "127.0.0.1:0"]);
+    let alpha = TestParticipant::start("alpha").await;
+    let beta = TestParticipant::start("beta").await;
+    bounded(secs(90), async {
+        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let addr = metrics_addr(&cluster, leader).await;
+        let before = scrape(&addr).await;
+        assert_eq!(sample(&before, "dtc_is_leader"), Some(1.0), "{before}");
+        assert!(
+            sample(&before, "dtc_raft_term").unwrap_or(0.0) >= 1.0,
+            "{before}"
+        );
+
+        for i in 0..5 {
+            let req = execute_request(
+                &format!("m-commit-{i}"),
+                &[("alpha", b"a"), ("beta", b"b")],
+                5000,
+            );
+            let r = cluster
+                .execute_retrying(&[leader], req, secs(20))
+                .await
+                .expect("Execute");
+            assert_eq!(r.outcome(), pb::Outcome::Committed, "{r:?}");
+        }
+        alpha.set_vote(VoteMode::Abort("no".into()));
+        let req = execute_request("m-abort", &[("alpha", b"a"), ("beta", b"b")], 5000);
+        let r = cluster
+            .execute_retrying(&[leader], req, secs(20))
+            .await
+            .expect("Execute");
+        assert_eq!(r.outcome(), pb::Outcome::Aborted, "{r:?}");
+        cluster.wait_no_pending(secs(10)).await;
+
+        let after = scrape(&addr).await;
+        let committed =
+            |b: &str| sample(b, r#"dtc_transactions_total{outcome="committed"}"#).unwrap_or(0.0);
+        let aborted =
+            |b: &str| sample(b, r#"dtc_transactions_total{outcome="aborted"}"#).unwrap_or(0.0);
+        assert_eq!(committed(&after) - committed(&before), 5.0, "{after}");
+        assert_eq!(aborted(&after) - aborted(&before), 1.0, "{after}");
+        assert!(
+            sample(&after, "dtc_transaction_duration_seconds_count").unwrap_or(0.0) >= 6.0,
+            "{after}"
+        );
+        assert!(
+            sample(
+                &after,
+                r#"dtc_prepare_duration_seconds_count{participant="alpha"}"#
+            )
+            .unwrap_or(0.0)
+                >= 6.0,
+            "{after}"
+        );
+        for phase in ["prepare", "decide", "commit"] {
+            let name = format!(r#"dtc_phase_duration_seconds_count{{phase="{phase}"}}"#);
+            assert!(
+                sample(&after, &name).unwrap_or(0.0) >= 6.0,
+                "{phase}: {after}"
+            );
+        }
+        assert_eq!(
+            sample(&after, "dtc_pending_transactions"),
+            Some(0.0),
+            "{after}"
+        );
+        assert_eq!(sample(&after, "dtc_takeovers_total"), Some(1.0), "{after}");
+        let applied = sample(&after, "dtc_raft_applied_index").unwrap_or(0.0);
+        assert!(
+            applied > sample(&before, "dtc_raft_applied_index").unwrap_or(0.0),
+            "{after}"
+        );
+        assert!(
+            sample(&after, "dtc_raft_commit_index").unwrap_or(0.0) >= applied,
+            "{after}"
+        );
+
+        // A follower exports the same families, not leading.
+        let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+        let f = scrape(&metrics_addr(&cluster, follower).await).await;
+        assert_eq!(sample(&f, "dtc_is_leader"), Some(0.0), "{f}");
+        assert_eq!(
+            sample(&f, "dtc_raft_term"),
+            sample(&after, "dtc_raft_term"),
+            "{f}"
+        );
+        assert_no_violations(&[&alpha, &beta]);
+    })
+    .await;
+}
+
+/// The `grpc.health.v1` status node `id` reports for the Coordinator service.
+async fn coordinator_health(cluster: &Cluster, id: u64) -> Result<i32, String> {
+    let channel = dtc_tests::channel_for(cluster.addr(id));
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health
+        .check(request(
+            tonic_health::pb::HealthCheckRequest {
+                service: "dtc.v1.Coordinator".into(),
+            },
+            secs(1),
+        ))
+        .await
+        .map(|r| r.into_inner().status)
+        .map_err(|s| s.to_string())
+}
+
+/// Waits until node `id` reports `want` for the Coordinator service.
+async fn expect_health(
+    cluster: &Cluster,
+    id: u64,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    wait_for_ok(
+        secs(20),
+        &format!("node {id} health {want:?}"),
+        || async move {
+            match coordinator_health(cluster, id).await {
+                Ok(s) if s == want as i32 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_quorum() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut cluster = Cluster::start(3);
+    bounded(secs(90), async {
+        let leader = cluster.wait_for_stable_leader(secs(30)).await;
+        let survivor = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+        for id in cluster.ids() {
+            expect_health(&cluster, id, ServingStatus::Serving).await;
+        }
+        // Alone, a node cannot commit anything: it must say so.
+        for id in cluster.ids() {
+            if id != survivor {
+                cluster.kill(id);
+            }
+        }
+        expect_health(&cluster, survivor, ServingStatus::NotServing).await;
+        // With a quorum back, it serves again.
+        let back = cluster
+            .ids()
+            .into_iter()
+            .find(|id| *id != survivor)
+            .unwrap();
+        cluster.restart(back);
+        expect_health(&cluster, survivor, ServingStatus::Serving).await;
+    })
+    .await;
+}

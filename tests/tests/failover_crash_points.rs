@@ -510,3 +510,59 @@ async fn participant_crash_after_applying_before_acknowledging_applies_once() {
     )
     .await;
 }
+
+/// A follower whose disk refuses a log append (injected: what a full disk
+/// does) stops its Raft for good. It must not linger as a process that
+/// serves nothing: it exits non-zero so that its supervisor restarts it,
+/// the other two keep committing meanwhile, and once restarted it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_log_write_fails_exits_and_recovers_on_restart() {
+    let mut cluster = Cluster::start(3);
+    cluster.expect_crashes(true);
+    let alpha = TestParticipant::start("alpha").await;
+    let beta = TestParticipant::start("beta").await;
+    bounded(secs(120), async {
+        let leader = cluster.wait_for_stable_leader(secs(30)).await;
+        cluster.register(&alpha, secs(15)).await;
+        cluster.register(&beta, secs(15)).await;
+        let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+        cluster.kill(follower);
+        cluster.set_next_start_env(follower, &[("FAILPOINTS", "store.log.append_error=return")]);
+        cluster.restart(follower);
+        // The leader replicates to it (a heartbeat carries the entries it
+        // missed, or the next transaction's): the append fails.
+        let r = cluster
+            .execute_retrying(
+                &[leader],
+                execute_request("while-failing", &[("alpha", b"a"), ("beta", b"b")], 5000),
+                secs(30),
+            )
+            .await
+            .expect("the other two commit");
+        assert_eq!(r.outcome(), pb::Outcome::Committed, "{r:?}");
+        let status = cluster.wait_exit(follower, secs(30)).await;
+        assert!(
+            !status.success(),
+            "node {follower} exited {status}, not an error"
+        );
+        let log = std::fs::read_to_string(cluster.log_path(follower)).unwrap_or_default();
+        assert!(
+            log.contains("raft stopped"),
+            "node {follower} exited ({status}) without saying why:\n{}",
+            &log[log.len().saturating_sub(3000)..]
+        );
+
+        cluster.restart(follower);
+        cluster.wait_caught_up(follower, secs(60)).await;
+        let s = cluster
+            .status(follower)
+            .await
+            .expect("restarted node status");
+        assert_eq!(s.pending, 0, "{s:?}");
+        alpha
+            .wait_state("while-failing", BranchState::Committed, secs(10))
+            .await;
+        assert!(alpha.violations().is_empty() && beta.violations().is_empty());
+    })
+    .await;
+}

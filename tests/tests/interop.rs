@@ -22,7 +22,7 @@ const fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-const SKIP_LINE: &str = "SKIPPED: python3 with grpcio/grpcio-tools not available \
+const SKIP_LINE: &str = "SKIPPED: python3 with grpcio/grpcio-tools/grpcio-reflection not available \
                          (pip install -r tests/interop/python/requirements.txt)";
 
 /// The Python interpreter: `$DTC_PYTHON`, else `python3`.
@@ -42,19 +42,19 @@ fn proto_dir() -> PathBuf {
 /// error says why not.
 async fn python_grpc_available() -> Result<(), String> {
     let run = tokio::process::Command::new(python())
-        .args(["-c", "import grpc, grpc_tools"])
+        .args(["-c", "import grpc, grpc_tools, grpc_reflection"])
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
     match tokio::time::timeout(secs(60), run).await {
         Err(_) => Err(format!(
-            "`{} -c \"import grpc, grpc_tools\"` hung",
+            "`{} -c \"import grpc, grpc_tools, grpc_reflection\"` hung",
             python()
         )),
         Ok(Err(e)) => Err(format!("cannot run {}: {e}", python())),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => Err(format!(
-            "{} -c \"import grpc, grpc_tools\": {}: {}",
+            "{} -c \"import grpc, grpc_tools, grpc_reflection\": {}: {}",
             python(),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
@@ -120,6 +120,39 @@ async fn run_py(args: &[&str], gen_dir: &Path) -> PyRun {
         println!("  stderr: {}", r.stderr.trim());
     }
     r
+}
+
+/// The services `target` lists to the official Python reflection client,
+/// which speaks only `grpc.reflection.v1alpha`.
+async fn py_list_services(target: &str) -> Vec<String> {
+    let run = tokio::process::Command::new(python())
+        .arg(interop_dir().join("list_services.py"))
+        .arg(target)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(secs(60), run)
+        .await
+        .expect("list_services.py hung")
+        .expect("cannot run list_services.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "python list_services.py {target}\n  -> {}: {}",
+        out.status,
+        stdout.trim()
+    );
+    assert!(
+        out.status.success(),
+        "reflection listing of {target} failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).expect("list_services.py prints JSON");
+    v["services"]
+        .as_array()
+        .expect("a services list")
+        .iter()
+        .map(|s| s.as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 /// The balance of `target` (P/ACCOUNT) read by the Python client via `via`.
@@ -276,6 +309,30 @@ async fn python_client_transfers_through_a_follower() {
             "node {follower} should follow {leader}"
         );
         println!("leader is node {leader}; the Python client talks to follower {follower} ({via})");
+
+        // Server reflection as the official Python client speaks it (v1alpha),
+        // on a coordinator and on a participant.
+        let coordinator_services = py_list_services(&via).await;
+        assert_eq!(
+            coordinator_services,
+            [
+                "dtc.v1.Coordinator",
+                "dtc.v1.InDoubt",
+                "dtc.v1.RaftTransport",
+                "grpc.health.v1.Health"
+            ],
+            "a coordinator lists what it serves, and only that"
+        );
+        let ledger_services = py_list_services(&format!("127.0.0.1:{}", ports[0])).await;
+        assert_eq!(
+            ledger_services,
+            [
+                "dtc.v1.Ledger",
+                "dtc.v1.Participant",
+                "grpc.health.v1.Health"
+            ],
+            "a ledger lists what it serves, and only that"
+        );
 
         // Seed with the Rust CLI.
         let (code, out) = dtc(&[

@@ -162,6 +162,11 @@ struct CoordinatorArgs {
     /// and 3 wait 10 % and 20 % longer, so the nodes do not all build at once).
     #[arg(long, env = "DTC_SNAPSHOT_EVERY", default_value_t = 5000)]
     snapshot_every: u64,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any
+    /// free port, logged at start as "metrics listening"). Not served unless
+    /// given. docs/operations.md lists the metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The member addresses with this node's own: `advertise` fills it in or
@@ -310,6 +315,7 @@ fn main() -> ExitCode {
             config.limits.max_payload_bytes = args.max_payload_bytes;
             config.limits.default_timeout_ms = args.default_timeout_ms;
             config.snapshot_every = args.snapshot_every;
+            config.metrics_listen = args.metrics_listen;
             match rt.block_on(dtc_coordinator::run(config, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -40,6 +40,16 @@ pub struct ParticipantArgs {
     #[arg(long, env = "DTC_LOCK_WAIT_MS", default_value_t = 0, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     lock_wait_ms: u64,
+    /// Most prepares, commits and aborts waiting for the participant's
+    /// writer at once; past it calls are refused with RESOURCE_EXHAUSTED (a
+    /// refused prepare counts as an abort vote; decisions are resent).
+    #[arg(long, default_value_t = dtc_participant::DEFAULT_MAX_QUEUED as u64, value_name = "OPS",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_queued_ops: u64,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any
+    /// free port, logged at start). docs/operations.md lists the metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Print the start-up line as JSON.
     #[arg(long, env = "DTC_JSON")]
     json: bool,
@@ -69,7 +79,11 @@ pub async fn run(
     builder = builder
         .coordinators(args.coordinators.clone())
         .in_doubt_interval(Duration::from_millis(args.in_doubt_interval_ms.max(10)))
-        .lock_wait(Duration::from_millis(args.lock_wait_ms));
+        .lock_wait(Duration::from_millis(args.lock_wait_ms))
+        .max_queued(usize::try_from(args.max_queued_ops).unwrap_or(usize::MAX));
+    if let Some(addr) = args.metrics_listen {
+        builder = builder.metrics_listen(addr);
+    }
     if let Some(a) = &args.advertise {
         builder = builder.advertise(a.clone());
     }

@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub ack_wait: Duration,
     /// Time allowed for one phase-2 (commit/abort) call before it is retried.
     pub rpc_timeout: Duration,
+    /// Where to serve Prometheus metrics at `/metrics` (none: not served).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -71,6 +73,7 @@ impl NodeConfig {
             outcome_retention: Duration::from_secs(3600),
             ack_wait: Duration::from_secs(1),
             rpc_timeout: Duration::from_secs(2),
+            metrics_listen: None,
         }
     }
 

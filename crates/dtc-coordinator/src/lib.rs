@@ -31,6 +31,7 @@ pub mod channels;
 pub mod config;
 #[cfg(feature = "failpoints")]
 mod crash;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod proposer;

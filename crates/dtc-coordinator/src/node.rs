@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Errors that stop a node from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,8 @@ pub enum NodeError {
     },
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Metrics(std::io::Error),
 }
 
 /// This node's leadership, as the driver runtime sees it.
@@ -70,6 +72,7 @@ pub struct Shared {
     pub in_flight: Arc<Semaphore>,
     /// Monotonic origin for driver deadlines.
     started: Instant,
+    pub metrics: crate::metrics::CoordinatorMetrics,
 }
 
 impl Shared {
@@ -123,6 +126,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let reader = state_machine.reader();
     // Never purge the log past what the state machine durably covers.
     let log_store = log_store.purge_covered_by(reader.clone());
+    let log_for_metrics = log_store.clone();
+    // Bound before anything starts, so a taken port fails the start at once.
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(dtc_metrics::bind(addr).await.map_err(NodeError::Metrics)?),
+        None => None,
+    };
 
     let raft_config = openraft::Config {
         cluster_name: config.cluster.clone(),
@@ -181,6 +190,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         drivers: Mutex::new(HashMap::new()),
         leadership,
         started: Instant::now(),
+        metrics: Default::default(),
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -190,11 +200,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     health_reporter
         .set_serving::<InDoubtServer<InDoubtService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(dtc_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| NodeError::Raft(format!("reflection: {e}")))?;
+    let listed = dtc_proto::reflection::Listed {
+        services: [
+            dtc_proto::v1::coordinator_server::SERVICE_NAME,
+            dtc_proto::v1::in_doubt_server::SERVICE_NAME,
+            dtc_proto::v1::raft_transport_server::SERVICE_NAME,
+            dtc_proto::reflection::HEALTH,
+        ]
+        .map(String::from)
+        .to_vec(),
+        descriptor_sets: Vec::new(),
+    };
+    let reflection_error = |e| NodeError::Raft(format!("reflection: {e}"));
+    let reflection = dtc_proto::reflection::v1(&listed).map_err(reflection_error)?;
+    let reflection_v1alpha = dtc_proto::reflection::v1alpha(&listed).map_err(reflection_error)?;
 
     let max_msg =
         shared.config.limits.max_payload_bytes * shared.config.limits.max_branches + 1024 * 1024;
@@ -202,6 +221,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(
             RaftTransportServer::new(RaftService {
                 raft: raft.clone(),
@@ -248,16 +268,59 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
     }
 
+    if let Some(listener) = metrics_listener {
+        let mut registry = dtc_metrics::Registry::default();
+        shared.metrics.register(&mut registry);
+        let refresh: dtc_metrics::Refresh = {
+            let shared = shared.clone();
+            Arc::new(move || {
+                let raft_metrics = shared.raft.metrics().borrow().clone();
+                shared.metrics.refresh(
+                    &raft_metrics,
+                    log_for_metrics.committed_index(),
+                    shared.reader.pending_count().ok(),
+                );
+            })
+        };
+        dtc_metrics::spawn(listener, registry, refresh, stop.clone().cancelled_owned());
+    }
+
     let watcher = tokio::spawn(watch_leadership(shared.clone()));
+    let health = tokio::spawn(watch_health(shared.clone(), health_reporter));
     let expirer = tokio::spawn(expire_outcomes(shared.clone()));
 
+    // openraft stops for good on a storage error (a full disk, a failed
+    // fsync): the node can then never vote or replicate again. Lingering as
+    // a process that answers nothing useful would hide that from its
+    // supervisor, so the node exits non-zero instead, and its restart
+    // recovers from what is durable.
+    let raft_stopped = {
+        let mut m = raft.metrics();
+        async move {
+            loop {
+                if let Err(fatal) = &m.borrow_and_update().running_state {
+                    return fatal.to_string();
+                }
+                if m.changed().await.is_err() {
+                    return "raft stopped".to_string();
+                }
+            }
+        }
+    };
+    let mut fatal = None;
     let serve_result = tokio::select! {
         _ = shutdown => None,
         r = serving => Some(r),
+        why = raft_stopped => {
+            error!(error = %why, "raft stopped for good; exiting so that a supervisor restarts this node");
+            fatal = Some(why);
+            None
+        }
     };
     info!("shutting down");
     stop.cancel();
     watcher.abort();
+    health.abort();
     expirer.abort();
     if let Leadership::Leader { cancel, .. } = &*shared.leadership.borrow() {
         cancel.cancel();
@@ -272,6 +335,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         Ok(Ok(applied)) => info!(?applied, "state machine synced"),
         Ok(Err(e)) => warn!("syncing the state machine at shutdown: {e}"),
         Err(e) => warn!("syncing the state machine at shutdown: {e}"),
+    }
+    if let Some(why) = fatal {
+        return Err(NodeError::Raft(format!(
+            "raft stopped: {why}; restart the node (it recovers from what is on disk)"
+        )));
     }
     match serve_result {
         Some(Ok(Err(e))) => Err(NodeError::Serve(e)),
@@ -322,6 +390,61 @@ async fn peers_already_formed(shared: &Shared) -> bool {
 
 /// Follows Raft metrics: on becoming leader, start a term's takeover; on
 /// losing leadership, cancel every driver of the old term.
+/// Whether this node can serve transactions now: it knows a leader, and if
+/// it is that leader, a quorum acknowledged it within the longest election
+/// timeout (past that, followers may already have elected someone else).
+fn can_serve(m: &openraft::RaftMetrics<u64, BasicNode>, id: u64, max_election_ms: u64) -> bool {
+    match m.current_leader {
+        None => false,
+        Some(leader) if leader == id => m
+            .millis_since_quorum_ack
+            .is_some_and(|ms| ms <= max_election_ms),
+        Some(_) => m.state == ServerState::Follower,
+    }
+}
+
+/// Keeps `grpc.health.v1` true for the Coordinator service: SERVING only
+/// while [`can_serve`] holds, so a load balancer or an orchestrator stops
+/// sending clients to a node cut off from its quorum. The process itself
+/// (service "") stays SERVING: it is alive, and restarting it would not help.
+async fn watch_health(shared: Arc<Shared>, reporter: tonic_health::server::HealthReporter) {
+    let mut metrics = shared.raft.metrics();
+    // The quorum-ack age grows without a metrics change, so look again on a
+    // timer too.
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        shared.config.heartbeat_ms.max(10) * 5,
+    ));
+    let mut serving = true; // as set at start
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            can_serve(
+                &m,
+                shared.config.id,
+                shared.config.election_timeout_max_ms * 2,
+            )
+        };
+        if now != serving {
+            serving = now;
+            if now {
+                info!("health: SERVING (a leader with a quorum is known)");
+                reporter
+                    .set_serving::<CoordinatorServer<CoordinatorService>>()
+                    .await;
+            } else {
+                warn!("health: NOT_SERVING (no leader with a quorum is known)");
+                reporter
+                    .set_not_serving::<CoordinatorServer<CoordinatorService>>()
+                    .await;
+            }
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
+    }
+}
+
 async fn watch_leadership(shared: Arc<Shared>) {
     let mut metrics = shared.raft.metrics();
     let mut current: Option<(u64, CancellationToken)> = None;
@@ -374,6 +497,10 @@ async fn watch_leadership(shared: Arc<Shared>) {
 
 /// Periodically proposes `Expire` on the leader, so completed outcomes leave
 /// the state after the retention window.
+/// Most completed outcomes one `ExpireAtMost` entry drops (each costs two
+/// index removals in the apply's write transaction).
+const EXPIRE_SLICE: u32 = 4096;
+
 async fn expire_outcomes(shared: Arc<Shared>) {
     let retention = shared.config.outcome_retention;
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -387,19 +514,38 @@ async fn expire_outcomes(shared: Arc<Shared>) {
         ) {
             continue;
         }
-        let cmd = Command::Expire {
-            now_ms: runtime::wall_ms(),
-            retention_ms: retention.as_millis() as u64,
-        };
-        match shared.propose(cmd).await {
-            Ok(CommandResult::Expired { count }) if count > 0 => {
-                info!(
-                    count,
-                    "expired completed outcomes past the retention window"
-                )
+        // In slices: a backlog (after an outage, or a shorter retention)
+        // must not become one huge write that stalls every apply behind it.
+        let now_ms = runtime::wall_ms();
+        let mut total = 0u64;
+        loop {
+            let cmd = Command::ExpireAtMost {
+                now_ms,
+                retention_ms: retention.as_millis() as u64,
+                limit: EXPIRE_SLICE,
+            };
+            match shared.propose(cmd).await {
+                Ok(CommandResult::Expired { count }) => {
+                    total += count;
+                    if count < u64::from(EXPIRE_SLICE) {
+                        break;
+                    }
+                }
+                Ok(other) => {
+                    warn!("expire: unexpected result {other:?}");
+                    break;
+                }
+                Err(e) => {
+                    warn!("expire: {e}");
+                    break;
+                }
             }
-            Ok(_) => {}
-            Err(e) => warn!("expire: {e}"),
+        }
+        if total > 0 {
+            info!(
+                count = total,
+                "expired completed outcomes past the retention window"
+            );
         }
     }
 }

@@ -223,8 +223,30 @@ impl DriverTask {
             }
         };
         let mut queue: VecDeque<Action> = actions.into();
+        // Phase timings for the metrics (from this driver's start: a
+        // resumed transaction is timed from its takeover).
+        let started = Instant::now();
+        let mut proposed_at: Option<Instant> = None;
+        let mut decided_at: Option<Instant> = None;
+        let metrics = &self.shared.metrics;
         loop {
             while let Some(action) = queue.pop_front() {
+                match &action {
+                    Action::ProposeDecision { .. } => {
+                        metrics.phase("prepare", started.elapsed());
+                        proposed_at = Some(Instant::now());
+                    }
+                    Action::ProposeComplete => {
+                        if let Some(at) = decided_at {
+                            metrics.phase("commit", at.elapsed());
+                        }
+                        metrics
+                            .transaction_duration
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                    Action::Finished { outcome } => metrics.decided(outcome.is_commit()),
+                    _ => {}
+                }
                 if matches!(action, Action::Finished { .. }) {
                     // "In flight" bounds undecided transactions: a decided
                     // one waiting on a slow participant no longer counts.
@@ -254,6 +276,12 @@ impl DriverTask {
                     Some(Input::Core(Event::Tick { now_ms: self.shared.clock_ms() }))
                 }
             };
+            if let Some(Input::Core(Event::DecisionApplied { .. })) = &input {
+                decided_at = Some(Instant::now());
+                if let Some(at) = proposed_at {
+                    metrics.phase("decide", at.elapsed());
+                }
+            }
             match input {
                 Some(Input::Core(event)) => queue.extend(driver.step(event)),
                 Some(Input::ProposalFailed(why)) => return Err(why),
@@ -486,9 +514,14 @@ async fn send_prepare(
             remaining_ms: remaining.as_millis().min(u32::MAX as u128) as u32,
         });
         req.set_timeout(remaining);
+        let sent = Instant::now();
         match client.prepare(req).await {
-            Ok(resp) => return Some(Ok(dtc_proto::vote_from_wire(&resp.into_inner()))),
+            Ok(resp) => {
+                shared.metrics.prepared(participant, sent.elapsed());
+                return Some(Ok(dtc_proto::vote_from_wire(&resp.into_inner())));
+            }
             Err(status) if is_transient(&status) => {
+                shared.metrics.retry("prepare");
                 debug!(txn_id, participant, %status, "prepare failed; retrying");
             }
             Err(status) if status.code() == tonic::Code::DeadlineExceeded => return None,
@@ -537,6 +570,7 @@ async fn send_decision(shared: &Shared, txn_id: &str, participant: &str, outcome
         match result {
             Ok(()) => return,
             Err((code, msg)) => {
+                shared.metrics.retry("decision");
                 let loud = matches!(
                     code,
                     tonic::Code::NotFound | tonic::Code::FailedPrecondition | tonic::Code::DataLoss
@@ -652,5 +686,10 @@ pub async fn take_over(shared: Arc<Shared>, term: u64, cancel: CancellationToken
         undecided + decided,
         scan.as_secs_f64() * 1e3
     );
+    shared.metrics.takeovers.inc();
+    shared
+        .metrics
+        .last_takeover_seconds
+        .set(started.elapsed().as_secs_f64());
     shared.mark_ready(term);
 }

@@ -46,6 +46,16 @@ pub enum Command {
     /// serve many transactions. Added last so that logs written before it
     /// existed still decode (postcard numbers variants in order).
     Batch(Vec<Command>),
+    /// [`Command::Expire`] that drops at most `limit` completion-index
+    /// entries (oldest first), so that one entry never turns into one huge
+    /// write: after an outage, or when the retention window is shortened,
+    /// the backlog goes in slices. Added after `Batch` so older logs decode;
+    /// the leader proposes this one.
+    ExpireAtMost {
+        now_ms: u64,
+        retention_ms: u64,
+        limit: u32,
+    },
 }
 
 impl Command {
@@ -77,7 +87,7 @@ impl Command {
             } => FIXED + txn_id.len() + outcome.reason().len() + names_len(phase2),
             Command::Complete { txn_id, .. } => FIXED + txn_id.len(),
             Command::Register { name, endpoint } => FIXED + name.len() + endpoint.len(),
-            Command::Expire { .. } => FIXED,
+            Command::Expire { .. } | Command::ExpireAtMost { .. } => FIXED,
             Command::Batch(cmds) => FIXED + cmds.iter().map(Command::size_hint).sum::<usize>(),
         }
     }
@@ -173,9 +183,35 @@ pub trait ApplyStore {
     fn delete_txn(&mut self, txn_id: &str) -> Result<(), Self::Error>;
     fn set_pending(&mut self, txn_id: &str, pending: bool) -> Result<(), Self::Error>;
     fn add_completed(&mut self, completed_ms: u64, txn_id: &str) -> Result<(), Self::Error>;
-    /// Removes and returns the completion-index entries with time <= `cutoff_ms`.
-    fn take_completed_until(&mut self, cutoff_ms: u64) -> Result<Vec<(u64, String)>, Self::Error>;
+    /// Removes and returns the completion-index entries with time <=
+    /// `cutoff_ms`, oldest first, at most `limit` of them.
+    fn take_completed_until(
+        &mut self,
+        cutoff_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, Self::Error>;
     fn put_participant(&mut self, name: &str, endpoint: &str) -> Result<(), Self::Error>;
+}
+
+/// Drops the completed outcomes whose completion time is at or before
+/// `cutoff`, at most `limit` completion-index entries, oldest first.
+fn expire<S: ApplyStore>(
+    store: &mut S,
+    cutoff: u64,
+    limit: usize,
+) -> Result<CommandResult, S::Error> {
+    let mut count = 0;
+    for (completed_ms, txn_id) in store.take_completed_until(cutoff, limit)? {
+        // The index entry may be stale if the id was reused after an
+        // earlier expiry; only drop a record that completed at that time.
+        if let Some(r) = store.get_txn(&txn_id)?
+            && matches!(r.phase, Phase::Completed { completed_ms: c, .. } if c == completed_ms)
+        {
+            store.delete_txn(&txn_id)?;
+            count += 1;
+        }
+    }
+    Ok(CommandResult::Expired { count })
 }
 
 /// Applies one command. Deterministic: the result depends only on the store's
@@ -300,21 +336,16 @@ pub fn apply<S: ApplyStore>(store: &mut S, cmd: &Command) -> Result<CommandResul
         Command::Expire {
             now_ms,
             retention_ms,
-        } => {
-            let cutoff = now_ms.saturating_sub(*retention_ms);
-            let mut count = 0;
-            for (completed_ms, txn_id) in store.take_completed_until(cutoff)? {
-                // The index entry may be stale if the id was reused after an
-                // earlier expiry; only drop a record that completed at that time.
-                if let Some(r) = store.get_txn(&txn_id)?
-                    && matches!(r.phase, Phase::Completed { completed_ms: c, .. } if c == completed_ms)
-                {
-                    store.delete_txn(&txn_id)?;
-                    count += 1;
-                }
-            }
-            Ok(CommandResult::Expired { count })
-        }
+        } => expire(store, now_ms.saturating_sub(*retention_ms), usize::MAX),
+        Command::ExpireAtMost {
+            now_ms,
+            retention_ms,
+            limit,
+        } => expire(
+            store,
+            now_ms.saturating_sub(*retention_ms),
+            usize::try_from(*limit).unwrap_or(usize::MAX),
+        ),
         Command::Batch(cmds) => {
             // Each command sees the effects of those before it, exactly as
             // if they had been separate entries in this order.
@@ -368,14 +399,21 @@ impl ApplyStore for MemStore {
         self.completed.insert((completed_ms, txn_id.to_string()));
         Ok(())
     }
-    fn take_completed_until(&mut self, cutoff_ms: u64) -> Result<Vec<(u64, String)>, Self::Error> {
-        // Everything at or before the cutoff; at the end of the clock, everything.
-        let rest = match cutoff_ms.checked_add(1) {
-            Some(next) => self.completed.split_off(&(next, String::new())),
-            None => BTreeSet::new(),
-        };
-        let taken = std::mem::replace(&mut self.completed, rest);
-        Ok(taken.into_iter().collect())
+    fn take_completed_until(
+        &mut self,
+        cutoff_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, Self::Error> {
+        let mut taken = Vec::new();
+        while taken.len() < limit {
+            match self.completed.first() {
+                Some((ms, _)) if *ms <= cutoff_ms => {
+                    taken.extend(self.completed.pop_first());
+                }
+                _ => break,
+            }
+        }
+        Ok(taken)
     }
     fn put_participant(&mut self, name: &str, endpoint: &str) -> Result<(), Self::Error> {
         self.participants

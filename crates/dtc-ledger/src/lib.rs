@@ -465,6 +465,8 @@ pub fn participant(
     let db = dtc_participant::open_database(data_dir)?;
     let ledger = Ledger::new(db.clone())?;
     let service = LedgerService::new(ledger.clone(), ParticipantLog::new(db.clone()));
-    let builder = ParticipantServer::builder(name, db, ledger.clone()).routes(service.routes());
+    let builder = ParticipantServer::builder(name, db, ledger.clone())
+        .routes(service.routes())
+        .reflect(pb::ledger_server::SERVICE_NAME, None);
     Ok((builder, ledger))
 }

@@ -89,6 +89,7 @@ pub mod counters;
 mod crash;
 mod error;
 pub mod log;
+mod metrics;
 mod resolver;
 mod resource;
 mod server;
@@ -100,8 +101,8 @@ pub use log::{LogRecord, ParticipantLog, TxnState};
 pub use resolver::InDoubtPass;
 pub use resource::{PreparedTxn, Resource, ResourceError, Vote};
 pub use server::{
-    DATABASE_FILE, ParticipantBuilder, ParticipantServer, RunningParticipant, open_database,
-    open_database_with_backend,
+    DATABASE_FILE, DEFAULT_MAX_QUEUED, ParticipantBuilder, ParticipantServer, RunningParticipant,
+    open_database, open_database_with_backend,
 };
 pub use writer::OpError;
 

@@ -200,6 +200,17 @@ impl ParticipantLog {
         }
     }
 
+    /// How many transactions are prepared and undecided (the index's size).
+    pub fn prepared_count(&self) -> Result<u64, ParticipantError> {
+        use redb::ReadableTableMetadata;
+        let tx = self.db.begin_read()?;
+        match tx.open_table(PREPARED) {
+            Ok(index) => Ok(index.len()?),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every prepared, undecided transaction.
     pub fn prepared(&self) -> Result<Vec<(String, LogRecord)>, ParticipantError> {
         let tx = self.db.begin_read()?;

@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tracing::{error, info, warn};
 
+/// Default of [`ParticipantBuilder::max_queued`].
+pub const DEFAULT_MAX_QUEUED: usize = 4096;
+
 /// Name of the redb file [`open_database`] creates in a data directory.
 pub const DATABASE_FILE: &str = "participant.redb";
 
@@ -112,7 +115,16 @@ impl ParticipantServer {
             in_doubt_after: None,
             rpc_timeout: Duration::from_secs(2),
             lock_wait: Duration::ZERO,
+            max_queued: DEFAULT_MAX_QUEUED,
+            metrics_listen: None,
             routes: None,
+            listed: dtc_proto::reflection::Listed {
+                services: vec![
+                    pb::participant_server::SERVICE_NAME.to_string(),
+                    dtc_proto::reflection::HEALTH.to_string(),
+                ],
+                descriptor_sets: Vec::new(),
+            },
         }
     }
 }
@@ -129,7 +141,11 @@ pub struct ParticipantBuilder {
     in_doubt_after: Option<Duration>,
     rpc_timeout: Duration,
     lock_wait: Duration,
+    max_queued: usize,
+    metrics_listen: Option<std::net::SocketAddr>,
     routes: Option<Routes>,
+    /// What server reflection lists (see [`ParticipantBuilder::reflect`]).
+    listed: dtc_proto::reflection::Listed,
 }
 
 impl std::fmt::Debug for ParticipantBuilder {
@@ -203,9 +219,44 @@ impl ParticipantBuilder {
     }
 
     /// More gRPC services to serve on the same port (the application's own
-    /// API, e.g. `Routes::new(LedgerServer::new(svc))`).
+    /// API, e.g. `Routes::new(LedgerServer::new(svc))`). List each under
+    /// server reflection with [`ParticipantBuilder::reflect`].
     pub fn routes(mut self, routes: Routes) -> Self {
         self.routes = Some(routes);
+        self
+    }
+
+    /// Most operations (prepares, commits, aborts) waiting for the writer at
+    /// once; past it a call is answered RESOURCE_EXHAUSTED at once (a
+    /// prepare refused so counts as an abort vote; a decision is resent).
+    /// Default 4,096.
+    pub fn max_queued(mut self, ops: usize) -> Self {
+        self.max_queued = ops.max(1);
+        self
+    }
+
+    /// Serves Prometheus metrics at `http://ADDR/metrics` (port 0: any free
+    /// port, logged as "metrics listening"): prepares by vote and their
+    /// duration, decisions, and the transactions in doubt. Not served unless
+    /// set; docs/operations.md lists the metrics.
+    pub fn metrics_listen(mut self, addr: std::net::SocketAddr) -> Self {
+        self.metrics_listen = Some(addr);
+        self
+    }
+
+    /// Lists one of the [`routes`](Self::routes) services under gRPC server
+    /// reflection (v1 and v1alpha), as the participant API and health
+    /// already are: `name` is its full name (`dtc.v1.Ledger`), and
+    /// `descriptor_set` the encoded `FileDescriptorSet` that defines it
+    /// (`tonic::include_file_descriptor_set!`), or `None` for a service of
+    /// dtc's own protos.
+    pub fn reflect(
+        mut self,
+        name: impl Into<String>,
+        descriptor_set: Option<&'static [u8]>,
+    ) -> Self {
+        self.listed.services.push(name.into());
+        self.listed.descriptor_sets.extend(descriptor_set);
         self
     }
 
@@ -250,13 +301,14 @@ impl ParticipantBuilder {
                 .map_err(|e| ParticipantError::Task(e.to_string()))??
         };
         info!(participant = %self.name, prepared = recovered,
-            "participant log opened; prepared transactions re-took their locks");
+            "participant log opened; prepared transactions recovered");
 
         let writer = Arc::new(Writer::start(
             self.name.clone(),
             self.db.clone(),
             self.resource.clone(),
             self.lock_wait,
+            self.max_queued,
         )?);
         let plog = ParticipantLog::new(self.db.clone());
         let cancel = CancellationToken::new();
@@ -265,15 +317,49 @@ impl ParticipantBuilder {
         health_reporter
             .set_serving::<pb::participant_server::ParticipantServer<ParticipantService>>()
             .await;
+        let metrics = Arc::new(crate::metrics::ParticipantMetrics::default());
+        let mut metrics_addr = None;
+        if let Some(addr) = self.metrics_listen {
+            let listener =
+                dtc_metrics::bind(addr)
+                    .await
+                    .map_err(|source| ParticipantError::Io {
+                        what: "metrics endpoint".into(),
+                        source,
+                    })?;
+            let mut registry = dtc_metrics::Registry::default();
+            metrics.register(&mut registry);
+            let refresh: dtc_metrics::Refresh = {
+                let metrics = metrics.clone();
+                let log = plog.clone();
+                Arc::new(move || {
+                    if let Ok(n) = log.prepared_count() {
+                        metrics.in_doubt.set(i64::try_from(n).unwrap_or(i64::MAX));
+                    }
+                })
+            };
+            metrics_addr = dtc_metrics::spawn(
+                listener,
+                registry,
+                refresh,
+                cancel.clone().cancelled_owned(),
+            );
+        }
         let participant = pb::participant_server::ParticipantServer::new(ParticipantService {
             name: self.name.clone(),
             writer: writer.clone(),
+            metrics,
         })
         .max_decoding_message_size(64 * 1024 * 1024);
+        let reflection_error = |e: tonic_reflection::server::Error| {
+            ParticipantError::Config(format!("reflection: {e}"))
+        };
         let routes = self
             .routes
             .unwrap_or_default()
             .add_service(health_service)
+            .add_service(dtc_proto::reflection::v1(&self.listed).map_err(reflection_error)?)
+            .add_service(dtc_proto::reflection::v1alpha(&self.listed).map_err(reflection_error)?)
             .add_service(participant);
         // `Server::tcp_nodelay` does not reach sockets accepted from our own
         // listener; without this, concurrent calls on one connection wait
@@ -330,6 +416,7 @@ impl ParticipantBuilder {
             registered,
             resolver,
             log: plog,
+            metrics_addr,
         })
     }
 
@@ -397,6 +484,7 @@ pub struct RunningParticipant {
     registered: watch::Receiver<bool>,
     resolver: Arc<Resolver>,
     log: ParticipantLog,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for RunningParticipant {
@@ -410,6 +498,11 @@ impl std::fmt::Debug for RunningParticipant {
 }
 
 impl RunningParticipant {
+    /// Where the metrics are served, if [`ParticipantBuilder::metrics_listen`] was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

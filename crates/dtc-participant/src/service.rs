@@ -14,6 +14,7 @@ const MAX_TXN_ID: usize = 1024;
 pub(crate) struct ParticipantService {
     pub(crate) name: String,
     pub(crate) writer: Arc<Writer>,
+    pub(crate) metrics: Arc<crate::metrics::ParticipantMetrics>,
 }
 
 pub(crate) fn status_of(e: OpError) -> Status {
@@ -26,10 +27,20 @@ pub(crate) fn status_of(e: OpError) -> Status {
         OpError::Resource(_) | OpError::Storage(_) | OpError::Stopped => {
             Status::unavailable(e.to_string())
         }
+        // A prepare refused this way counts as an abort vote at the
+        // coordinator; a decision is resent later.
+        OpError::Overloaded(_) => Status::resource_exhausted(e.to_string()),
     }
 }
 
 impl ParticipantService {
+    fn decided(&self, decision: &'static str) {
+        self.metrics
+            .decisions
+            .get_or_create(&crate::metrics::DecisionLabel { decision })
+            .inc();
+    }
+
     fn check(&self, participant: &str, txn_id: &str) -> Result<(), Status> {
         // An empty name is accepted: a client that does not know better.
         if !participant.is_empty() && participant != self.name {
@@ -61,7 +72,8 @@ impl pb::participant_server::Participant for ParticipantService {
         let msg = request.into_inner();
         self.check(&msg.participant, &msg.txn_id)?;
         // Relative on the wire (corner case 17); 0 means the time is up.
-        let deadline = Instant::now() + Duration::from_millis(u64::from(msg.remaining_ms));
+        let arrived = Instant::now();
+        let deadline = arrived + Duration::from_millis(u64::from(msg.remaining_ms));
         let vote = self
             .writer
             .prepare(msg.txn_id.clone(), msg.payload, deadline)
@@ -79,6 +91,18 @@ impl pb::participant_server::Participant for ParticipantService {
             // The writer turns Busy into a recorded abort; mapped for completeness.
             Vote::Abort(reason) | Vote::Busy(reason) => (pb::Vote::Abort, reason),
         };
+        let label = match vote {
+            pb::Vote::Prepared => "prepared",
+            pb::Vote::ReadOnly => "read_only",
+            _ => "abort",
+        };
+        self.metrics
+            .prepares
+            .get_or_create(&crate::metrics::VoteLabel { vote: label })
+            .inc();
+        self.metrics
+            .prepare_duration
+            .observe(arrived.elapsed().as_secs_f64());
         Ok(Response::new(pb::PrepareResponse {
             vote: vote as i32,
             reason,
@@ -102,6 +126,7 @@ impl pb::participant_server::Participant for ParticipantService {
             .commit(msg.txn_id.clone())
             .await
             .map_err(status_of)?;
+        self.decided("commit");
         fail::fail_point!(
             "participant.decision.before_ack",
             crate::crash::armed_for(&msg.txn_id),
@@ -125,6 +150,7 @@ impl pb::participant_server::Participant for ParticipantService {
             .abort(msg.txn_id.clone(), msg.reason)
             .await
             .map_err(status_of)?;
+        self.decided("abort");
         fail::fail_point!(
             "participant.decision.before_ack",
             crate::crash::armed_for(&msg.txn_id),

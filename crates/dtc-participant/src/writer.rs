@@ -61,6 +61,9 @@ pub enum OpError {
     /// The participant is shutting down.
     #[error("the participant is stopping")]
     Stopped,
+    /// The writer's queue is full: the participant is overloaded.
+    #[error("the participant is overloaded ({0} operations queued for its writer); retry later")]
+    Overloaded(usize),
 }
 
 impl From<ParticipantError> for OpError {
@@ -116,7 +119,9 @@ enum Op {
 
 /// Handle to the writer thread.
 pub(crate) struct Writer {
-    ops: Mutex<Option<mpsc::Sender<Op>>>,
+    ops: Mutex<Option<mpsc::SyncSender<Op>>>,
+    /// Capacity of `ops`, for the overload message.
+    queue: usize,
     crashed: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -127,8 +132,12 @@ impl Writer {
         db: Arc<Database>,
         resource: Arc<dyn Resource>,
         lock_wait: Duration,
+        queue: usize,
     ) -> Result<Writer, ParticipantError> {
-        let (tx, rx) = mpsc::channel();
+        // Bounded: past it a call is refused (RESOURCE_EXHAUSTED) instead of
+        // queueing memory and latency without limit.
+        let queue = queue.max(1);
+        let (tx, rx) = mpsc::sync_channel(queue);
         let crashed = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             name: name.clone(),
@@ -150,6 +159,7 @@ impl Writer {
             })?;
         Ok(Writer {
             ops: Mutex::new(Some(tx)),
+            queue,
             crashed,
             thread: Mutex::new(Some(thread)),
         })
@@ -160,7 +170,10 @@ impl Writer {
         {
             let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
             let sender = ops.as_ref().ok_or(OpError::Stopped)?;
-            sender.send(make(reply)).map_err(|_| OpError::Stopped)?;
+            sender.try_send(make(reply)).map_err(|e| match e {
+                mpsc::TrySendError::Full(_) => OpError::Overloaded(self.queue),
+                mpsc::TrySendError::Disconnected(_) => OpError::Stopped,
+            })?;
         }
         answer.await.unwrap_or(Err(OpError::Stopped))
     }
@@ -224,7 +237,9 @@ impl Writer {
     /// Accepts no more operations.
     fn close(&self) {
         if let Some(ops) = self.ops.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = ops.send(Op::Stop);
+            // With a full queue, dropping the sender stops the writer just
+            // the same once it has drained what is queued; never block here.
+            let _ = ops.try_send(Op::Stop);
         }
     }
 

@@ -534,6 +534,66 @@ async fn crash_before_the_prepare_record_is_written_leaves_no_record() {
     .await
 }
 
+/// Server reflection answers in both protocol versions (many tools speak
+/// only v1alpha) and lists what the participant serves, nothing else.
+#[tokio::test]
+async fn the_server_lists_its_services_by_reflection_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    bounded(async {
+        let h = Harness::start().await;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", h.running().local_addr()))
+                .unwrap()
+                .connect_lazy();
+        let want = ["dtc.v1.Participant", "grpc.health.v1.Health"];
+
+        let mut c = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+        let req = v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        };
+        let mut stream = c
+            .server_reflection_info(futures::stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let r = stream.message().await.unwrap().unwrap();
+        let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(l)) =
+            r.message_response
+        else {
+            panic!("v1: not a service list: {r:?}");
+        };
+        let mut got: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
+        got.sort();
+        assert_eq!(got, want, "v1");
+
+        let mut c = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+        let req = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        let mut stream = c
+            .server_reflection_info(futures::stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let r = stream.message().await.unwrap().unwrap();
+        let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) =
+            r.message_response
+        else {
+            panic!("v1alpha: not a service list: {r:?}");
+        };
+        let mut got: Vec<String> = l.service.into_iter().map(|s| s.name).collect();
+        got.sort();
+        assert_eq!(got, want, "v1alpha");
+    })
+    .await
+}
+
 #[tokio::test]
 async fn the_server_answers_grpc_health_checks() {
     bounded(async {
@@ -557,6 +617,182 @@ async fn the_server_answers_grpc_health_checks() {
                 "service {service:?}"
             );
         }
+    })
+    .await
+}
+
+/// `GET /metrics` on `addr`, the body.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_votes_and_decisions_and_show_what_is_in_doubt() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dtc_participant::open_database(dir.path()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = ParticipantServer::builder(NAME, db, TestResource::default())
+            .metrics_listen("127.0.0.1:0".parse().unwrap())
+            .start(listener)
+            .await
+            .unwrap();
+        let metrics = running.metrics_addr().expect("metrics are served");
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", running.local_addr()))
+                .unwrap()
+                .connect_lazy();
+        let mut client = ParticipantClient::new(channel);
+        let prepare = |txn: &str, payload: &[u8]| pb::PrepareRequest {
+            txn_id: txn.into(),
+            participant: NAME.into(),
+            payload: payload.to_vec(),
+            remaining_ms: 5000,
+        };
+        client.prepare(prepare("m1", b"x")).await.unwrap();
+        client.prepare(prepare("m2", b"x")).await.unwrap();
+        client.prepare(prepare("m3", b"abort")).await.unwrap();
+        let body = scrape(metrics).await;
+        assert_eq!(
+            sample(&body, "dtc_in_doubt_transactions"),
+            Some(2.0),
+            "{body}"
+        );
+        assert_eq!(
+            sample(&body, r#"dtc_participant_prepares_total{vote="prepared"}"#),
+            Some(2.0),
+            "{body}"
+        );
+        assert_eq!(
+            sample(&body, r#"dtc_participant_prepares_total{vote="abort"}"#),
+            Some(1.0),
+            "{body}"
+        );
+        assert_eq!(
+            sample(&body, "dtc_participant_prepare_duration_seconds_count"),
+            Some(3.0),
+            "{body}"
+        );
+
+        client
+            .commit(pb::CommitRequest {
+                txn_id: "m1".into(),
+                participant: NAME.into(),
+            })
+            .await
+            .unwrap();
+        client
+            .abort(pb::AbortRequest {
+                txn_id: "m2".into(),
+                participant: NAME.into(),
+                reason: "r".into(),
+            })
+            .await
+            .unwrap();
+        let body = scrape(metrics).await;
+        assert_eq!(
+            sample(&body, "dtc_in_doubt_transactions"),
+            Some(0.0),
+            "{body}"
+        );
+        assert_eq!(
+            sample(
+                &body,
+                r#"dtc_participant_decisions_total{decision="commit"}"#
+            ),
+            Some(1.0),
+            "{body}"
+        );
+        assert_eq!(
+            sample(
+                &body,
+                r#"dtc_participant_decisions_total{decision="abort"}"#
+            ),
+            Some(1.0),
+            "{body}"
+        );
+        running.shutdown().await;
+    })
+    .await
+}
+
+/// The writer's queue is bounded: while the writer is busy, calls past
+/// `max_queued` are refused with RESOURCE_EXHAUSTED at once (a prepare so
+/// refused counts as an abort vote), and the queued ones still complete.
+#[tokio::test]
+async fn calls_past_the_writer_queue_bound_are_refused_not_queued() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dtc_participant::open_database(dir.path()).unwrap();
+        let resource = Arc::new(TestResource::default());
+        let (release, gate) = std::sync::mpsc::channel();
+        *resource.gate.lock().unwrap() = Some(gate);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = ParticipantServer::builder(NAME, db, resource.clone())
+            .max_queued(2)
+            .start(listener)
+            .await
+            .unwrap();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", running.local_addr()))
+                .unwrap()
+                .connect_lazy();
+        let client = ParticipantClient::new(channel);
+        let call = |txn: &str, payload: &[u8]| {
+            let mut c = client.clone();
+            let req = pb::PrepareRequest {
+                txn_id: txn.into(),
+                participant: NAME.into(),
+                payload: payload.to_vec(),
+                remaining_ms: 20_000,
+            };
+            tokio::spawn(async move { c.prepare(req).await.map(|r| r.into_inner().vote) })
+        };
+        // The writer is busy inside the resource.
+        let entered = resource.entered.notified();
+        let gated = call("gated", b"gate");
+        entered.await;
+        let mut waiting: Vec<_> = (0..5).map(|i| call(&format!("q{i}"), b"x")).collect();
+        // Three of the five find the queue full and are answered at once.
+        let mut refused = 0;
+        while refused < 3 {
+            let mut still = Vec::new();
+            for c in waiting {
+                if c.is_finished() {
+                    let status = c
+                        .await
+                        .unwrap()
+                        .expect_err("a refusal while the writer is busy");
+                    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                    assert!(status.message().contains("overloaded"), "{status:?}");
+                    refused += 1;
+                } else {
+                    still.push(c);
+                }
+            }
+            waiting = still;
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(waiting.len(), 2);
+        release.send(()).unwrap();
+        assert_eq!(gated.await.unwrap().unwrap(), pb::Vote::Prepared as i32);
+        for c in waiting {
+            assert_eq!(c.await.unwrap().unwrap(), pb::Vote::Prepared as i32);
+        }
+        running.shutdown().await;
     })
     .await
 }

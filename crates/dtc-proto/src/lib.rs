@@ -16,6 +16,55 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every dtc proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("dtc_descriptor");
 
+/// gRPC server reflection in both protocol versions: `v1`, and `v1alpha`,
+/// which many clients still speak only (Python's `grpcio-reflection`, older
+/// grpcurl, grpcui and Evans). Every dtc server adds both, listing exactly
+/// the services it serves.
+pub mod reflection {
+    use tonic_reflection::server::{Builder, Error, v1, v1alpha};
+
+    /// What a server lists: the full names of the services it serves, and
+    /// the encoded descriptor sets that define any of them beyond dtc's own
+    /// protos and `grpc.health.v1`.
+    #[derive(Debug, Clone, Default)]
+    pub struct Listed {
+        pub services: Vec<String>,
+        pub descriptor_sets: Vec<&'static [u8]>,
+    }
+
+    /// The name `grpc.health.v1` registers under.
+    pub const HEALTH: &str = "grpc.health.v1.Health";
+
+    fn builder(listed: &Listed) -> Builder<'static> {
+        let mut b = Builder::configure()
+            .register_encoded_file_descriptor_set(super::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for set in &listed.descriptor_sets {
+            b = b.register_encoded_file_descriptor_set(set);
+        }
+        // Without names, tonic lists every service of every registered file:
+        // a coordinator would claim to serve the participant API.
+        for name in &listed.services {
+            b = b.with_service_name(name.clone());
+        }
+        b
+    }
+
+    /// The `grpc.reflection.v1` service.
+    pub fn v1(
+        listed: &Listed,
+    ) -> Result<v1::ServerReflectionServer<impl v1::ServerReflection>, Error> {
+        builder(listed).build_v1()
+    }
+
+    /// The `grpc.reflection.v1alpha` service.
+    pub fn v1alpha(
+        listed: &Listed,
+    ) -> Result<v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>, Error> {
+        builder(listed).build_v1alpha()
+    }
+}
+
 use dtc_core::{Outcome, Vote};
 
 impl From<&Outcome> for v1::Outcome {

@@ -31,6 +31,9 @@ pub struct LogStore {
     /// When set, `purge` waits until this state machine durably covers the
     /// purge point (see [`LogStore::purge_covered_by`]).
     covered_by: Option<crate::StateReader>,
+    /// The last committed index openraft reported (`save_committed`), plus
+    /// one (zero: none yet), for metrics; shared by clones.
+    committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -52,6 +55,7 @@ impl LogStore {
         Ok(LogStore {
             db: Arc::new(db),
             covered_by: None,
+            committed: Arc::default(),
         })
     }
 
@@ -68,7 +72,16 @@ impl LogStore {
         Ok(LogStore {
             db: Arc::new(db),
             covered_by: None,
+            committed: Arc::default(),
         })
+    }
+
+    /// The last log index openraft reported committed since this process
+    /// opened the log (`None` before the first), for metrics.
+    pub fn committed_index(&self) -> Option<u64> {
+        self.committed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .checked_sub(1)
     }
 
     /// Makes `purge` wait until the state machine read by `state` has
@@ -246,6 +259,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(c) = &committed {
+            self.committed.store(
+                c.index.saturating_add(1),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         // A hint only: the state machine is durable at every apply, so a lost
         // `committed` costs nothing. Durability::None skips the fsync (this is
         // called on every commit); the value reaches disk with the next
@@ -266,6 +285,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(committed.flatten())
     }
 
+    // openraft's error type is large; the injected fault returns it as is.
+    #[allow(clippy::result_large_err)]
     async fn append<I>(
         &mut self,
         entries: I,
@@ -280,6 +301,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
+        // Fault injection for the failover tests: the disk refuses the
+        // write, as a full one does (openraft then stops the node for good).
+        fail::fail_point!("store.log.append_error", |_| {
+            let e = StoreError::Io {
+                path: crate::LOG_FILE.into(),
+                source: std::io::Error::other("injected: the disk refused the append"),
+            };
+            Err(StorageIOError::write_logs(&e).into())
+        });
         let db = self.db.clone();
         // Awaiting the commit here (rather than returning early and calling
         // back from the blocking thread) keeps every log write in order: a

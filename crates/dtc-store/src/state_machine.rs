@@ -355,8 +355,13 @@ impl ApplyStore for ApplyTables<'_> {
         Ok(())
     }
 
-    fn take_completed_until(&mut self, cutoff_ms: u64) -> Result<Vec<(u64, String)>, StoreError> {
-        // Keys sort by time first, so everything at or before the cutoff is a prefix.
+    fn take_completed_until(
+        &mut self,
+        cutoff_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        // Keys sort by time first, so everything at or before the cutoff is
+        // a prefix; read at most `limit` of it, then remove those.
         let upper = match cutoff_ms.checked_add(1) {
             Some(next) => Bound::Excluded((next, "")),
             None => Bound::Unbounded,
@@ -364,11 +369,15 @@ impl ApplyStore for ApplyTables<'_> {
         let mut taken = Vec::new();
         for row in self
             .completed
-            .extract_from_if((Bound::Unbounded, upper), |_, _| true)?
+            .range::<(u64, &str)>((Bound::Unbounded, upper))?
+            .take(limit)
         {
             let (k, _) = row?;
             let (ms, id) = k.value();
             taken.push((ms, id.to_string()));
+        }
+        for (ms, id) in &taken {
+            self.completed.remove((*ms, id.as_str()))?;
         }
         Ok(taken)
     }

@@ -216,7 +216,8 @@ fn arb_command() -> impl Strategy<Value = Command> {
             name: n.into(),
             endpoint: format!("http://{n}:{e}"),
         }),
-        1 => (at, (0u64..10).prop_map(|r| r * 10)).prop_map(|(now_ms, retention_ms)| Command::Expire { now_ms, retention_ms }),
+        1 => (at.clone(), (0u64..10).prop_map(|r| r * 10)).prop_map(|(now_ms, retention_ms)| Command::Expire { now_ms, retention_ms }),
+        1 => (at, (0u64..10).prop_map(|r| r * 10), 0u32..4).prop_map(|(now_ms, retention_ms, limit)| Command::ExpireAtMost { now_ms, retention_ms, limit }),
     ]
 }
 

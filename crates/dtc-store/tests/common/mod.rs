@@ -63,6 +63,11 @@ pub fn command_for(index: u64) -> Command {
             name: PARTS[((h >> 20) % 3) as usize].into(),
             endpoint: format!("http://10.0.0.{}:7000", (h >> 24) % 250),
         },
+        1 if h & (1 << 62) != 0 => Command::ExpireAtMost {
+            now_ms: at_ms,
+            retention_ms: 300,
+            limit: ((h >> 50) % 4) as u32,
+        },
         1 => Command::Expire {
             now_ms: at_ms,
             retention_ms: 300,
