@@ -155,6 +155,10 @@ fn kubernetes_manifests_describe_three_coordinators_that_find_each_other() {
     assert_eq!(u(c, "ports.0.containerPort"), port);
     assert_eq!(grpc_probe_port(c, "readinessProbe"), port);
     assert_eq!(grpc_probe_port(c, "livenessProbe"), port);
+    // Ready = can serve clients (a leader with a quorum is known); alive =
+    // the process answers. A restart would not bring a lost quorum back.
+    assert_eq!(s(c, "readinessProbe.grpc.service"), "dtc.v1.Coordinator");
+    assert!(get(c, "livenessProbe.grpc.service").is_null());
     for r in ["cpu", "memory"] {
         assert!(
             get(c, &format!("resources.requests.{r}"))
@@ -312,6 +316,10 @@ fn compose_file_publishes_only_on_loopback_and_peers_match_the_services() {
             "{name}"
         );
         assert_eq!(test[4], format!("127.0.0.1:{port}"), "{name}");
+        if s(svc, "command.0") == "coordinator" {
+            // healthy = knows a leader with a quorum, not just "process up".
+            assert_eq!(test[5..7], ["--service", "dtc.v1.Coordinator"], "{name}");
+        }
         assert_eq!(env["DTC_ADVERTISE"], format!("{name}:{port}"));
         for p in svc["ports"].as_sequence().into_iter().flatten() {
             let p = p.as_str().unwrap();

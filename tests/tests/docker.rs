@@ -490,7 +490,8 @@ fn compose_cluster_survives_leader_kill_partition_and_ledger_restart() {
     let logs = must(project.compose().args(["logs", "--no-color", "ledger-a"]));
     let recovered: Vec<u64> = logs
         .lines()
-        .filter(|l| l.contains("prepared transactions re-took their locks"))
+        // The start-up line: "participant log opened; ... prepared=N".
+        .filter(|l| l.contains("participant log opened"))
         .filter_map(|l| {
             l.split("prepared=")
                 .nth(1)?

@@ -165,7 +165,7 @@ struct CoordinatorArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any
     /// free port, logged at start as "metrics listening"). Not served unless
     /// given. docs/operations.md lists the metrics.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "DTC_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
 }
 

@@ -43,12 +43,12 @@ pub struct ParticipantArgs {
     /// Most prepares, commits and aborts waiting for the participant's
     /// writer at once; past it calls are refused with RESOURCE_EXHAUSTED (a
     /// refused prepare counts as an abort vote; decisions are resent).
-    #[arg(long, default_value_t = dtc_participant::DEFAULT_MAX_QUEUED as u64, value_name = "OPS",
+    #[arg(long, env = "DTC_MAX_QUEUED_OPS", default_value_t = dtc_participant::DEFAULT_MAX_QUEUED as u64, value_name = "OPS",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_queued_ops: u64,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any
     /// free port, logged at start). docs/operations.md lists the metrics.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "DTC_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Print the start-up line as JSON.
     #[arg(long, env = "DTC_JSON")]
