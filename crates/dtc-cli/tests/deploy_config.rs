@@ -287,3 +287,37 @@ fn bad_environment_and_disagreeing_advertise_are_refused_by_name() {
         text(&o)
     );
 }
+
+/// Every flag of the two server commands has its variable, so a flag added
+/// later without one fails here rather than in someone's container.
+#[test]
+fn every_server_flag_can_come_from_a_dtc_variable() {
+    for sub in ["coordinator", "participant"] {
+        // Short help: an option starts a line indented by six spaces; its
+        // description (with the variable) follows on that line or the next.
+        let o = run(dtc().args([sub, "-h"]));
+        assert!(o.status.success(), "{}", text(&o));
+        let help = String::from_utf8_lossy(&o.stdout).into_owned();
+        let mut blocks: Vec<String> = Vec::new();
+        for line in help.lines() {
+            if line.starts_with("      --") {
+                blocks.push(line.trim_start().to_string());
+            } else if line.starts_with("  -") || !line.starts_with("       ") {
+                // `-h, --help`, a heading or a blank line ends a block.
+                blocks.push(String::new());
+            } else if let Some(b) = blocks.last_mut() {
+                b.push_str(line);
+            }
+        }
+        blocks.retain(|b| b.starts_with("--"));
+        assert!(blocks.len() >= 8, "{sub}: too few options parsed:\n{help}");
+        for block in blocks {
+            let flag = block[2..].split([' ', '<']).next().unwrap();
+            let var = format!("[env: DTC_{}=", flag.to_uppercase().replace('-', "_"));
+            assert!(
+                block.contains(&var),
+                "dtc {sub} --{flag} has no {var}]: {block}"
+            );
+        }
+    }
+}
