@@ -4,6 +4,8 @@
 //! - `dtc status ...` asks every given node for its view and prints the
 //!   cluster (text or `--json`).
 //! - `dtc participant ...` runs a ledger participant (crates/dtc-ledger).
+//! - `dtc health --addr HOST:PORT` asks a node's `grpc.health.v1` service
+//!   (for container health checks; exit 0 only when SERVING).
 //! - `dtc deposit | transfer | balance | txn show | txn list` are clients
 //!   (crates/dtc-client); see `client_cmds` for their output.
 //!
@@ -13,6 +15,7 @@
 mod bench;
 mod client_cmds;
 mod demo;
+mod health;
 mod local_cluster;
 mod participant;
 mod status;
@@ -76,66 +79,129 @@ enum Cmd {
     /// load (--local --failover). Serves its own in-process participants.
     #[command(long_about = bench::LONG_ABOUT)]
     Bench(bench::BenchArgs),
+    /// Ask a coordinator or participant for its grpc.health.v1 status: exit
+    /// 0 when SERVING, 1 for any other answer, 3 when it does not answer.
+    Health(health::HealthArgs),
 }
 
 #[derive(clap::Args)]
 struct CoordinatorArgs {
     /// This node's id (a key of --peers).
-    #[arg(long)]
+    #[arg(long, env = "DTC_ID")]
     id: u64,
-    /// Address to listen on, e.g. 127.0.0.1:7001.
-    #[arg(long)]
+    /// Address to listen on, e.g. 127.0.0.1:7001, or 0.0.0.0:7001 in a
+    /// container (then peers and clients use this node's --peers entry, or
+    /// --advertise).
+    #[arg(long, env = "DTC_LISTEN")]
     listen: SocketAddr,
     /// Directory for this node's Raft log and state (created if missing).
-    #[arg(long)]
+    #[arg(long, env = "DTC_DATA_DIR")]
     data_dir: PathBuf,
-    /// Every member as ID=HOST:PORT, comma separated (this node included).
-    #[arg(long, value_parser = parse_peers_arg)]
+    /// Every member as ID=HOST:PORT, comma separated: the addresses peers
+    /// and clients use. This node's own entry may be left out when
+    /// --advertise gives it.
+    #[arg(long, env = "DTC_PEERS", value_parser = parse_peers_arg)]
     peers: BTreeMap<u64, String>,
+    /// This node's address as peers and clients reach it (HOST:PORT, e.g. a
+    /// container's host name), when --listen is a wildcard or a port is
+    /// forwarded. It becomes this node's member address and must agree with
+    /// this node's --peers entry if there is one. Default: that entry.
+    #[arg(long, env = "DTC_ADVERTISE", value_name = "HOST:PORT")]
+    advertise: Option<String>,
     /// Address this node uses to reach peer ID instead of the address in
     /// --peers (the membership), as ID=HOST:PORT; repeat it or separate with
     /// commas. For a peer behind NAT or a port forward; the failover tests
     /// route each link through a proxy this way. Other nodes, clients and
     /// leader hints keep using the member address.
-    #[arg(long = "peer-addr-override", value_name = "ID=HOST:PORT", value_delimiter = ',',
+    #[arg(long = "peer-addr-override", env = "DTC_PEER_ADDR_OVERRIDE", value_name = "ID=HOST:PORT", value_delimiter = ',',
           value_parser = parse_override)]
     peer_addr_override: Vec<(u64, String)>,
     /// Cluster name; a node refuses data and messages of another cluster.
-    #[arg(long, default_value = "dtc")]
+    #[arg(long, env = "DTC_CLUSTER", default_value = "dtc")]
     cluster: String,
     /// Raft heartbeat interval. openraft checks its timers every 1.5
     /// heartbeats and waits at most one heartbeat for an AppendEntries reply
     /// (a follower's fsync included), so keep it above the disk's sync time.
-    #[arg(long, default_value_t = 20, value_name = "MS")]
+    #[arg(
+        long,
+        env = "DTC_HEARTBEAT_MS",
+        default_value_t = 20,
+        value_name = "MS"
+    )]
     heartbeat_ms: u64,
     /// Raft election timeout range, MIN-MAX milliseconds. After a leader
     /// dies, a follower campaigns after MAX (openraft's leader lease) plus
     /// its own random timeout in MIN..MAX, so failover takes about
     /// MAX + (MIN+MAX)/2 plus up to 1.5 heartbeats: about 200-270 ms with
     /// the defaults (docs/performance.md measures it).
-    #[arg(long, default_value = "60-120", value_parser = parse_range, value_name = "MIN-MAX")]
+    #[arg(long, env = "DTC_ELECTION_TIMEOUT_MS", default_value = "60-120", value_parser = parse_range, value_name = "MIN-MAX")]
     election_timeout_ms: (u64, u64),
     /// Transactions in flight on the leader before Execute answers RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, env = "DTC_MAX_IN_FLIGHT", default_value_t = 1024)]
     max_in_flight: usize,
     /// How long completed outcomes stay queryable for idempotent retries.
-    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    #[arg(
+        long,
+        env = "DTC_OUTCOME_RETENTION_SECS",
+        default_value_t = 3600,
+        value_name = "SECS"
+    )]
     outcome_retention_secs: u64,
     /// Largest payload of one branch.
-    #[arg(long, default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "DTC_MAX_PAYLOAD_BYTES", default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
     max_payload_bytes: usize,
     /// Default prepare timeout when a request gives none.
-    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    #[arg(
+        long,
+        env = "DTC_DEFAULT_TIMEOUT_MS",
+        default_value_t = 5000,
+        value_name = "MS"
+    )]
     default_timeout_ms: u32,
     /// Build a snapshot and purge the log every this many entries (nodes 2
     /// and 3 wait 10 % and 20 % longer, so the nodes do not all build at once).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, env = "DTC_SNAPSHOT_EVERY", default_value_t = 5000)]
     snapshot_every: u64,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any
     /// free port, logged at start as "metrics listening"). Not served unless
     /// given. docs/operations.md lists the metrics.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "DTC_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// The member addresses with this node's own: `advertise` fills it in or
+/// must agree with it. Without `advertise` the peers are used as given (the
+/// node's config check then names a missing entry).
+fn member_addresses(
+    id: u64,
+    mut peers: BTreeMap<u64, String>,
+    advertise: Option<&str>,
+) -> Result<BTreeMap<u64, String>, String> {
+    let Some(advertise) = advertise else {
+        return Ok(peers);
+    };
+    // Checked like a --peers entry, so both name a bad address the same way.
+    let parsed = dtc_coordinator::parse_peers(&format!("{id}={advertise}"))
+        .map_err(|_| format!("invalid --advertise {advertise:?}: expected HOST:PORT"))?;
+    let advertise = &parsed[&id];
+    let (host, _) = advertise.rsplit_once(':').unwrap_or_default();
+    if ["0.0.0.0", "[::]", "::"].contains(&host) {
+        return Err(format!(
+            "--advertise {advertise} is a wildcard address: give the host name or address \
+             that peers and clients dial"
+        ));
+    }
+    match peers.get(&id) {
+        Some(listed) if listed != advertise => Err(format!(
+            "--advertise {advertise} differs from node {id}'s --peers entry {listed}: \
+             peers would dial one address and clients be told the other"
+        )),
+        Some(_) => Ok(peers),
+        None => {
+            peers.insert(id, advertise.clone());
+            Ok(peers)
+        }
+    }
 }
 
 fn parse_peers_arg(s: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -228,8 +294,15 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Coordinator(args) => {
             init_logging();
+            let peers = match member_addresses(args.id, args.peers, args.advertise.as_deref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("dtc coordinator: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let mut config =
-                dtc_coordinator::NodeConfig::new(args.id, args.listen, args.data_dir, args.peers);
+                dtc_coordinator::NodeConfig::new(args.id, args.listen, args.data_dir, peers);
             config.peer_addr_overrides = args.peer_addr_override.into_iter().collect();
             config.cluster = args.cluster;
             config.heartbeat_ms = args.heartbeat_ms;
@@ -275,11 +348,57 @@ fn main() -> ExitCode {
             init_logging_with("warn");
             rt.block_on(client_cmds::txn(cmd))
         }
+        Cmd::Health(args) => rt.block_on(health::run(args)),
         Cmd::Demo(args) => rt.block_on(demo::run(args)),
         Cmd::Up(args) => rt.block_on(up::run(args)),
         Cmd::Bench(args) => {
             init_logging_with("warn");
             rt.block_on(bench::run(args))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::member_addresses;
+    use std::collections::BTreeMap;
+
+    fn peers(s: &str) -> BTreeMap<u64, String> {
+        dtc_coordinator::parse_peers(s).unwrap()
+    }
+
+    #[test]
+    fn advertise_fills_in_or_must_agree_with_this_nodes_peers_entry() {
+        let three = peers("1=coord-1:7000,2=coord-2:7000,3=coord-3:7000");
+        // Absent: the peers exactly as given (the behaviour before --advertise).
+        assert_eq!(member_addresses(1, three.clone(), None).unwrap(), three);
+        assert_eq!(
+            member_addresses(4, three.clone(), None).unwrap(),
+            three,
+            "the node's own config check names a missing entry, not this"
+        );
+        // Agreeing: nothing changes.
+        assert_eq!(
+            member_addresses(2, three.clone(), Some("coord-2:7000")).unwrap(),
+            three
+        );
+        // Filling in the node's own entry.
+        let others = peers("2=coord-2:7000,3=coord-3:7000");
+        assert_eq!(
+            member_addresses(1, others, Some(" coord-1:7000")).unwrap(),
+            three
+        );
+        // Disagreeing, malformed and wildcard addresses are refused by name.
+        let err = member_addresses(1, three.clone(), Some("coord-1:7001")).unwrap_err();
+        assert!(
+            err.contains("coord-1:7001") && err.contains("coord-1:7000"),
+            "{err}"
+        );
+        let err = member_addresses(1, three.clone(), Some("coord-1")).unwrap_err();
+        assert!(err.contains("invalid --advertise \"coord-1\""), "{err}");
+        for wildcard in ["0.0.0.0:7000", "[::]:7000"] {
+            let err = member_addresses(1, three.clone(), Some(wildcard)).unwrap_err();
+            assert!(err.contains("wildcard"), "{err}");
         }
     }
 }

@@ -9,43 +9,49 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct ParticipantArgs {
     /// Participant name, as branches address it ([A-Za-z0-9._:-], at most 64 bytes).
-    #[arg(long)]
+    #[arg(long, env = "DTC_NAME")]
     name: String,
     /// Address to listen on, e.g. 127.0.0.1:7101 (port 0 picks a free one).
-    #[arg(long)]
+    #[arg(long, env = "DTC_LISTEN")]
     listen: SocketAddr,
     /// Directory for the participant's redb file (created if missing).
-    #[arg(long)]
+    #[arg(long, env = "DTC_DATA_DIR")]
     data_dir: PathBuf,
     /// Coordinator addresses, HOST:PORT, comma separated.
     #[arg(long, value_delimiter = ',', required = true, env = "DTC_COORDINATORS")]
     coordinators: Vec<String>,
-    /// Endpoint to register, http://HOST:PORT (default: the listen address;
-    /// required when listening on 0.0.0.0).
-    #[arg(long)]
+    /// Address the coordinators call this participant at, HOST:PORT or
+    /// http://HOST:PORT (default: the listen address; required when
+    /// listening on 0.0.0.0).
+    #[arg(long, env = "DTC_ADVERTISE")]
     advertise: Option<String>,
     /// How often prepared transactions are checked for a missing decision.
-    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    #[arg(
+        long,
+        env = "DTC_IN_DOUBT_INTERVAL_MS",
+        default_value_t = 5000,
+        value_name = "MS"
+    )]
     in_doubt_interval_ms: u64,
     /// How long a debit refused only for funds that other prepared
     /// transactions reserve may wait for their decisions before voting
     /// abort (0: vote abort at once). Never longer than the prepare's own
     /// timeout; other branches are served meanwhile.
-    #[arg(long, default_value_t = 0, value_name = "MS",
+    #[arg(long, env = "DTC_LOCK_WAIT_MS", default_value_t = 0, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(0..=600_000))]
     lock_wait_ms: u64,
     /// Most prepares, commits and aborts waiting for the participant's
     /// writer at once; past it calls are refused with RESOURCE_EXHAUSTED (a
     /// refused prepare counts as an abort vote; decisions are resent).
-    #[arg(long, default_value_t = dtc_participant::DEFAULT_MAX_QUEUED as u64, value_name = "OPS",
+    #[arg(long, env = "DTC_MAX_QUEUED_OPS", default_value_t = dtc_participant::DEFAULT_MAX_QUEUED as u64, value_name = "OPS",
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_queued_ops: u64,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any
     /// free port, logged at start). docs/operations.md lists the metrics.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "DTC_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Print the start-up line as JSON.
-    #[arg(long)]
+    #[arg(long, env = "DTC_JSON")]
     json: bool,
 }
 

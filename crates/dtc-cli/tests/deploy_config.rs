@@ -1,0 +1,323 @@
+//! Container-style configuration on real processes: a coordinator and a
+//! ledger configured only through `DTC_*` environment variables, listening
+//! on the wildcard address and advertising a loopback one, checked with
+//! `dtc health` (grpc.health.v1) and through the cluster's own status.
+//! Ports are free ports; every wait has a deadline.
+
+use dtc_proto::v1 as pb;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DTC: &str = env!("CARGO_BIN_EXE_dtc");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `dtc` command with no `DTC_*` variable inherited from the caller, so
+/// what the test sets is all the configuration there is.
+fn dtc() -> Command {
+    let mut c = Command::new(DTC);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DTC_") && k != "DTC_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c.stdin(Stdio::null());
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {DTC}: {e}"))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Kills its process on drop (and prints its log when the test failed).
+struct Running {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} ----\n{}",
+                self.log.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn spawn(mut cmd: Command, log: &Path) -> Running {
+    let out = std::fs::File::create(log).unwrap();
+    let child = cmd
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {DTC}: {e}"));
+    Running {
+        child,
+        log: log.to_path_buf(),
+    }
+}
+
+async fn status(addr: &str) -> Option<pb::ClusterStatusResponse> {
+    let mut c = pb::coordinator_client::CoordinatorClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_millis(300))
+            .timeout(Duration::from_secs(1))
+            .connect_lazy(),
+    );
+    c.cluster_status(pb::ClusterStatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+async fn wait_for<T, Fut: std::future::Future<Output = Option<T>>>(
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Fut,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_configured_by_environment_advertise_their_address_and_answer_health_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cport = free_port();
+    let caddr = format!("127.0.0.1:{cport}");
+
+    // A one-node cluster from the environment alone: --listen on the
+    // wildcard, and the member address from --advertise (which agrees with
+    // the node's --peers entry; filling a missing entry is unit-tested in
+    // main.rs, since --peers cannot be empty).
+    let mut coord = dtc();
+    coord
+        .arg("coordinator")
+        .env("DTC_ID", "1")
+        .env("DTC_LISTEN", format!("0.0.0.0:{cport}"))
+        .env("DTC_ADVERTISE", &caddr)
+        .env("DTC_PEERS", format!("1={caddr}"))
+        .env("DTC_DATA_DIR", dir.path().join("coord"))
+        .env("DTC_CLUSTER", "env-test")
+        .env("DTC_HEARTBEAT_MS", "30")
+        .env("DTC_ELECTION_TIMEOUT_MS", "100-200");
+    let _coord = spawn(coord, &dir.path().join("coord.log"));
+
+    let s = wait_for(Duration::from_secs(30), "the node to lead", || async {
+        status(&caddr)
+            .await
+            .filter(|s| s.role == "leader" && s.leader_id == Some(1))
+    })
+    .await;
+    assert_eq!(s.cluster, "env-test", "DTC_CLUSTER was not applied");
+    let members: Vec<(u64, String)> = s.members.iter().map(|m| (m.id, m.addr.clone())).collect();
+    assert_eq!(members, vec![(1, caddr.clone())]);
+
+    // dtc health: the server as a whole and a named service are SERVING.
+    let o = run(dtc().args(["health", "--addr", &caddr]));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("SERVING"),
+        "{}",
+        text(&o)
+    );
+    let o = run(dtc().args([
+        "health",
+        "--addr",
+        &caddr,
+        "--service",
+        "dtc.v1.Coordinator",
+    ]));
+    assert!(o.status.success(), "{}", text(&o));
+    // A service the node does not serve: exit 1, named.
+    let o = run(dtc().args(["health", "--addr", &caddr, "--service", "no.such.Service"]));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("\"no.such.Service\" is unknown"),
+        "{}",
+        text(&o)
+    );
+    // Nobody listening: exit 3, within the timeout.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let o = run(dtc().args(["health", "--addr", &closed, "--timeout-ms", "500"]));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&closed),
+        "{}",
+        text(&o)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A bad address: exit 2, named.
+    let o = run(dtc().args(["health", "--addr", "not an address"]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not an address"),
+        "{}",
+        text(&o)
+    );
+
+    // A ledger from the environment alone, on the wildcard, registering the
+    // advertised address (HOST:PORT, without a scheme).
+    let lport = free_port();
+    let laddr = format!("127.0.0.1:{lport}");
+    let mut ledger = dtc();
+    ledger
+        .arg("participant")
+        .env("DTC_NAME", "env-ledger")
+        .env("DTC_LISTEN", format!("0.0.0.0:{lport}"))
+        .env("DTC_ADVERTISE", &laddr)
+        .env("DTC_DATA_DIR", dir.path().join("ledger"))
+        .env("DTC_COORDINATORS", &caddr)
+        .env("DTC_IN_DOUBT_INTERVAL_MS", "500")
+        .env("DTC_JSON", "true");
+    let ledger_log = dir.path().join("ledger.log");
+    let _ledger = spawn(ledger, &ledger_log);
+    let endpoint = format!("http://{laddr}");
+    wait_for(
+        Duration::from_secs(30),
+        "the ledger to register",
+        || async {
+            status(&caddr).await.filter(|s| {
+                s.participants
+                    .iter()
+                    .any(|p| p.name == "env-ledger" && p.endpoint == endpoint)
+            })
+        },
+    )
+    .await;
+    // DTC_JSON=true printed the start-up line as JSON.
+    let log = std::fs::read_to_string(&ledger_log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON start-up line in:\n{log}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["endpoint"], endpoint.as_str());
+    let o = run(dtc().args([
+        "health",
+        "--addr",
+        &laddr,
+        "--service",
+        "dtc.v1.Participant",
+    ]));
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn bad_environment_and_disagreeing_advertise_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // A malformed variable: clap names the flag it stands for; exit 2.
+    let o = run(dtc()
+        .arg("coordinator")
+        .env("DTC_ID", "one")
+        .env("DTC_LISTEN", "127.0.0.1:0")
+        .env("DTC_PEERS", "1=127.0.0.1:7001")
+        .env("DTC_DATA_DIR", dir.path()));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("'one'") && err.contains("--id"),
+        "{}",
+        text(&o)
+    );
+
+    // --advertise that contradicts this node's --peers entry; exit 2, both named.
+    let o = run(dtc()
+        .arg("coordinator")
+        .env("DTC_ID", "1")
+        .env("DTC_LISTEN", "127.0.0.1:0")
+        .env("DTC_PEERS", "1=coord-1:7000,2=coord-2:7000")
+        .env("DTC_ADVERTISE", "coord-1:7999")
+        .env("DTC_DATA_DIR", dir.path().join("x")));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("coord-1:7999") && err.contains("coord-1:7000"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !dir.path().join("x").exists(),
+        "refused before touching the data dir"
+    );
+
+    // A flag on the command line wins over its variable.
+    let o = run(dtc()
+        .args(["coordinator", "--id", "bad"])
+        .env("DTC_ID", "1")
+        .env("DTC_LISTEN", "127.0.0.1:0")
+        .env("DTC_PEERS", "1=127.0.0.1:7001")
+        .env("DTC_DATA_DIR", dir.path().join("y")));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("'bad'"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// Every flag of the two server commands has its variable, so a flag added
+/// later without one fails here rather than in someone's container.
+#[test]
+fn every_server_flag_can_come_from_a_dtc_variable() {
+    for sub in ["coordinator", "participant"] {
+        // Short help: an option starts a line indented by six spaces; its
+        // description (with the variable) follows on that line or the next.
+        let o = run(dtc().args([sub, "-h"]));
+        assert!(o.status.success(), "{}", text(&o));
+        let help = String::from_utf8_lossy(&o.stdout).into_owned();
+        let mut blocks: Vec<String> = Vec::new();
+        for line in help.lines() {
+            if line.starts_with("      --") {
+                blocks.push(line.trim_start().to_string());
+            } else if line.starts_with("  -") || !line.starts_with("       ") {
+                // `-h, --help`, a heading or a blank line ends a block.
+                blocks.push(String::new());
+            } else if let Some(b) = blocks.last_mut() {
+                b.push_str(line);
+            }
+        }
+        blocks.retain(|b| b.starts_with("--"));
+        assert!(blocks.len() >= 8, "{sub}: too few options parsed:\n{help}");
+        for block in blocks {
+            let flag = block[2..].split([' ', '<']).next().unwrap();
+            let var = format!("[env: DTC_{}=", flag.to_uppercase().replace('-', "_"));
+            assert!(
+                block.contains(&var),
+                "dtc {sub} --{flag} has no {var}]: {block}"
+            );
+        }
+    }
+}
