@@ -167,6 +167,10 @@ struct CoordinatorArgs {
     /// given. docs/operations.md lists the metrics.
     #[arg(long, env = "DTC_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Log lines as `text` or `json` (one object per line); which events
+    /// is set by the DTC_LOG filter (default info).
+    #[arg(long, value_enum, default_value = "text", env = "DTC_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
 /// The member addresses with this node's own: `advertise` fills it in or
@@ -233,8 +237,30 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
-fn init_logging() {
-    init_logging_with("info,openraft=warn,h2=warn,tower=warn");
+/// How a long-running node writes its log lines (stderr).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (timestamp, level, target, message,
+    /// fields), for log collectors.
+    Json,
+}
+
+/// Logging for the node commands (coordinator, participant).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DTC_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn")
+    });
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => fmt.json().init(),
+    }
 }
 
 fn init_logging_with(default: &str) {
@@ -293,7 +319,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Cmd::Coordinator(args) => {
-            init_logging();
+            init_logging(args.log_format);
             let peers = match member_addresses(args.id, args.peers, args.advertise.as_deref()) {
                 Ok(p) => p,
                 Err(e) => {
@@ -316,6 +342,9 @@ fn main() -> ExitCode {
             config.limits.default_timeout_ms = args.default_timeout_ms;
             config.snapshot_every = args.snapshot_every;
             config.metrics_listen = args.metrics_listen;
+            // Once, as the node will run it (flags, environment and
+            // defaults resolved). There are no secrets in it to leave out.
+            tracing::info!(config = ?config, "effective configuration");
             match rt.block_on(dtc_coordinator::run(config, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -329,7 +358,7 @@ fn main() -> ExitCode {
         }
         Cmd::Status(args) => rt.block_on(status::run(args)),
         Cmd::Participant(args) => {
-            init_logging();
+            init_logging(args.log_format());
             rt.block_on(participant::run(args, shutdown_signal()))
         }
         Cmd::Deposit(args) => {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug)]
 pub struct ParticipantArgs {
     /// Participant name, as branches address it ([A-Za-z0-9._:-], at most 64 bytes).
     #[arg(long, env = "DTC_NAME")]
@@ -50,15 +50,27 @@ pub struct ParticipantArgs {
     /// free port, logged at start). docs/operations.md lists the metrics.
     #[arg(long, env = "DTC_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Log lines as `text` or `json` (one object per line); which events
+    /// is set by the DTC_LOG filter (default info).
+    #[arg(long, value_enum, default_value = "text", env = "DTC_LOG_FORMAT")]
+    log_format: crate::LogFormat,
     /// Print the start-up line as JSON.
     #[arg(long, env = "DTC_JSON")]
     json: bool,
+}
+
+impl ParticipantArgs {
+    pub fn log_format(&self) -> crate::LogFormat {
+        self.log_format
+    }
 }
 
 pub async fn run(
     args: ParticipantArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> ExitCode {
+    // Once, as it will run (flags, environment and defaults resolved).
+    tracing::info!(config = ?args, "effective configuration");
     let name = args.name.clone();
     let dir = args.data_dir.clone();
     let opened = tokio::task::spawn_blocking(move || dtc_ledger::participant(&name, &dir)).await;

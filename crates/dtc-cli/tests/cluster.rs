@@ -560,3 +560,61 @@ async fn a_participant_killed_mid_transfer_recovers_and_every_transfer_resolves(
     .await
     .expect("test took over 150 s");
 }
+
+/// `--log-format json` makes every log line of a node one JSON object, the
+/// first of them the effective configuration.
+#[test]
+fn a_node_logs_json_lines_with_its_effective_configuration_first() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("node.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(DTC)
+        .args(["coordinator", "--id", "1", "--listen", &addr, "--peers"])
+        .arg(format!("1={addr}"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--log-format", "json"])
+        .env_remove("DTC_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("coordinator listening") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no listening line within 20 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let first = &lines[0];
+    assert_eq!(
+        first["fields"]["message"], "effective configuration",
+        "{first}"
+    );
+    let config = first["fields"]["config"].as_str().unwrap_or_default();
+    assert!(config.contains(&format!("listen: {addr}")), "{config}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "coordinator listening" && l["level"] == "INFO"),
+        "{text}"
+    );
+}
