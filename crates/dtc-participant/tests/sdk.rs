@@ -759,38 +759,33 @@ async fn calls_past_the_writer_queue_bound_are_refused_not_queued() {
                 payload: payload.to_vec(),
                 remaining_ms: 20_000,
             };
-            tokio::spawn(async move { c.prepare(req).await.map(|r| r.into_inner().vote) })
+            async move { c.prepare(req).await.map(|r| r.into_inner().vote) }
         };
         // The writer is busy inside the resource.
         let entered = resource.entered.notified();
-        let gated = call("gated", b"gate");
+        let gated = tokio::spawn(call("gated", b"gate"));
         entered.await;
-        let mut waiting: Vec<_> = (0..5).map(|i| call(&format!("q{i}"), b"x")).collect();
-        // Three of the five find the queue full and are answered at once.
-        let mut refused = 0;
-        while refused < 3 {
-            let mut still = Vec::new();
-            for c in waiting {
-                if c.is_finished() {
-                    let status = c
-                        .await
-                        .unwrap()
-                        .expect_err("a refusal while the writer is busy");
-                    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-                    assert!(status.message().contains("overloaded"), "{status:?}");
-                    refused += 1;
-                } else {
-                    still.push(c);
-                }
-            }
-            waiting = still;
-            tokio::task::yield_now().await;
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..5 {
+            calls.spawn(call(&format!("q{i}"), b"x"));
         }
-        assert_eq!(waiting.len(), 2);
+        // While the writer is held, nothing queued can finish: the first
+        // three answers are the refusals of the calls that found it full.
+        for _ in 0..3 {
+            let status = calls
+                .join_next()
+                .await
+                .expect("five calls")
+                .unwrap()
+                .expect_err("a refusal while the writer is busy");
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(status.message().contains("overloaded"), "{status:?}");
+        }
+        assert_eq!(calls.len(), 2, "two calls are queued");
         release.send(()).unwrap();
         assert_eq!(gated.await.unwrap().unwrap(), pb::Vote::Prepared as i32);
-        for c in waiting {
-            assert_eq!(c.await.unwrap().unwrap(), pb::Vote::Prepared as i32);
+        while let Some(queued) = calls.join_next().await {
+            assert_eq!(queued.unwrap().unwrap(), pb::Vote::Prepared as i32);
         }
         running.shutdown().await;
     })
