@@ -35,7 +35,8 @@ pub struct ParticipantLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
-    /// `prepare` or `decision`: a participant call that failed and is sent again.
+    /// `prepare` or `decision`: a participant call that failed and is sent
+    /// again; on `last_takeover_transactions`, `undecided` or `decided`.
     pub kind: &'static str,
 }
 
@@ -52,6 +53,8 @@ pub struct CoordinatorMetrics {
     pub retries: Family<KindLabel, Counter>,
     pub takeovers: Counter,
     pub last_takeover_seconds: Gauge<f64, AtomicU64>,
+    pub last_takeover_term: Gauge,
+    pub last_takeover_transactions: Family<KindLabel, Gauge>,
     pub pending: Gauge,
     pub raft_term: Gauge,
     pub is_leader: Gauge,
@@ -70,6 +73,8 @@ impl Default for CoordinatorMetrics {
             retries: Family::default(),
             takeovers: Counter::default(),
             last_takeover_seconds: Gauge::default(),
+            last_takeover_term: Gauge::default(),
+            last_takeover_transactions: Family::default(),
             pending: Gauge::default(),
             raft_term: Gauge::default(),
             is_leader: Gauge::default(),
@@ -118,6 +123,16 @@ impl CoordinatorMetrics {
             "last_takeover_seconds",
             "How long the last takeover took, from leadership to every pending transaction resumed",
             self.last_takeover_seconds.clone(),
+        );
+        r.register(
+            "last_takeover_term",
+            "The Raft term of this node's last takeover (0: none yet)",
+            self.last_takeover_term.clone(),
+        );
+        r.register(
+            "last_takeover_transactions",
+            "Pending transactions the last takeover resumed: kind=\"undecided\" (no decision yet) or \"decided\" (phase 2 to finish)",
+            self.last_takeover_transactions.clone(),
         );
         r.register(
             "pending_transactions",

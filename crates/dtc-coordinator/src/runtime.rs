@@ -9,6 +9,7 @@
 //! stops being leader they stop at once, and waiting clients get UNAVAILABLE
 //! (they retry with the same id on the new leader, which has taken over).
 
+use crate::metrics::KindLabel;
 use crate::node::Shared;
 use backon::BackoffBuilder;
 use dtc_core::{
@@ -687,6 +688,14 @@ pub async fn take_over(shared: Arc<Shared>, term: u64, cancel: CancellationToken
         scan.as_secs_f64() * 1e3
     );
     shared.metrics.takeovers.inc();
+    shared.metrics.last_takeover_term.set(term as i64);
+    for (kind, n) in [("undecided", undecided), ("decided", decided)] {
+        shared
+            .metrics
+            .last_takeover_transactions
+            .get_or_create(&KindLabel { kind })
+            .set(n as i64);
+    }
     shared
         .metrics
         .last_takeover_seconds
