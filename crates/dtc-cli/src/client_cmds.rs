@@ -101,12 +101,12 @@ fn usage(cmd: &str, msg: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Splits `PARTICIPANT/ACCOUNT`, checking both halves.
-pub fn parse_target(s: &str) -> Result<(String, String), String> {
+pub fn parse_target(s: &str) -> anyhow::Result<(String, String)> {
     let Some((p, a)) = s.split_once('/') else {
-        return Err(format!("{s:?} is not PARTICIPANT/ACCOUNT"));
+        anyhow::bail!("{s:?} is not PARTICIPANT/ACCOUNT");
     };
-    dtc_core::validate_participant_name(p).map_err(|e| format!("{s:?}: {e}"))?;
-    dtc_ledger::validate_account(a).map_err(|e| format!("{s:?}: {e}"))?;
+    dtc_core::validate_participant_name(p).map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
+    dtc_ledger::validate_account(a).map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
     Ok((p.to_string(), a.to_string()))
 }
 
@@ -356,15 +356,12 @@ mod tests {
     #[test]
     fn targets_parse_and_bad_ones_say_why() {
         assert_eq!(
-            parse_target("bank-a/alice"),
-            Ok(("bank-a".into(), "alice".into()))
+            parse_target("bank-a/alice").unwrap(),
+            ("bank-a".into(), "alice".into())
         );
-        assert_eq!(parse_target("b/x/y"), Ok(("b".into(), "x/y".into())));
-        assert!(
-            parse_target("noslash")
-                .unwrap_err()
-                .contains("PARTICIPANT/ACCOUNT")
-        );
+        assert_eq!(parse_target("b/x/y").unwrap(), ("b".into(), "x/y".into()));
+        let err = parse_target("noslash").unwrap_err().to_string();
+        assert!(err.contains("PARTICIPANT/ACCOUNT"), "{err}");
         assert!(parse_target("/alice").is_err());
         assert!(parse_target("bank/").is_err());
         assert!(parse_target("ba nk/alice").is_err());

@@ -34,12 +34,7 @@ enum Failed {
 /// address.
 pub async fn run(args: HealthArgs) -> ExitCode {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let uri = if args.addr.contains("://") {
-        args.addr.clone()
-    } else {
-        format!("http://{}", args.addr)
-    };
-    let endpoint = match tonic::transport::Endpoint::from_shared(uri) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(dtc_harness::uri(&args.addr)) {
         Ok(e) => e.connect_timeout(timeout).timeout(timeout),
         Err(e) => {
             eprintln!("dtc health: invalid --addr {:?}: {e}", args.addr);

@@ -12,15 +12,12 @@
 //! Exit codes: 0 ok / committed, 1 aborted (`txn show`: not found), 2 usage
 //! error, 3 unavailable or outcome unknown.
 
-mod bench;
 mod client_cmds;
-mod demo;
 mod health;
-mod local_cluster;
 mod participant;
 mod status;
-mod up;
 
+use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -70,15 +67,15 @@ enum Cmd {
     /// loopback ports in a temporary directory. Exit status 0 only if the
     /// total balance is unchanged and every transaction has the same outcome
     /// at the coordinators, at every ledger it touched and at its client.
-    Demo(demo::DemoArgs),
+    Demo(dtc_harness::demo::DemoOptions),
     /// Start a local cluster (3 coordinators, 2 seeded ledgers) and keep it
     /// running until Ctrl-C.
-    Up(up::UpArgs),
+    Up(dtc_harness::up::UpOptions),
     /// Measure a cluster (--coordinators, or --local): transactions per
     /// second and latency per client level, or leader failover time under
     /// load (--local --failover). Serves its own in-process participants.
-    #[command(long_about = bench::LONG_ABOUT)]
-    Bench(bench::BenchArgs),
+    #[command(long_about = dtc_bench::LONG_ABOUT)]
+    Bench(dtc_bench::BenchArgs),
     /// Ask a coordinator or participant for its grpc.health.v1 status: exit
     /// 0 when SERVING, 1 for any other answer, 3 when it does not answer.
     Health(health::HealthArgs),
@@ -180,23 +177,23 @@ fn member_addresses(
     id: u64,
     mut peers: BTreeMap<u64, String>,
     advertise: Option<&str>,
-) -> Result<BTreeMap<u64, String>, String> {
+) -> anyhow::Result<BTreeMap<u64, String>> {
     let Some(advertise) = advertise else {
         return Ok(peers);
     };
     // Checked like a --peers entry, so both name a bad address the same way.
     let parsed = dtc_coordinator::parse_peers(&format!("{id}={advertise}"))
-        .map_err(|_| format!("invalid --advertise {advertise:?}: expected HOST:PORT"))?;
+        .map_err(|_| anyhow!("invalid --advertise {advertise:?}: expected HOST:PORT"))?;
     let advertise = &parsed[&id];
     let (host, _) = advertise.rsplit_once(':').unwrap_or_default();
     if ["0.0.0.0", "[::]", "::"].contains(&host) {
-        return Err(format!(
+        bail!(
             "--advertise {advertise} is a wildcard address: give the host name or address \
              that peers and clients dial"
-        ));
+        );
     }
     match peers.get(&id) {
-        Some(listed) if listed != advertise => Err(format!(
+        Some(listed) if listed != advertise => Err(anyhow!(
             "--advertise {advertise} differs from node {id}'s --peers entry {listed}: \
              peers would dial one address and clients be told the other"
         )),
@@ -208,31 +205,29 @@ fn member_addresses(
     }
 }
 
-fn parse_peers_arg(s: &str) -> Result<BTreeMap<u64, String>, String> {
-    dtc_coordinator::parse_peers(s).map_err(|e| e.to_string())
+fn parse_peers_arg(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    Ok(dtc_coordinator::parse_peers(s)?)
 }
 
-fn parse_override(s: &str) -> Result<(u64, String), String> {
-    let map = dtc_coordinator::parse_peers(s).map_err(|e| e.to_string())?;
+fn parse_override(s: &str) -> anyhow::Result<(u64, String)> {
+    let map = dtc_coordinator::parse_peers(s)?;
     map.into_iter()
         .next()
-        .ok_or_else(|| format!("{s:?} is not ID=HOST:PORT"))
+        .with_context(|| format!("{s:?} is not ID=HOST:PORT"))
 }
 
-fn parse_range(s: &str) -> Result<(u64, u64), String> {
+fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
     let (a, b) = s
         .split_once('-')
-        .ok_or_else(|| format!("{s:?} is not MIN-MAX"))?;
-    let a: u64 = a
-        .trim()
-        .parse()
-        .map_err(|_| format!("{a:?} is not a number"))?;
-    let b: u64 = b
-        .trim()
-        .parse()
-        .map_err(|_| format!("{b:?} is not a number"))?;
+        .with_context(|| format!("{s:?} is not MIN-MAX"))?;
+    let number = |x: &str| {
+        x.trim()
+            .parse::<u64>()
+            .map_err(|_| anyhow!("{x:?} is not a number"))
+    };
+    let (a, b) = (number(a)?, number(b)?);
     if a == 0 || b <= a {
-        return Err(format!("{s:?}: need 0 < MIN < MAX"));
+        bail!("{s:?}: need 0 < MIN < MAX");
     }
     Ok((a, b))
 }
@@ -271,27 +266,6 @@ fn init_logging_with(default: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 fn main() -> ExitCode {
@@ -345,7 +319,7 @@ fn main() -> ExitCode {
             // Once, as the node will run it (flags, environment and
             // defaults resolved). There are no secrets in it to leave out.
             tracing::info!(config = ?config, "effective configuration");
-            match rt.block_on(dtc_coordinator::run(config, shutdown_signal())) {
+            match rt.block_on(dtc_coordinator::run(config, dtc_harness::shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("dtc coordinator: {e}");
@@ -359,7 +333,7 @@ fn main() -> ExitCode {
         Cmd::Status(args) => rt.block_on(status::run(args)),
         Cmd::Participant(args) => {
             init_logging(args.log_format());
-            rt.block_on(participant::run(args, shutdown_signal()))
+            rt.block_on(participant::run(args, dtc_harness::shutdown_signal()))
         }
         Cmd::Deposit(args) => {
             init_logging_with("warn");
@@ -378,11 +352,14 @@ fn main() -> ExitCode {
             rt.block_on(client_cmds::txn(cmd))
         }
         Cmd::Health(args) => rt.block_on(health::run(args)),
-        Cmd::Demo(args) => rt.block_on(demo::run(args)),
-        Cmd::Up(args) => rt.block_on(up::run(args)),
+        Cmd::Demo(args) => rt.block_on(dtc_harness::demo::run(
+            &args,
+            dtc_harness::shutdown_signal(),
+        )),
+        Cmd::Up(args) => rt.block_on(dtc_harness::up::run(&args, dtc_harness::shutdown_signal())),
         Cmd::Bench(args) => {
             init_logging_with("warn");
-            rt.block_on(bench::run(args))
+            rt.block_on(dtc_bench::run(&args))
         }
     }
 }
@@ -418,15 +395,21 @@ mod tests {
             three
         );
         // Disagreeing, malformed and wildcard addresses are refused by name.
-        let err = member_addresses(1, three.clone(), Some("coord-1:7001")).unwrap_err();
+        let err = member_addresses(1, three.clone(), Some("coord-1:7001"))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("coord-1:7001") && err.contains("coord-1:7000"),
             "{err}"
         );
-        let err = member_addresses(1, three.clone(), Some("coord-1")).unwrap_err();
+        let err = member_addresses(1, three.clone(), Some("coord-1"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid --advertise \"coord-1\""), "{err}");
         for wildcard in ["0.0.0.0:7000", "[::]:7000"] {
-            let err = member_addresses(1, three.clone(), Some(wildcard)).unwrap_err();
+            let err = member_addresses(1, three.clone(), Some(wildcard))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("wildcard"), "{err}");
         }
     }

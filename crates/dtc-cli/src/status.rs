@@ -1,9 +1,6 @@
 //! `dtc status`: every node's own view, merged into one picture.
 
-use dtc_proto::v1::{
-    ClusterStatusRequest, ClusterStatusResponse, coordinator_client::CoordinatorClient,
-};
-use serde::Serialize;
+use dtc_harness::status;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -20,107 +17,9 @@ pub struct StatusArgs {
     timeout_ms: u64,
 }
 
-#[derive(Serialize)]
-struct NodeView {
-    id: Option<u64>,
-    addr: String,
-    role: String,
-    last_applied: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Participant {
-    name: String,
-    endpoint: String,
-}
-
-#[derive(Serialize)]
-struct Status {
-    leader: Option<u64>,
-    term: u64,
-    nodes: Vec<NodeView>,
-    pending: u64,
-    participants: Vec<Participant>,
-}
-
-async fn ask(addr: &str, timeout: Duration) -> Result<ClusterStatusResponse, String> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = tonic::transport::Endpoint::from_shared(uri)
-        .map_err(|e| format!("invalid address: {e}"))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    CoordinatorClient::new(channel)
-        .cluster_status(ClusterStatusRequest {})
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))
-}
-
 pub async fn run(args: StatusArgs) -> ExitCode {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let answers =
-        futures::future::join_all(args.coordinators.iter().map(|a| ask(a, timeout))).await;
-    let reachable: Vec<&ClusterStatusResponse> =
-        answers.iter().filter_map(|r| r.as_ref().ok()).collect();
-    // A restarted ex-leader can briefly claim its old term; the highest term wins.
-    let leader_view = reachable
-        .iter()
-        .filter(|s| s.role == "leader")
-        .max_by_key(|s| s.term)
-        .copied();
-    let leader = leader_view
-        .map(|s| s.node_id)
-        .or_else(|| reachable.iter().find_map(|s| s.leader_id));
-    let term = reachable.iter().map(|s| s.term).max().unwrap_or(0);
-    let source = leader_view.or_else(|| reachable.first().copied());
-    let nodes = args
-        .coordinators
-        .iter()
-        .zip(&answers)
-        .map(|(addr, r)| match r {
-            Ok(s) => NodeView {
-                id: Some(s.node_id),
-                addr: addr.clone(),
-                role: s.role.clone(),
-                last_applied: Some(s.last_applied),
-                error: None,
-            },
-            Err(e) => NodeView {
-                id: None,
-                addr: addr.clone(),
-                role: "unreachable".into(),
-                last_applied: None,
-                error: Some(e.clone()),
-            },
-        })
-        .collect();
-    let status = Status {
-        leader,
-        term,
-        nodes,
-        pending: source.map(|s| s.pending).unwrap_or(0),
-        participants: source
-            .map(|s| {
-                s.participants
-                    .iter()
-                    .map(|p| Participant {
-                        name: p.name.clone(),
-                        endpoint: p.endpoint.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
+    let (status, reachable) = status::gather(&args.coordinators, timeout).await;
     if args.json {
         match serde_json::to_string_pretty(&status) {
             Ok(s) => println!("{s}"),
@@ -130,45 +29,11 @@ pub async fn run(args: StatusArgs) -> ExitCode {
             }
         }
     } else {
-        print_table(&status);
+        status::print_table(&status);
     }
-    if reachable.is_empty() {
+    if !reachable {
         eprintln!("dtc status: no coordinator is reachable");
         return ExitCode::from(3);
     }
     ExitCode::SUCCESS
-}
-
-fn print_table(s: &Status) {
-    let leader = s
-        .leader
-        .map(|l| l.to_string())
-        .unwrap_or_else(|| "none".into());
-    println!(
-        "leader: {leader}   term: {}   pending: {}",
-        s.term, s.pending
-    );
-    println!(
-        "{:<4} {:<24} {:<12} {:>12}",
-        "ID", "ADDRESS", "ROLE", "APPLIED"
-    );
-    for n in &s.nodes {
-        let id = n.id.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
-        let applied = n
-            .last_applied
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "-".into());
-        println!("{id:<4} {:<24} {:<12} {applied:>12}", n.addr, n.role);
-        if let Some(e) = &n.error {
-            println!("     ({e})");
-        }
-    }
-    if s.participants.is_empty() {
-        println!("participants: none registered");
-    } else {
-        println!("participants:");
-        for p in &s.participants {
-            println!("  {:<20} {}", p.name, p.endpoint);
-        }
-    }
 }

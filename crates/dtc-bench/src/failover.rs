@@ -21,12 +21,12 @@
 //! what makes resolve_ms meaningful under load: the clients keep adding
 //! transactions, so the total is never 0 for long.
 
-use super::load::{EXECUTE_TIMEOUT, Load, Shared};
-use super::probe::{Leader, Monitor};
-use super::report::{self, median_max, ms};
-use super::{Bench, Failure, failed};
-use crate::local_cluster::LocalCluster;
+use crate::load::{EXECUTE_TIMEOUT, Load, Shared};
+use crate::probe::{Leader, Monitor};
+use crate::report::{self, median_max, ms};
+use crate::{Bench, Failure, failed};
 use anyhow::anyhow;
+use dtc_harness::LocalCluster;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -105,7 +105,7 @@ pub async fn run(b: &Bench<'_>, cluster: &mut LocalCluster, clients: usize) -> R
         shared.clone(),
         b.monitor.board.clone(),
         b.work.clone(),
-        super::load::CONNECT_TIMEOUT * 2,
+        crate::load::CONNECT_TIMEOUT * 2,
     )
     .await;
     b.ui.say(format!(
@@ -236,7 +236,7 @@ pub async fn run(b: &Bench<'_>, cluster: &mut LocalCluster, clients: usize) -> R
             "{lost} of {clients} clients did not stop within the Execute timeout; their counts are missing"
         ));
     }
-    if let Err(e) = super::drain(b, Duration::from_secs(15)).await {
+    if let Err(e) = crate::drain(b, Duration::from_secs(15)).await {
         b.ui.warn(format!("15 s after the load: {e}"));
     }
 

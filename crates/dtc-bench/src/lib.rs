@@ -1,9 +1,14 @@
-//! `dtc bench`: throughput, latency and failover time of a dtc cluster, as
-//! a user would measure them.
+//! # dtc-bench: `dtc bench`
+//!
+//! Throughput, latency and failover time of a dtc cluster, as a user would
+//! measure them. The `dtc` binary parses [`BenchArgs`] and calls [`run`].
+//! It is a crate of its own, not a module of dtc-harness, because it brings
+//! what only it needs (in-process gRPC participants, HDR histograms, a
+//! progress bar); the local cluster it measures is dtc-harness's.
 //!
 //! ```text
 //! cluster    --coordinators (a running cluster on this machine) or --local
-//!            (3 `dtc coordinator` children, local_cluster.rs); wait for a leader
+//!            (3 `dtc coordinator` children, dtc_harness::LocalCluster); wait for a leader
 //! participants  --branches in-process gRPC servers on 127.0.0.1 (participant.rs),
 //!            registered as bench-<pid>-<i>
 //! monitor    every node's ClusterStatus every 100 ms (20 ms with --failover):
@@ -25,8 +30,9 @@ mod participant;
 mod probe;
 mod report;
 
-use crate::local_cluster::{LocalCluster, indent, tail};
 use anyhow::{Context, anyhow};
+use dtc_harness::process::{indent, tail};
+use dtc_harness::{ClusterSpec, LocalCluster};
 use load::{EXECUTE_TIMEOUT, Load, Shared, Tally, Workload};
 use probe::{Monitor, Nodes, Snapshot};
 use report::{LevelJson, Setup, Ui};
@@ -34,7 +40,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// `dtc bench --help` (main.rs sets it on the subcommand: a variant's doc
 /// comment would replace one given here).
@@ -200,7 +206,7 @@ struct Bench<'a> {
 }
 
 /// `dtc bench`.
-pub async fn run(args: BenchArgs) -> ExitCode {
+pub async fn run(args: &BenchArgs) -> ExitCode {
     let ui = Ui::new(args.json);
     let levels: Vec<usize> = if args.clients.is_empty() {
         vec![if args.failover { 32 } else { 64 }]
@@ -225,16 +231,16 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     // level and lets the cluster finish the bench's transactions while its
     // participants still answer; a second one stops at once.
     let signals = async {
-        crate::shutdown_signal().await;
+        dtc_harness::shutdown_signal().await;
         if args.local {
             return;
         }
         interrupted.store(true, Relaxed);
         ui.warn("interrupted: stopping the clients (again to stop at once)");
-        crate::shutdown_signal().await;
+        dtc_harness::shutdown_signal().await;
     };
     let result = tokio::select! {
-        r = bench(&args, &levels, &ui, &mut local, &interrupted) => Some(r),
+        r = bench(args, &levels, &ui, &mut local, &interrupted) => Some(r),
         _ = signals => None,
     };
     ui.clear();
@@ -284,8 +290,15 @@ async fn bench(
     };
     let addrs = if args.local {
         let cluster = local.insert(
-            LocalCluster::start_coordinators("dtc-bench-")
-                .map_err(|e| failed(anyhow!("cannot start the local cluster: {e}")))?,
+            ClusterSpec::local("dtc-bench-")
+                .and_then(|spec| {
+                    // The bench serves its own participants in process.
+                    LocalCluster::start(&ClusterSpec {
+                        ledgers: Vec::new(),
+                        ..spec
+                    })
+                })
+                .map_err(|e| failed(e.context("cannot start the local cluster")))?,
         );
         if args.keep {
             cluster.keep();
@@ -345,10 +358,7 @@ async fn bench(
 
     let every = Duration::from_millis(if args.failover { 20 } else { 100 });
     let monitor = Monitor::start(nodes.clone(), first, every).map_err(unreachable)?;
-    let nonce = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+    let nonce = dtc_harness::wall_ms();
     let work = Arc::new(Workload {
         id_prefix: format!("bench-{}-{nonce}", std::process::id()),
         coordinators: nodes.addrs(),
@@ -461,7 +471,7 @@ async fn find_leader(nodes: &Nodes, addrs: &[String]) -> Result<Snapshot, Failur
 
 /// Waits (at most `within`) until the leader reports no pending
 /// transaction; Err says what was left.
-async fn drain(b: &Bench<'_>, within: Duration) -> Result<(), String> {
+async fn drain(b: &Bench<'_>, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     loop {
         let snap = Snapshot::of(b.nodes.statuses().await);
@@ -474,8 +484,8 @@ async fn drain(b: &Bench<'_>, within: Duration) -> Result<(), String> {
         }
         if Instant::now() >= deadline {
             return Err(match pending {
-                Some(n) => format!("the leader still reports {n} pending transactions"),
-                None => "no leader answered".to_string(),
+                Some(n) => anyhow!("the leader still reports {n} pending transactions"),
+                None => anyhow!("no leader answered"),
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

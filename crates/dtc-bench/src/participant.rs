@@ -11,7 +11,7 @@
 //! bench measures is the coordinator: its Raft writes, its 2PC driver and its
 //! RPCs, not a participant's disk.
 
-use super::probe::{Nodes, request, status_text};
+use crate::probe::{Nodes, request, status_text};
 use anyhow::{Context, Result, anyhow, bail};
 use dtc_proto::v1::{
     AbortRequest, AbortResponse, CommitRequest, CommitResponse, PrepareRequest, PrepareResponse,
@@ -111,7 +111,7 @@ impl Participants {
     /// the leader's registry lists each with its endpoint. Bounded by `within`.
     pub async fn register(&self, nodes: &Nodes, leader_addr: &str, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
-        let channel = Endpoint::from_shared(super::probe::to_uri(leader_addr))
+        let channel = Endpoint::from_shared(crate::probe::to_uri(leader_addr))
             .with_context(|| format!("invalid coordinator address {leader_addr:?}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)

@@ -17,14 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
-/// `HOST:PORT` or a URL to a URL.
-pub fn to_uri(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
+pub use dtc_harness::uri as to_uri;
 
 /// A request with a per-call deadline (sent as `grpc-timeout`, so the server
 /// gives up too).

@@ -2,28 +2,29 @@
 //! bank-b with seeded accounts), left running until Ctrl-C / SIGTERM. Prints
 //! the addresses and commands to try on stdout.
 
-use crate::local_cluster::{LEDGERS, LocalCluster, account};
+use crate::cluster::{ClusterSpec, LEDGERS, LocalCluster, account};
 use dtc_client::Client;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-#[derive(clap::Args)]
-pub struct UpArgs {
+/// `dtc up`'s flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpOptions {
     /// Accounts per ledger (acct-00, acct-01, ...).
     #[arg(long, default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
-    accounts: u64,
+    pub accounts: u64,
     /// Opening balance of every account.
     #[arg(long, default_value_t = 1000,
           value_parser = clap::value_parser!(i64).range(1..=1_000_000_000_000))]
-    initial_balance: i64,
+    pub initial_balance: i64,
     /// Keep the data and logs after stopping.
     #[arg(long)]
-    keep: bool,
+    pub keep: bool,
 }
 
-async fn start(cluster: &mut LocalCluster, args: &UpArgs) -> Result<u64, String> {
-    let client = Client::connect(cluster.coordinator_addrs()).map_err(|e| e.to_string())?;
+async fn start(cluster: &mut LocalCluster, args: &UpOptions) -> anyhow::Result<u64> {
+    let client = Client::connect(cluster.coordinator_addrs())?;
     let leader = cluster.wait_ready(&client, Duration::from_secs(60)).await?;
     cluster
         .seed(&client, args.accounts as usize, args.initial_balance)
@@ -31,13 +32,14 @@ async fn start(cluster: &mut LocalCluster, args: &UpArgs) -> Result<u64, String>
     Ok(leader.id)
 }
 
-pub async fn run(args: UpArgs) -> ExitCode {
+/// `dtc up`: runs until `shutdown`.
+pub async fn run(args: &UpOptions, shutdown: impl std::future::Future<Output = ()>) -> ExitCode {
     let started = Instant::now();
     // The ledgers' default: a contended debit votes abort at once.
-    let mut cluster = match LocalCluster::start("dtc-up-", 0) {
+    let mut cluster = match ClusterSpec::local("dtc-up-").and_then(|s| LocalCluster::start(&s)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("dtc up: {e}");
+            eprintln!("dtc up: {e:#}");
             return ExitCode::FAILURE;
         }
     };
@@ -49,10 +51,9 @@ pub async fn run(args: UpArgs) -> ExitCode {
         "dtc up: starting 3 coordinators and ledgers {} in {dir}",
         LEDGERS.join(", ")
     );
-    let shutdown = crate::shutdown_signal();
     tokio::pin!(shutdown);
     let leader = tokio::select! {
-        r = start(&mut cluster, &args) => r,
+        r = start(&mut cluster, args) => r,
         _ = &mut shutdown => {
             eprintln!("dtc up: interrupted; every process stopped");
             return ExitCode::from(130);
@@ -62,7 +63,7 @@ pub async fn run(args: UpArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => {
             cluster.keep();
-            eprintln!("dtc up: {e}");
+            eprintln!("dtc up: {e:#}");
             eprintln!("dtc up: data and logs kept in {dir}");
             return ExitCode::FAILURE;
         }
@@ -127,7 +128,7 @@ pub async fn run(args: UpArgs) -> ExitCode {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 if let Err(e) = cluster.check_children() {
-                    eprintln!("dtc up: warning: {e}");
+                    eprintln!("dtc up: warning: {e:#}");
                 }
             }
         }

@@ -19,7 +19,7 @@
 //! measurement hooks in through [`Shared::kill_after_us`] and
 //! [`Shared::first_commit_after_kill_us`].
 
-use super::probe::{LeaderBoard, request, to_uri};
+use crate::probe::{LeaderBoard, request, to_uri};
 use dtc_proto::v1::{Branch, ExecuteRequest, Outcome, coordinator_client::CoordinatorClient};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! stdout carries only results (a table, or one JSON object per line with
 //! `--json`); the progress bar and phase lines go to stderr.
 
-use super::load::{BUCKET, Tally};
+use crate::load::{BUCKET, Tally};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;

@@ -1,0 +1,415 @@
+//! A local cluster: `dtc coordinator` processes and ledger participants
+//! (`dtc participant`), all children of this process, on loopback ports,
+//! with their data and logs in one temporary directory.
+//!
+//! ```text
+//! <dir>/node-1/   coordinator 1's data     <dir>/node-1.log   its stdout + stderr
+//! <dir>/bank-a/   ledger bank-a's data     <dir>/bank-a.log
+//! ```
+//!
+//! Every process serves Prometheus metrics on a port of its own
+//! ([`LocalCluster::metrics`]). A killed process restarts on the same ports
+//! and data. Every wait is a bounded poll of a condition that also fails
+//! fast when a child exited by itself. Dropping the cluster SIGKILLs every
+//! child and removes the directory unless it is kept ([`LocalCluster::keep`]).
+
+use crate::metrics::{self, Metrics};
+use crate::ports::{free_ports, loopback};
+use crate::process::Process;
+use anyhow::{Context, Result, bail};
+use dtc_client::proto::ClusterStatusResponse;
+use dtc_client::{Client, ClientConfig};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How often conditions are re-checked while waiting.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// The ledger participants of the demo's and `dtc up`'s cluster.
+pub const LEDGERS: [&str; 2] = ["bank-a", "bank-b"];
+
+/// Account `i` of a ledger.
+pub fn account(i: usize) -> String {
+    format!("acct-{i:02}")
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// The `dtc` binary.
+    pub exe: PathBuf,
+    /// Prefix of the temporary directory's name (`dtc-demo-`).
+    pub prefix: String,
+    /// How many coordinators (ids 1..=n).
+    pub coordinators: usize,
+    /// Ledger participants by name (none for the bench, which serves its
+    /// own participants in process).
+    pub ledgers: Vec<String>,
+    /// The ledgers' `--lock-wait-ms`.
+    pub lock_wait_ms: u64,
+}
+
+impl ClusterSpec {
+    /// Three coordinators and the ledgers of [`LEDGERS`], run by this
+    /// executable (the `dtc` binary itself).
+    pub fn local(prefix: &str) -> Result<ClusterSpec> {
+        Ok(ClusterSpec {
+            exe: std::env::current_exe().context("cannot locate the dtc executable")?,
+            prefix: prefix.to_string(),
+            coordinators: 3,
+            ledgers: LEDGERS.iter().map(|l| l.to_string()).collect(),
+            lock_wait_ms: 0,
+        })
+    }
+}
+
+/// The cluster's current leader as the nodes report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leader {
+    pub id: u64,
+    pub term: u64,
+}
+
+pub struct LocalCluster {
+    dir: tempfile::TempDir,
+    keep: bool,
+    /// Coordinator ids and addresses.
+    pub nodes: Vec<(u64, SocketAddr)>,
+    /// Ledger names and addresses.
+    pub ledgers: Vec<(String, SocketAddr)>,
+    /// Every process's metrics address, by process name.
+    metrics: BTreeMap<String, SocketAddr>,
+    procs: Vec<Process>,
+    /// One single-address client per coordinator, for status probes.
+    probes: Vec<(u64, Client)>,
+}
+
+impl LocalCluster {
+    /// Lays out and starts every process. Returns without waiting for
+    /// anything (see [`LocalCluster::wait_ready`]).
+    pub fn start(spec: &ClusterSpec) -> Result<LocalCluster> {
+        let dir = tempfile::Builder::new()
+            .prefix(&spec.prefix)
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let n = spec.coordinators + spec.ledgers.len();
+        let ports = free_ports(2 * n).context("cannot find free loopback ports")?;
+        let (ports, metrics_ports) = ports.split_at(n);
+        let nodes: Vec<(u64, SocketAddr)> = (0..spec.coordinators)
+            .map(|i| (i as u64 + 1, loopback(ports[i])))
+            .collect();
+        let ledgers: Vec<(String, SocketAddr)> = spec
+            .ledgers
+            .iter()
+            .zip(&ports[spec.coordinators..])
+            .map(|(name, p)| (name.clone(), loopback(*p)))
+            .collect();
+        let names = nodes
+            .iter()
+            .map(|(id, _)| format!("node-{id}"))
+            .chain(ledgers.iter().map(|(name, _)| name.clone()));
+        let metrics = names
+            .zip(metrics_ports)
+            .map(|(name, p)| (name, loopback(*p)))
+            .collect();
+        let probes = nodes
+            .iter()
+            .map(|(id, a)| Ok((*id, probe_client(*a)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut cluster = LocalCluster {
+            dir,
+            keep: false,
+            nodes,
+            ledgers,
+            metrics,
+            procs: Vec::new(),
+            probes,
+        };
+        let peers = cluster
+            .nodes
+            .iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (id, addr) in cluster.nodes.clone() {
+            let name = format!("node-{id}");
+            let args = [
+                "coordinator",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &addr.to_string(),
+                "--peers",
+                &peers,
+            ];
+            cluster.add(spec, &name, &args)?;
+        }
+        let coordinators = cluster.coordinators_arg();
+        for (name, addr) in cluster.ledgers.clone() {
+            let args = [
+                "participant",
+                "--name",
+                &name,
+                "--listen",
+                &addr.to_string(),
+                "--coordinators",
+                &coordinators,
+                "--in-doubt-interval-ms",
+                "500",
+                "--lock-wait-ms",
+                &spec.lock_wait_ms.to_string(),
+            ];
+            cluster.add(spec, &name, &args)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts process `name` with `args`, its data directory and metrics port.
+    fn add(&mut self, spec: &ClusterSpec, name: &str, args: &[&str]) -> Result<()> {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let data = self.root().join(name);
+        args.extend(["--data-dir".into(), data.display().to_string()]);
+        args.extend(["--metrics-listen".into(), self.metrics[name].to_string()]);
+        let mut p = Process::new(name, &spec.exe, args, self.log_path(name))
+            .current_dir(self.root())
+            .log_filter("info,openraft=warn");
+        p.start()?;
+        self.procs.push(p);
+        Ok(())
+    }
+
+    /// The directory holding every child's data and log.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Keeps the directory when the cluster is dropped.
+    pub fn keep(&mut self) {
+        self.keep = true;
+        self.dir.disable_cleanup(true);
+    }
+
+    pub fn is_kept(&self) -> bool {
+        self.keep
+    }
+
+    /// `HOST:PORT,HOST:PORT,HOST:PORT` of the coordinators.
+    pub fn coordinators_arg(&self) -> String {
+        self.coordinator_addrs().join(",")
+    }
+
+    pub fn coordinator_addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|(_, a)| a.to_string()).collect()
+    }
+
+    /// The log file of process `name` (`node-1`, `bank-a`, ...).
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.root().join(format!("{name}.log"))
+    }
+
+    fn proc_mut(&mut self, name: &str) -> Result<&mut Process> {
+        self.procs
+            .iter_mut()
+            .find(|p| p.name() == name)
+            .with_context(|| format!("no process {name} in the local cluster"))
+    }
+
+    /// SIGKILLs process `name` and reaps it. Returns its pid.
+    pub fn kill(&mut self, name: &str) -> Result<u32> {
+        let p = self.proc_mut(name)?;
+        let pid = p.pid().with_context(|| format!("{name} is not running"))?;
+        p.kill();
+        Ok(pid)
+    }
+
+    /// Starts a killed process again with the same arguments (same port,
+    /// same data directory).
+    pub fn restart(&mut self, name: &str) -> Result<()> {
+        self.proc_mut(name)?.start()
+    }
+
+    pub fn is_running(&self, name: &str) -> bool {
+        self.procs
+            .iter()
+            .any(|p| p.name() == name && p.is_running())
+    }
+
+    /// Err (naming the process, its exit status and its log) if a child
+    /// exited without being killed here.
+    pub fn check_children(&mut self) -> Result<()> {
+        self.procs.iter_mut().try_for_each(Process::check)
+    }
+
+    /// Process `name`'s metrics, scraped now.
+    pub async fn metrics(&self, name: &str) -> Result<Metrics> {
+        let addr = self
+            .metrics
+            .get(name)
+            .with_context(|| format!("no process {name} in the local cluster"))?;
+        metrics::scrape(*addr, Duration::from_secs(2)).await
+    }
+
+    /// Every running coordinator's own status (None: no answer).
+    pub async fn statuses(&self) -> Vec<(u64, Option<ClusterStatusResponse>)> {
+        let live: Vec<&(u64, Client)> = self
+            .probes
+            .iter()
+            .filter(|(id, _)| self.is_running(&format!("node-{id}")))
+            .collect();
+        let answers = futures::future::join_all(live.iter().map(|(_, c)| c.cluster_status())).await;
+        live.iter()
+            .zip(answers)
+            .map(|((id, _), r)| (*id, r.ok()))
+            .collect()
+    }
+
+    /// The running node that calls itself leader with the highest term.
+    pub async fn leader(&self) -> Option<Leader> {
+        leader_of(&self.statuses().await)
+    }
+
+    /// Probe clients (one per coordinator), for a background leader watch.
+    pub fn probes(&self) -> Vec<(u64, Client)> {
+        self.probes.clone()
+    }
+
+    /// Polls `check` until it gives a value, checking the children every
+    /// time; Err with `what` after `within`.
+    pub async fn wait_for<T, F: AsyncFnMut(&Self) -> Option<T>>(
+        &mut self,
+        within: Duration,
+        what: impl FnOnce() -> String,
+        mut check: F,
+    ) -> Result<T> {
+        let deadline = Instant::now() + within;
+        loop {
+            self.check_children()?;
+            if let Some(v) = check(self).await {
+                return Ok(v);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} within {within:?}", what());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits for a leader other than `not` with a term above `min_term`.
+    pub async fn wait_for_leader(
+        &mut self,
+        within: Duration,
+        not: Option<u64>,
+        min_term: u64,
+    ) -> Result<Leader> {
+        self.wait_for(
+            within,
+            || "no leader elected".into(),
+            async |c| {
+                c.leader()
+                    .await
+                    .filter(|l| Some(l.id) != not && l.term > min_term)
+            },
+        )
+        .await
+    }
+
+    /// Waits until node `id` reports itself a follower of the leader in its term.
+    pub async fn wait_for_follower(&mut self, id: u64, within: Duration) -> Result<Leader> {
+        self.wait_for(
+            within,
+            || format!("node {id} did not rejoin as a follower"),
+            async |c| {
+                let statuses = c.statuses().await;
+                let l = leader_of(&statuses)?;
+                let (_, mine) = statuses.iter().find(|(i, _)| *i == id)?;
+                let s = mine.as_ref()?;
+                (s.role == "follower" && s.term == l.term && s.leader_id == Some(l.id)).then_some(l)
+            },
+        )
+        .await
+    }
+
+    /// Waits for a leader and for every ledger to be registered.
+    pub async fn wait_ready(&mut self, client: &Client, within: Duration) -> Result<Leader> {
+        let leader = self.wait_for_leader(within, None, 0).await?;
+        for (name, _) in self.ledgers.clone() {
+            self.wait_for(
+                within,
+                || format!("ledger {name} did not register"),
+                async |_| client.participant_endpoint(&name).await.ok(),
+            )
+            .await?;
+        }
+        Ok(leader)
+    }
+
+    /// Waits until ledger `name` answers a balance read (it serves again).
+    pub async fn wait_ledger_serving(
+        &mut self,
+        client: &Client,
+        name: &str,
+        within: Duration,
+    ) -> Result<()> {
+        let acct = account(0);
+        self.wait_for(
+            within,
+            || format!("ledger {name} did not serve again"),
+            async |_| {
+                let probe = client.balance(name, &acct);
+                let answer = tokio::time::timeout(Duration::from_secs(1), probe).await;
+                matches!(answer, Ok(Ok(_))).then_some(())
+            },
+        )
+        .await
+    }
+
+    /// Deposits `amount` into accounts 0..`accounts` of every ledger (in
+    /// parallel, one transaction each). Returns the total deposited.
+    pub async fn seed(&self, client: &Client, accounts: usize, amount: i64) -> Result<i64> {
+        let mut jobs = Vec::new();
+        for (ledger, _) in &self.ledgers {
+            for acct in (0..accounts).map(account) {
+                let id = format!("seed-{ledger}-{acct}");
+                jobs.push(async move {
+                    let o = client
+                        .deposit((ledger, &acct), amount)
+                        .id(id)
+                        .execute()
+                        .await
+                        .with_context(|| format!("deposit into {ledger}/{acct}"))?;
+                    if !o.committed {
+                        bail!("deposit into {ledger}/{acct} aborted: {}", o.reason);
+                    }
+                    Ok(amount)
+                });
+            }
+        }
+        futures::future::join_all(jobs).await.into_iter().sum()
+    }
+}
+
+fn probe_client(addr: SocketAddr) -> Result<Client> {
+    let config = ClientConfig {
+        connect_timeout: Duration::from_millis(200),
+        call_deadline: Duration::from_millis(400),
+        min_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(100),
+        ..ClientConfig::default()
+    };
+    Ok(Client::with_config(vec![addr.to_string()], config)?)
+}
+
+/// The node calling itself leader with the highest term.
+pub fn leader_of(statuses: &[(u64, Option<ClusterStatusResponse>)]) -> Option<Leader> {
+    statuses
+        .iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .filter(|s| s.role == "leader")
+        .max_by_key(|s| s.term)
+        .map(|s| Leader {
+            id: s.node_id,
+            term: s.term,
+        })
+}

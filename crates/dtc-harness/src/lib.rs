@@ -1,0 +1,85 @@
+//! # dtc-harness: `dtc` processes on this machine
+//!
+//! What `dtc demo`, `dtc up`, `dtc bench --local` and the black-box tests
+//! share: starting real `dtc` processes, breaking them, and checking what a
+//! workload saw against what the cluster and the ledgers recorded.
+//!
+//! ```text
+//! ports ──► cluster::LocalCluster ──owns──► process::Process (one per child:
+//!             │  start/kill/restart,          spawn, SIGKILL, SIGSTOP/CONT,
+//!             │  leader waits (ClusterStatus),  restart, log file, exit check)
+//!             │  metrics (GET /metrics) ──► metrics::Metrics
+//!             ▼
+//! demo (fault schedule) ──spawns──► bank::worker ×N ──transfers──► cluster
+//!             │                          │ records, stats
+//!             ▼                          ▼
+//!          checker::check (coordinators' records, ledger audits, balances)
+//!             ▼
+//!          report::Summary (table or JSON)
+//! ```
+//!
+//! ## Layout
+//! - [`ports`]: loopback ports safe to restart a process on (one helper).
+//! - [`process`]: one child process and its log; [`process::tail`].
+//! - [`cluster`]: N coordinators + ledger participants in a temporary
+//!   directory, each with a metrics port; waits poll a condition with a
+//!   deadline and fail fast when a child exited by itself.
+//! - [`metrics`]: a Prometheus text scrape (takeover figures, in-doubt
+//!   counts): tools read numbers, not log wording.
+//! - [`bank`]: random transfers with a seeded [`fastrand::Rng`].
+//! - [`checker`]: conservation of money and one outcome per transaction at
+//!   the coordinators, every ledger and the client.
+//! - [`demo`] and [`report`]: `dtc demo`'s schedule (SIGKILL the leader at
+//!   1/3, a ledger at 2/3), progress output and summary.
+//! - [`up`]: `dtc up`, the demo's cluster left running until Ctrl-C.
+//! - [`status`]: `dtc status`'s merged picture of a cluster.
+//!
+//! Errors are `anyhow` (this crate serves binaries and tests); the tests'
+//! wrappers turn them into panics with the children's log tails.
+
+pub mod bank;
+pub mod checker;
+pub mod cluster;
+pub mod demo;
+pub mod metrics;
+pub mod ports;
+pub mod process;
+pub mod report;
+pub mod status;
+pub mod up;
+
+pub use cluster::{ClusterSpec, Leader, LocalCluster};
+pub use process::Process;
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = ctrl_c.await;
+        return;
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// Milliseconds since the Unix epoch (what the coordinators stamp their
+/// records with, e.g. `decided_at_ms`).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `HOST:PORT` as a URI tonic connects to (`http://HOST:PORT`); a URI is
+/// kept as it is.
+pub fn uri(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
