@@ -1,7 +1,8 @@
 //! The bank workload (after Jepsen's bank test): accounts spread over the
 //! ledger participants, seeded with known deposits, then concurrent clients
 //! moving random amounts between random accounts through the client SDK,
-//! which retries with the same txn id across failovers. Every operation and
+//! which retries with the same txn id across failovers. Each client draws
+//! from a [`fastrand::Rng`] seeded from the run's seed. Every operation and
 //! every decision seen (Execute answers, and GetTransaction polls of a
 //! background observer through each node in turn) goes into a [`History`]
 //! for the [`crate::checker`].
@@ -16,41 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-/// A small deterministic generator (SplitMix64): the same seed gives the
-/// same workload choices and fault schedule.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo {
-            return lo;
-        }
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.range(0, items.len() as u64 - 1) as usize]
-    }
-
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.range(1, 100) <= percent
-    }
-}
 
 /// One account: `account` at ledger participant `ledger`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -352,19 +318,21 @@ impl Bank {
                 let accounts = self.accounts.clone();
                 let options = self.options.clone();
                 let stop = stop.clone();
-                let mut rng = Rng::new(seed ^ (c as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+                let mut rng = fastrand::Rng::with_seed(
+                    seed ^ (c as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+                );
                 tokio::spawn(async move {
                     let mut seq = 0u64;
                     while !*stop.borrow() {
                         seq += 1;
-                        let from = rng.pick(&accounts).clone();
+                        let from = accounts[rng.usize(..accounts.len())].clone();
                         let to = loop {
-                            let to = rng.pick(&accounts);
+                            let to = &accounts[rng.usize(..accounts.len())];
                             if *to != from {
                                 break to.clone();
                             }
                         };
-                        let amount = rng.range(1, options.max_amount as u64) as i64;
+                        let amount = rng.i64(1..=options.max_amount.max(1));
                         let id = format!("c{c}-{seq:05}");
                         transfer_recorded(
                             &history,

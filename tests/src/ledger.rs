@@ -11,13 +11,12 @@
 //! coordinator.
 
 use crate::net::{Link, LinkMode};
-use crate::{request, reserve_ports, signal, tail};
+use crate::{free_port, request, tail};
+use dtc_harness::Process;
 use dtc_proto::v1 as pb;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -29,17 +28,11 @@ pub struct LedgerProc {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
-    cwd: PathBuf,
-    child: Option<Child>,
+    process: Process,
     /// Coordinators → this participant (the registered endpoint), if proxied.
     pub inbound: Option<Arc<Link>>,
     /// This participant → coordinator i (its `--coordinators`), if proxied.
     pub outbound: Vec<(u64, Arc<Link>)>,
-    coordinators: Vec<(u64, SocketAddr)>,
-    in_doubt_interval_ms: u64,
-    next_env: Vec<(String, String)>,
-    starts: u32,
-    paused: bool,
     channel: Channel,
 }
 
@@ -48,7 +41,7 @@ impl std::fmt::Debug for LedgerProc {
         f.debug_struct("LedgerProc")
             .field("name", &self.name)
             .field("listen", &self.listen)
-            .field("running", &self.child.is_some())
+            .field("running", &self.process.is_running())
             .finish_non_exhaustive()
     }
 }
@@ -64,7 +57,7 @@ impl LedgerProc {
         proxied: bool,
         in_doubt_interval_ms: u64,
     ) -> LedgerProc {
-        let listen = SocketAddr::from(([127, 0, 0, 1], reserve_ports(1)[0]));
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let inbound = proxied.then(|| Link::start(format!("coord->{name}"), listen));
         let outbound = if proxied {
             coordinators
@@ -74,20 +67,47 @@ impl LedgerProc {
         } else {
             Vec::new()
         };
+        let endpoint = match &inbound {
+            Some(l) => l.endpoint(),
+            None => format!("http://{listen}"),
+        };
+        let coordinators = if outbound.is_empty() {
+            coordinators.iter().map(|(_, a)| a.to_string()).collect()
+        } else {
+            outbound
+                .iter()
+                .map(|(_, l)| l.addr().to_string())
+                .collect::<Vec<_>>()
+        }
+        .join(",");
+        let data_dir = root.join(name);
+        let log_path = root.join(format!("{name}.log"));
+        let args = [
+            "participant",
+            "--name",
+            name,
+            "--listen",
+            &listen.to_string(),
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--coordinators",
+            &coordinators,
+            "--advertise",
+            &endpoint,
+            "--in-doubt-interval-ms",
+            &in_doubt_interval_ms.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
         LedgerProc {
             name: name.to_string(),
             listen,
-            data_dir: root.join(name),
-            log_path: root.join(format!("{name}.log")),
-            cwd: root.to_path_buf(),
-            child: None,
+            data_dir,
+            process: Process::new(name, &crate::dtc_bin(), args, log_path.clone())
+                .current_dir(root),
+            log_path,
             inbound,
             outbound,
-            coordinators: coordinators.to_vec(),
-            in_doubt_interval_ms,
-            next_env: Vec::new(),
-            starts: 0,
-            paused: false,
             channel: Endpoint::from_shared(format!("http://{listen}"))
                 .expect("valid endpoint")
                 .connect_timeout(Duration::from_millis(500))
@@ -106,113 +126,36 @@ impl LedgerProc {
 
     /// Environment for the next start only (e.g. `FAILPOINTS`).
     pub fn set_next_start_env(&mut self, env: &[(&str, &str)]) {
-        self.next_env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        self.process.set_next_start_env(env);
     }
 
     /// How many times it was started.
     pub fn starts(&self) -> u32 {
-        self.starts
+        self.process.starts()
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_running()
     }
 
     pub fn is_paused(&self) -> bool {
-        self.paused
+        self.process.is_paused()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    fn note(&self, what: &str) {
-        let _ = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .and_then(|mut f| writeln!(f, "=== harness: {} {what}", self.name));
+        self.process.pid()
     }
 
     /// Starts the process (same port and data directory every time).
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
-        self.starts += 1;
-        let coordinators = if self.outbound.is_empty() {
-            self.coordinators
-                .iter()
-                .map(|(_, a)| a.to_string())
-                .collect::<Vec<_>>()
-        } else {
-            self.outbound
-                .iter()
-                .map(|(_, l)| l.addr().to_string())
-                .collect()
+        if let Err(e) = self.process.start() {
+            panic!("{e:#}");
         }
-        .join(",");
-        let args = vec![
-            "participant".to_string(),
-            "--name".into(),
-            self.name.clone(),
-            "--listen".into(),
-            self.listen.to_string(),
-            "--data-dir".into(),
-            self.data_dir.display().to_string(),
-            "--coordinators".into(),
-            coordinators,
-            "--advertise".into(),
-            self.endpoint(),
-            "--in-doubt-interval-ms".into(),
-            self.in_doubt_interval_ms.to_string(),
-        ];
-        let env = std::mem::take(&mut self.next_env);
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .expect("open the ledger log");
-        writeln!(
-            log,
-            "=== harness: start #{} of {}: dtc {} {}",
-            self.starts,
-            self.name,
-            args.join(" "),
-            if env.is_empty() {
-                String::new()
-            } else {
-                format!("(environment {env:?})")
-            }
-        )
-        .expect("write the ledger log");
-        let err = log.try_clone().expect("clone the log handle");
-        let log_level = std::env::var("DTC_LOG").unwrap_or_else(|_| "info".into());
-        let child = Command::new(crate::dtc_bin())
-            .args(&args)
-            .env("DTC_LOG", log_level)
-            .env_remove("FAILPOINTS")
-            .env_remove("DTC_COORDINATORS")
-            .envs(env)
-            .current_dir(&self.cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("start dtc participant");
-        self.paused = false;
-        self.child = Some(child);
     }
 
     /// SIGKILL and reap (no-op if not running).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let status = c.wait();
-            self.note(&format!("killed (SIGKILL): {status:?}"));
-        }
-        self.paused = false;
+        self.process.kill();
     }
 
     /// SIGKILL, then start again.
@@ -223,28 +166,18 @@ impl LedgerProc {
 
     /// SIGSTOP until [`LedgerProc::resume`].
     pub fn pause(&mut self) {
-        if let Some(pid) = self.pid() {
-            signal(pid, nix::sys::signal::Signal::SIGSTOP);
-            self.paused = true;
-            self.note("paused (SIGSTOP)");
+        if self.process.is_running() {
+            let _ = self.process.pause();
         }
     }
 
     pub fn resume(&mut self) {
-        if let Some(pid) = self.pid() {
-            signal(pid, nix::sys::signal::Signal::SIGCONT);
-            self.note("resumed (SIGCONT)");
-        }
-        self.paused = false;
+        let _ = self.process.resume();
     }
 
     /// Its exit status if it exited by itself (it then counts as stopped).
     pub fn take_exited(&mut self) -> Option<ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
-        self.child = None;
-        self.paused = false;
-        self.note(&format!("exited by itself: {status}"));
-        Some(status)
+        self.process.try_exit()
     }
 
     /// Sets every link of this participant (inbound and outbound).
@@ -332,14 +265,5 @@ impl LedgerProc {
             self.log_path.display()
         );
         eprintln!("{}", tail(&self.log_path, lines));
-    }
-}
-
-impl Drop for LedgerProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }

@@ -8,10 +8,11 @@
 //!   `target/<profile>/dtc` next to the test executable). Build it first with
 //!   `cargo build --workspace` (which compiles the crash points in, see
 //!   docs/testing.md); `cargo test --workspace` does that itself.
-//! - [`free_ports`] picks loopback ports by binding `127.0.0.1:0` (never fixed
-//!   ports, so tests run in parallel); [`reserve_ports`] picks ports below the
-//!   ephemeral range for processes restarted on the same port.
-//! - [`Cluster`] starts N nodes in a temporary directory, each logging to
+//! - [`free_ports`] picks loopback ports (never fixed ports, so tests run
+//!   in parallel), below the ephemeral range so a process restarts on its
+//!   port ([`dtc_harness::ports`]).
+//! - [`Cluster`] starts N nodes (each a [`dtc_harness::Process`]) in a
+//!   temporary directory, each logging to
 //!   `<tmp>/node-<id>.log` (`DTC_LOG=info` unless `DTC_LOG` is set), and can
 //!   [`Cluster::kill`] (SIGKILL) and [`Cluster::restart`] them with the same
 //!   flags ([`Cluster::prepare`] + [`Cluster::start_node`] start nodes one
@@ -54,17 +55,17 @@ pub mod net;
 pub mod report;
 pub mod testbed;
 
+use dtc_harness::Process;
 use dtc_proto::v1 as pb;
 use pb::coordinator_client::CoordinatorClient;
 use pb::participant_server::{Participant, ParticipantServer};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -104,70 +105,15 @@ pub fn dtc_bin() -> PathBuf {
     bin
 }
 
-/// `n` distinct free loopback ports. All listeners are held until every port
-/// is chosen (so the kernel cannot hand the same one out twice), then dropped.
+/// `n` distinct free loopback ports, safe to restart a process on
+/// ([`dtc_harness::ports::free_ports`]).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local_addr").port())
-        .collect()
+    dtc_harness::ports::free_ports(n).expect("free loopback ports")
 }
 
 /// One free loopback port.
 pub fn free_port() -> u16 {
     free_ports(1)[0]
-}
-
-/// `n` loopback ports for processes that are restarted on the same port
-/// (coordinators, ledgers). A port from `bind(127.0.0.1:0)` lies in the
-/// kernel's ephemeral range, which outgoing connections of every process on
-/// the machine draw from too: between a kill and the restart, some client's
-/// connection could take it ("Address already in use"). These come from
-/// below the ephemeral range (read from /proc), are checked free, and are
-/// never handed out twice by this process. Falls back to [`free_ports`]
-/// when the range leaves no room.
-pub fn reserve_ports(n: usize) -> Vec<u16> {
-    use std::collections::HashSet;
-    use std::sync::atomic::AtomicU64;
-    static TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    static SALT: AtomicU64 = AtomicU64::new(0);
-    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    const LOW: u16 = 20_000;
-    if ephemeral_low < LOW + 2_000 {
-        return free_ports(n);
-    }
-    let mut rng = bank::Rng::new(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ u64::from(std::process::id()) << 32
-            ^ SALT.fetch_add(1, Ordering::Relaxed),
-    );
-    let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
-    let taken = taken.get_or_insert_with(HashSet::new);
-    let mut out = Vec::with_capacity(n);
-    let mut tries = 0;
-    while out.len() < n {
-        tries += 1;
-        if tries > 10_000 {
-            out.extend(free_ports(n - out.len()));
-            break;
-        }
-        let port = rng.range(u64::from(LOW), u64::from(ephemeral_low) - 1) as u16;
-        if taken.contains(&port) || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            continue;
-        }
-        taken.insert(port);
-        out.push(port);
-    }
-    out
 }
 
 /// `msg` with a per-call deadline (sent as `grpc-timeout` and enforced by
@@ -277,26 +223,7 @@ pub fn execute_request(
     }
 }
 
-/// The last `n` lines of a file (empty if unreadable).
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Like [`tail`], leaving out openraft's INFO chatter (kept in the file).
-pub fn tail_filtered(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !(l.contains(" INFO openraft") || l.contains(" DEBUG openraft")))
-        .collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+pub use dtc_harness::process::{tail, tail_filtered};
 
 /// One coordinator process of a [`Cluster`].
 pub struct Node {
@@ -304,18 +231,15 @@ pub struct Node {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
-    child: Mutex<Option<Child>>,
+    /// The process; its environment for the next start only (e.g.
+    /// `FAILPOINTS`) is not kept for a restart unless set again.
+    process: Mutex<Process>,
     channel: Channel,
-    starts: u32,
-    /// Environment for the next start only (e.g. `FAILPOINTS`): a restarted
-    /// node runs without it unless it is set again.
-    next_env: Vec<(String, String)>,
-    paused: AtomicBool,
 }
 
 impl Node {
-    fn child(&self) -> MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    fn process(&self) -> MutexGuard<'_, Process> {
+        self.process.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -410,7 +334,7 @@ impl Cluster {
             .tempdir()
             .expect("create a temp dir");
         let root_path = root.path().to_path_buf();
-        let ports = reserve_ports(n);
+        let ports = free_ports(n);
         let addrs: Vec<SocketAddr> = ports
             .iter()
             .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
@@ -431,11 +355,9 @@ impl Cluster {
                     addr,
                     data_dir: root_path.join(format!("node-{id}")),
                     log_path: root_path.join(format!("node-{id}.log")),
-                    child: Mutex::new(None),
+                    // The arguments are set below, once the mesh is known.
+                    process: Mutex::new(Process::new("", &bin, Vec::new(), PathBuf::new())),
                     channel: channel_for(addr),
-                    starts: 0,
-                    next_env: options.first_start_env.clone(),
-                    paused: AtomicBool::new(false),
                 },
             );
         }
@@ -444,7 +366,7 @@ impl Cluster {
                 nodes.iter().map(|(id, n)| (*id, n.addr)).collect();
             Arc::new(net::Mesh::start(&members))
         });
-        Cluster {
+        let cluster = Cluster {
             root: Some(root),
             root_path,
             nodes,
@@ -456,18 +378,33 @@ impl Cluster {
             mesh,
             crashes_expected: AtomicBool::new(false),
             exited: Mutex::new(Vec::new()),
+        };
+        for id in cluster.ids() {
+            let args = cluster.args(id);
+            let node = cluster.node(id);
+            // Core dumps of crash points (if the system writes any) land in
+            // the run directory, not in the source tree.
+            let mut process = Process::new(
+                &format!("node {id}"),
+                &cluster.bin,
+                args,
+                node.log_path.clone(),
+            )
+            .current_dir(&cluster.root_path);
+            let env = &options.first_start_env;
+            process.set_next_start_env(
+                &env.iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect::<Vec<_>>(),
+            );
+            *node.process() = process;
         }
+        cluster
     }
 
     fn node(&self, id: u64) -> &Node {
         self.nodes
             .get(&id)
-            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
-    }
-
-    fn node_mut(&mut self, id: u64) -> &mut Node {
-        self.nodes
-            .get_mut(&id)
             .unwrap_or_else(|| panic!("no node {id} in this cluster"))
     }
 
@@ -503,55 +440,15 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64) {
-        let args = self.args(id);
-        let bin = self.bin.clone();
-        // Core dumps of crash points (if the system writes any) land in the
-        // run directory, not in the source tree.
-        let cwd = self.root_path.clone();
-        let node = self.node_mut(id);
-        assert!(node.child().is_none(), "node {id} is already running");
-        node.starts += 1;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log_path)
-            .expect("open the node log");
-        writeln!(
-            log,
-            "=== harness: start #{} of node {id}: {} {}",
-            node.starts,
-            bin.display(),
-            args.join(" ")
-        )
-        .expect("write the node log");
-        let env = std::mem::take(&mut node.next_env);
-        if !env.is_empty() {
-            writeln!(log, "=== harness: with environment {env:?}").expect("write the node log");
+        if let Err(e) = self.node(id).process().start() {
+            panic!("node {id}: {e:#}");
         }
-        let stderr = log.try_clone().expect("clone the log handle");
-        let log_level = std::env::var("DTC_LOG").unwrap_or_else(|_| "info".into());
-        let child = Command::new(&bin)
-            .args(&args)
-            .env("DTC_LOG", log_level)
-            .env_remove("FAILPOINTS")
-            .envs(env)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        node.paused.store(false, Ordering::SeqCst);
-        *node.child() = Some(child);
     }
 
     /// Environment for node `id`'s next start only (e.g.
     /// `("FAILPOINTS", "coordinator.takeover.scan=return")`).
     pub fn set_next_start_env(&mut self, id: u64, env: &[(&str, &str)]) {
-        self.node_mut(id).next_env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        self.node(id).process().set_next_start_env(env);
     }
 
     /// The proxies between the nodes, if the cluster was laid out with
@@ -586,55 +483,39 @@ impl Cluster {
 
     /// How many times node `id` was started.
     pub fn starts(&self, id: u64) -> u32 {
-        self.node(id).starts
+        self.node(id).process().starts()
     }
 
     /// The OS process id of node `id`, if it runs.
     pub fn pid(&self, id: u64) -> Option<u32> {
-        self.node(id).child().as_ref().map(Child::id)
+        self.node(id).process().pid()
     }
 
     /// Stops node `id` with SIGSTOP: it keeps its sockets and state but
     /// does nothing (a long GC pause, a VM freeze) until [`Cluster::resume`].
     pub fn pause(&self, id: u64) {
-        let pid = self
-            .pid(id)
-            .unwrap_or_else(|| panic!("node {id} is not running"));
-        signal(pid, nix::sys::signal::Signal::SIGSTOP);
-        self.node(id).paused.store(true, Ordering::SeqCst);
-        self.harness_note(id, "paused (SIGSTOP)");
+        if let Err(e) = self.node(id).process().pause() {
+            panic!("node {id}: {e:#}");
+        }
     }
 
     /// Continues a paused node (SIGCONT).
     pub fn resume(&self, id: u64) {
-        if let Some(pid) = self.pid(id) {
-            signal(pid, nix::sys::signal::Signal::SIGCONT);
+        if let Err(e) = self.node(id).process().resume() {
+            eprintln!("harness: node {id}: {e:#}");
         }
-        self.node(id).paused.store(false, Ordering::SeqCst);
-        self.harness_note(id, "resumed (SIGCONT)");
     }
 
     /// Whether node `id` is paused.
     pub fn is_paused(&self, id: u64) -> bool {
-        self.node(id).paused.load(Ordering::SeqCst)
-    }
-
-    fn harness_note(&self, id: u64, what: &str) {
-        let _ = OpenOptions::new()
-            .append(true)
-            .open(&self.node(id).log_path)
-            .and_then(|mut f| writeln!(f, "=== harness: node {id} {what}"));
+        self.node(id).process().is_paused()
     }
 
     /// Waits until node `id` exits by itself (a crash point fired); returns
     /// its status. The node counts as stopped afterwards.
     pub async fn wait_exit(&self, id: u64, within: Duration) -> ExitStatus {
         wait_until(within, format_args!("node {id} to exit"), || {
-            let mut child = self.node(id).child();
-            let status = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            if status.is_some() {
-                *child = None;
-            }
+            let status = self.node(id).process().try_exit();
             async move { status }
         })
         .await
@@ -654,14 +535,14 @@ impl Cluster {
 
     /// Whether node `id` was started and not killed by the harness.
     pub fn is_running(&self, id: u64) -> bool {
-        self.node(id).child().is_some()
+        self.node(id).process().is_running()
     }
 
     /// Ids of nodes the harness started and has not killed.
     pub fn started_ids(&self) -> Vec<u64> {
         self.nodes
             .values()
-            .filter(|n| n.child().is_some())
+            .filter(|n| n.process().is_running())
             .map(|n| n.id)
             .collect()
     }
@@ -672,18 +553,9 @@ impl Cluster {
     /// surfacing as a timeout.
     pub fn assert_no_crash(&self) {
         for n in self.nodes.values() {
-            let mut child = n.child();
-            if let Some(c) = child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                *child = None;
+            let exited = n.process().try_exit();
+            if let Some(status) = exited {
                 if self.crashes_expected.load(Ordering::SeqCst) {
-                    let _ = OpenOptions::new()
-                        .append(true)
-                        .open(&n.log_path)
-                        .and_then(|mut f| {
-                            writeln!(f, "=== harness: node {} exited by itself: {status}", n.id)
-                        });
                     self.exited
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -750,18 +622,9 @@ impl Cluster {
 
     /// SIGKILL node `id` and reap it.
     pub fn kill(&mut self, id: u64) {
-        let node = self.node(id);
-        let mut child = node
-            .child()
-            .take()
-            .unwrap_or_else(|| panic!("node {id} is not running"));
-        let _ = child.kill();
-        let status = child.wait().expect("wait for a killed node");
-        node.paused.store(false, Ordering::SeqCst);
-        let _ = OpenOptions::new()
-            .append(true)
-            .open(&node.log_path)
-            .and_then(|mut f| writeln!(f, "=== harness: node {id} killed (SIGKILL): {status}"));
+        if self.node(id).process().kill().is_none() {
+            panic!("node {id} is not running");
+        }
     }
 
     /// Starts node `id` again with the same flags and data directory.
@@ -1115,10 +978,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for n in self.nodes.values() {
-            if let Some(mut c) = n.child().take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            n.process().kill();
         }
         if std::thread::panicking() {
             if let Some(root) = self.root.take() {
@@ -1137,62 +997,40 @@ impl Drop for Cluster {
     }
 }
 
-/// Sends `sig` to process `pid` (SIGSTOP / SIGCONT for pauses).
-pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
-    let pid = nix::unistd::Pid::from_raw(pid as i32);
-    if let Err(e) = nix::sys::signal::kill(pid, sig) {
-        eprintln!("harness: cannot send {sig} to {pid}: {e}");
-    }
-}
-
 /// A `dtc` process started outside a [`Cluster`] (stdout and stderr to
-/// `log`); killed on drop.
+/// `log`); killed on drop, and its log printed if the test failed.
 pub struct DtcProcess {
-    child: Option<Child>,
+    process: Process,
     pub log: PathBuf,
 }
 
 impl DtcProcess {
     pub fn spawn(args: &[&str], log: &Path) -> DtcProcess {
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open the process log");
-        let err = out.try_clone().expect("clone the log handle");
-        let child = Command::new(dtc_bin())
-            .args(args)
-            .env("DTC_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .spawn()
-            .expect("start dtc");
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut process = Process::new("dtc", &dtc_bin(), args, log.to_path_buf());
+        if let Err(e) = process.start() {
+            panic!("{e:#}");
+        }
         DtcProcess {
-            child: Some(child),
+            process,
             log: log.to_path_buf(),
         }
     }
 
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.process.try_exit().is_none() && self.process.is_running()
     }
 }
 
 impl Drop for DtcProcess {
     fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
         if std::thread::panicking() {
             eprintln!(
                 "---- dtc process log {}:\n{}",
@@ -1204,40 +1042,15 @@ impl Drop for DtcProcess {
 }
 
 /// Runs a `dtc` command to completion (bounded), returning exit status and
-/// combined output. For one-shot invocations such as refused starts.
+/// its output (stdout, then stderr). For one-shot invocations such as
+/// refused starts.
 pub fn run_dtc(args: &[&str], within: Duration) -> (ExitStatus, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out_path = dir.path().join("out.log");
-    let out = File::create(&out_path).expect("create output file");
-    let err = out.try_clone().expect("clone output handle");
-    let mut child = Command::new(dtc_bin())
-        .args(args)
-        .env("DTC_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .expect("start dtc");
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "dtc {} did not exit within {within:?}; output:\n{}",
-                args.join(" "),
-                std::fs::read_to_string(&out_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(POLL);
-    };
-    (
-        status,
-        std::fs::read_to_string(&out_path).unwrap_or_default(),
-    )
+    let mut cmd = Command::new(dtc_bin());
+    cmd.args(args).env("DTC_LOG", "info");
+    match dtc_harness::process::run_bounded(cmd, within) {
+        Ok(f) => (f.status, f.stdout + &f.stderr),
+        Err(e) => panic!("{e:#}"),
+    }
 }
 
 // ---------------------------------------------------------------------------

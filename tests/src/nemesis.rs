@@ -6,11 +6,12 @@
 //! Crashes (of crash points) are restarted by the testbed's supervisor at
 //! once, without the crash point.
 
-use crate::bank::{Bank, BankOptions, Rng};
+use crate::bank::{Bank, BankOptions};
 use crate::checker::{self, Anomalies};
 use crate::net::LinkMode;
 use crate::report::{OpCounts, Report};
 use crate::testbed::{Testbed, TestbedOptions};
+use fastrand::Rng;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -99,7 +100,7 @@ pub struct Step {
 
 /// A schedule for `workload` drawn from `kinds` with `seed`.
 pub fn schedule(seed: u64, kinds: &[FaultKind], workload: Duration, ledgers: usize) -> Vec<Step> {
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::with_seed(seed);
     let mut steps = Vec::new();
     let end = workload.as_millis() as u64;
     let mut t = 1500;
@@ -107,17 +108,17 @@ pub fn schedule(seed: u64, kinds: &[FaultKind], workload: Duration, ledgers: usi
         return steps;
     }
     loop {
-        let hold = rng.range(1500, 3500);
+        let hold = rng.u64(1500..=3500);
         if t + hold + 500 > end {
             return steps;
         }
-        let ledger = rng.range(0, ledgers.saturating_sub(1) as u64) as usize;
-        let mode = if rng.chance(50) {
+        let ledger = rng.u64(0..=ledgers.saturating_sub(1) as u64) as usize;
+        let mode = if rng.bool() {
             LinkMode::Blackhole
         } else {
             LinkMode::Refuse
         };
-        let fault = match *rng.pick(kinds) {
+        let fault = match kinds[rng.usize(..kinds.len())] {
             FaultKind::KillLeader => Fault::KillLeader,
             FaultKind::KillFollower => Fault::KillFollower,
             FaultKind::KillLedger => Fault::KillLedger { ledger },
@@ -128,10 +129,10 @@ pub fn schedule(seed: u64, kinds: &[FaultKind], workload: Duration, ledgers: usi
             FaultKind::CutLedger => Fault::CutLedger { ledger, mode },
             FaultKind::LedgerCrashPoint => Fault::LedgerCrashPoint {
                 ledger,
-                point: rng.pick(&LEDGER_POINTS).to_string(),
+                point: LEDGER_POINTS[rng.usize(..LEDGER_POINTS.len())].to_string(),
             },
             FaultKind::CoordinatorCrashPoint => Fault::CoordinatorCrashPoint {
-                point: rng.pick(&COORDINATOR_POINTS).to_string(),
+                point: COORDINATOR_POINTS[rng.usize(..COORDINATOR_POINTS.len())].to_string(),
             },
         };
         steps.push(Step {
@@ -139,7 +140,7 @@ pub fn schedule(seed: u64, kinds: &[FaultKind], workload: Duration, ledgers: usi
             hold_ms: hold,
             fault,
         });
-        t += hold + rng.range(1000, 2500);
+        t += hold + rng.u64(1000..=2500);
     }
 }
 
@@ -167,7 +168,7 @@ pub struct Nemesis {
 impl Nemesis {
     pub fn new(seed: u64) -> Self {
         Nemesis {
-            rng: Rng::new(seed ^ 0x5EED_F00D),
+            rng: Rng::with_seed(seed ^ 0x5EED_F00D),
         }
     }
 
@@ -221,7 +222,7 @@ impl Nemesis {
             .into_iter()
             .filter(|id| *id != leader && tb.cluster.is_running(*id))
             .collect();
-        (!f.is_empty()).then(|| *self.rng.pick(&f))
+        (!f.is_empty()).then(|| f[self.rng.usize(..f.len())])
     }
 
     async fn inject(&mut self, tb: &mut Testbed, fault: &Fault) -> Undo {

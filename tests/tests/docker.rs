@@ -13,6 +13,7 @@
 //! has a unique name and is taken down with its volumes and network on every
 //! exit, failures included.
 
+use dtc_tests::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -67,14 +68,6 @@ fn docker_missing() -> Option<String> {
         Ok(o) if !o.status.success() => Some(format!("docker-compose fails: {}", text(&o))),
         Ok(_) => None,
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls `check` every 200 ms until it gives a value, at most `within`.

@@ -135,10 +135,7 @@ fn local_failover_json_and_timeline() {
 #[test]
 fn unreachable_cluster_and_bad_flags_exit_non_zero() {
     // A port nobody listens on (bound, then released).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = dtc_harness::ports::free_ports(1).expect("a free port")[0];
     let addr = format!("127.0.0.1:{port}");
     let run = bench(&["--coordinators", &addr], Duration::from_secs(30));
     assert_eq!(run.status.code(), Some(3), "{}", run.stderr);

@@ -3,138 +3,38 @@
 //! and the CLI. Ports are free loopback ports; every wait has a deadline.
 
 use dtc_client::{Client, ClientConfig, TxnState};
+use dtc_harness::{ClusterSpec, LocalCluster};
 use dtc_proto::v1 as pb;
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const DTC: &str = env!("CARGO_BIN_EXE_dtc");
 
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
-struct Proc {
-    name: String,
-    args: Vec<String>,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-/// Coordinators 1..=3 and ledger participants, killed on drop. When the
-/// test fails, the directory is kept and each log's tail is printed.
+/// Coordinators 1..=3 and the ledger participants `ledgers`, killed on
+/// drop. When the test fails, the directory is kept and each log's tail is
+/// printed (dtc-harness).
 struct Env {
-    dir: Option<tempfile::TempDir>,
-    root: PathBuf,
-    nodes: Vec<(u64, SocketAddr)>,
-    procs: Vec<Proc>,
+    cluster: LocalCluster,
 }
 
 impl Env {
-    fn start() -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("dtc-cli-test-")
-            .tempdir()
-            .unwrap();
-        let root = dir.path().to_path_buf();
-        let ports = free_ports(3);
-        let nodes: Vec<(u64, SocketAddr)> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (i as u64 + 1, SocketAddr::from(([127, 0, 0, 1], *p))))
-            .collect();
-        let peers = nodes
-            .iter()
-            .map(|(id, a)| format!("{id}={a}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut env = Env {
-            dir: Some(dir),
-            root,
-            nodes: nodes.clone(),
-            procs: vec![],
+    fn start(ledgers: &[&str]) -> Env {
+        let spec = ClusterSpec {
+            exe: DTC.into(),
+            prefix: "dtc-cli-test-".into(),
+            coordinators: 3,
+            ledgers: ledgers.iter().map(|l| l.to_string()).collect(),
+            lock_wait_ms: 0,
         };
-        for (id, addr) in nodes {
-            let data = env.root.join(format!("node-{id}"));
-            env.spawn(
-                &format!("node-{id}"),
-                &[
-                    "coordinator",
-                    "--id",
-                    &id.to_string(),
-                    "--listen",
-                    &addr.to_string(),
-                    "--data-dir",
-                    data.to_str().unwrap(),
-                    "--peers",
-                    &peers,
-                ],
-            );
+        Env {
+            cluster: LocalCluster::start(&spec).unwrap(),
         }
-        env
-    }
-
-    fn spawn(&mut self, name: &str, args: &[&str]) {
-        let log = self.root.join(format!("{name}.log"));
-        let out = File::create(&log).unwrap();
-        let child = Self::run(&log, out, args);
-        let args = args.iter().map(|a| a.to_string()).collect();
-        self.procs.push(Proc {
-            name: name.into(),
-            args,
-            child: Some(child),
-            log,
-        });
-    }
-
-    /// Starts a killed process again with the same arguments.
-    fn restart(&mut self, name: &str) {
-        let p = self
-            .procs
-            .iter_mut()
-            .find(|p| p.name == name)
-            .expect("no such process");
-        assert!(p.child.is_none(), "{name} is running");
-        let out = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&p.log)
-            .unwrap();
-        let args: Vec<&str> = p.args.iter().map(String::as_str).collect();
-        p.child = Some(Self::run(&p.log, out, &args));
-    }
-
-    fn run(_log: &Path, out: File, args: &[&str]) -> Child {
-        Command::new(DTC)
-            .args(args)
-            .env(
-                "DTC_LOG",
-                std::env::var("DTC_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {DTC}: {e}"))
-    }
-
-    fn coordinators(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|(_, a)| a.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
     }
 
     fn client(&self) -> Client {
-        let addrs = self.nodes.iter().map(|(_, a)| a.to_string()).collect();
         Client::with_config(
-            addrs,
+            self.cluster.coordinator_addrs(),
             ClientConfig {
                 retry_budget: Duration::from_secs(40),
                 ..Default::default()
@@ -143,67 +43,19 @@ impl Env {
         .unwrap()
     }
 
-    fn add_ledger(&mut self, name: &str) {
-        let port = free_ports(1)[0];
-        let data = self.root.join(name);
-        let coordinators = self.coordinators();
-        self.spawn(
-            name,
-            &[
-                "participant",
-                "--name",
-                name,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--coordinators",
-                &coordinators,
-                "--in-doubt-interval-ms",
-                "500",
-            ],
-        );
-    }
-
     /// SIGKILL the process called `name`.
     fn kill(&mut self, name: &str) {
-        let p = self
-            .procs
-            .iter_mut()
-            .find(|p| p.name == name)
-            .expect("no such process");
-        if let Some(mut c) = p.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.cluster.kill(name).unwrap();
+    }
+
+    /// Starts a killed process again with the same arguments.
+    fn restart(&mut self, name: &str) {
+        self.cluster.restart(name).unwrap();
     }
 
     /// The node whose own role is leader (highest term), if any answers.
     async fn leader(&self) -> Option<u64> {
-        let mut best: Option<(u64, u64)> = None;
-        for (id, addr) in &self.nodes {
-            if !self
-                .procs
-                .iter()
-                .any(|p| p.name == format!("node-{id}") && p.child.is_some())
-            {
-                continue;
-            }
-            let mut c = pb::coordinator_client::CoordinatorClient::new(
-                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .unwrap()
-                    .connect_timeout(Duration::from_millis(300))
-                    .timeout(Duration::from_secs(1))
-                    .connect_lazy(),
-            );
-            if let Ok(s) = c.cluster_status(pb::ClusterStatusRequest {}).await {
-                let s = s.into_inner();
-                if s.role == "leader" && best.is_none_or(|(_, t)| s.term > t) {
-                    best = Some((s.node_id, s.term));
-                }
-            }
-        }
-        best.map(|(id, _)| id)
+        self.cluster.leader().await.map(|l| l.id)
     }
 
     /// Runs the CLI; returns (exit code, stdout, stderr).
@@ -211,7 +63,7 @@ impl Env {
         let out = Command::new(DTC)
             .args(args)
             .arg("--coordinators")
-            .arg(self.coordinators())
+            .arg(self.cluster.coordinators_arg())
             .output()
             .unwrap();
         (
@@ -219,35 +71,6 @@ impl Env {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
-    }
-}
-
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            if let Some(mut c) = p.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if std::thread::panicking() {
-            let kept = self.dir.take().map(|d| d.keep());
-            eprintln!("test failed; data and logs kept in {kept:?}");
-            for p in &self.procs {
-                eprintln!(
-                    "---- {} ({}) ----\n{}",
-                    p.name,
-                    p.log.display(),
-                    tail(&p.log, 40)
-                );
-            }
-        }
     }
 }
 
@@ -312,9 +135,7 @@ async fn wait_no_pending(client: &Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_between_two_ledgers_commits_conserves_the_total_and_a_retried_id_applies_once()
 {
-    let mut env = Env::start();
-    env.add_ledger("bank-a");
-    env.add_ledger("bank-b");
+    let env = Env::start(&["bank-a", "bank-b"]);
     let client = env.client();
     tokio::time::timeout(Duration::from_secs(120), async {
         ready(&env, &client, &["bank-a", "bank-b"]).await;
@@ -398,9 +219,7 @@ async fn a_transfer_between_two_ledgers_commits_conserves_the_total_and_a_retrie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_survive_a_leader_kill_and_none_applies_twice() {
-    let mut env = Env::start();
-    env.add_ledger("left");
-    env.add_ledger("right");
+    let mut env = Env::start(&["left", "right"]);
     let client = env.client();
     let killed = tokio::time::timeout(Duration::from_secs(150), async {
         ready(&env, &client, &["left", "right"]).await;
@@ -479,9 +298,7 @@ async fn transfers_survive_a_leader_kill_and_none_applies_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_killed_mid_transfer_recovers_and_every_transfer_resolves() {
-    let mut env = Env::start();
-    env.add_ledger("src");
-    env.add_ledger("dst");
+    let mut env = Env::start(&["src", "dst"]);
     let client = env.client();
     tokio::time::timeout(Duration::from_secs(150), async {
         ready(&env, &client, &["src", "dst"]).await;

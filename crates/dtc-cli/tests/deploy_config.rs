@@ -12,11 +12,7 @@ use std::time::{Duration, Instant};
 const DTC: &str = env!("CARGO_BIN_EXE_dtc");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    dtc_harness::ports::free_ports(1).unwrap()[0]
 }
 
 /// A `dtc` command with no `DTC_*` variable inherited from the caller, so

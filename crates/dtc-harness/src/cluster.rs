@@ -11,11 +11,13 @@
 //! ([`LocalCluster::metrics`]). A killed process restarts on the same ports
 //! and data. Every wait is a bounded poll of a condition that also fails
 //! fast when a child exited by itself. Dropping the cluster SIGKILLs every
-//! child and removes the directory unless it is kept ([`LocalCluster::keep`]).
+//! child and removes the directory unless it is kept ([`LocalCluster::keep`]);
+//! when dropped by a failing test (a panic), it keeps the directory and
+//! prints the end of every child's log.
 
 use crate::metrics::{self, Metrics};
 use crate::ports::{free_ports, loopback};
-use crate::process::Process;
+use crate::process::{Process, tail_filtered};
 use anyhow::{Context, Result, bail};
 use dtc_client::proto::ClusterStatusResponse;
 use dtc_client::{Client, ClientConfig};
@@ -193,6 +195,17 @@ impl LocalCluster {
 
     pub fn is_kept(&self) -> bool {
         self.keep
+    }
+
+    /// Prints the directory and the last `lines` of every child's log
+    /// (openraft's INFO chatter left out) to stderr.
+    pub fn dump(&self, lines: usize) {
+        eprintln!("==== dtc local cluster in {} ====", self.root().display());
+        for p in &self.procs {
+            let log = p.log_path();
+            eprintln!("---- {} ({}) ----", p.name(), log.display());
+            eprintln!("{}", tail_filtered(log, lines));
+        }
     }
 
     /// `HOST:PORT,HOST:PORT,HOST:PORT` of the coordinators.
@@ -412,4 +425,17 @@ pub fn leader_of(statuses: &[(u64, Option<ClusterStatusResponse>)]) -> Option<Le
             id: s.node_id,
             term: s.term,
         })
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // Every child stops first (Process's own drop would come after this).
+        for p in &mut self.procs {
+            p.kill();
+        }
+        if std::thread::panicking() {
+            self.keep();
+            self.dump(40);
+        }
+    }
 }

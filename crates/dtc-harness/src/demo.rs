@@ -261,65 +261,80 @@ pub struct Scenario {
     pub anomalies: Vec<String>,
 }
 
-async fn kill_leader(
-    cluster: &mut LocalCluster,
-    client: &Client,
-    ui: &Ui,
-    shared: &Shared,
+/// What the fault steps act on and record into.
+struct Steps<'a> {
+    cluster: &'a mut LocalCluster,
+    client: &'a Client,
+    ui: &'a Ui,
+    shared: &'a Shared,
+    /// When the load started.
     t0: Instant,
-    sc: &mut Scenario,
-) -> Result<()> {
-    let old = match cluster.leader().await {
+    sc: Scenario,
+}
+
+impl Steps<'_> {
+    /// The ids pending at the coordinators now (none if they cannot say).
+    async fn pending(&self) -> Vec<String> {
+        match self.client.list_transactions(true).await {
+            Ok(p) => p.into_iter().map(|t| t.txn_id).collect(),
+            Err(e) => {
+                self.ui
+                    .event(format!("cannot list pending transactions: {e}"));
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// 1/3: SIGKILL the leader, wait for the next one, restart the killed node.
+async fn kill_leader(r: &mut Steps<'_>) -> Result<()> {
+    let old = match r.cluster.leader().await {
         Some(l) => l,
         None => {
-            cluster
+            r.cluster
                 .wait_for_leader(Duration::from_secs(15), None, 0)
                 .await?
         }
     };
     let name = format!("node-{}", old.id);
-    let pid = cluster.kill(&name)?;
+    let pid = r.cluster.kill(&name)?;
     let t_kill = Instant::now();
-    sc.kill_ms = wall_ms();
-    sc.t_kill = Some(t_kill);
-    shared.leader.store(0, Relaxed);
-    let killed_at = t_kill.duration_since(t0).as_secs_f64();
-    ui.event(format!(
+    r.sc.kill_ms = wall_ms();
+    r.sc.t_kill = Some(t_kill);
+    r.shared.leader.store(0, Relaxed);
+    let killed_at = t_kill.duration_since(r.t0).as_secs_f64();
+    r.ui.event(format!(
         "SIGKILL leader node {} (pid {pid}, term {})",
         old.id, old.term
     ));
-    let new: Leader = cluster
+    let new: Leader = r
+        .cluster
         .wait_for_leader(Duration::from_secs(30), Some(old.id), old.term)
         .await
         .with_context(|| format!("after killing leader node {}", old.id))?;
     let election = t_kill.elapsed();
-    shared.leader.store(new.id, Relaxed);
-    ui.event(format!(
+    r.shared.leader.store(new.id, Relaxed);
+    r.ui.event(format!(
         "node {} is the new leader (term {}), {} ms after the kill",
         new.id,
         new.term,
         ms(election)
     ));
-    let pending: Vec<String> = match client.list_transactions(true).await {
-        Ok(p) => p.into_iter().map(|t| t.txn_id).collect(),
-        Err(e) => {
-            ui.event(format!("cannot list pending transactions: {e}"));
-            Vec::new()
-        }
-    };
-    ui.event(format!(
+    let pending = r.pending().await;
+    r.ui.event(format!(
         "{} pending at the coordinators after the failover; the new leader finishes them",
         count(pending.len(), "transaction")
     ));
-    sc.in_doubt_ids.extend(pending.iter().cloned());
-    cluster.restart(&name)?;
+    r.sc.in_doubt_ids.extend(pending.iter().cloned());
+    r.cluster.restart(&name)?;
     let t_restart = Instant::now();
-    let rejoined = match cluster
+    let rejoined = match r
+        .cluster
         .wait_for_follower(old.id, Duration::from_secs(30))
         .await
     {
         Ok(l) => {
-            ui.event(format!(
+            r.ui.event(format!(
                 "node {} restarted with its data: follower of node {} after {} ms",
                 old.id,
                 l.id,
@@ -328,12 +343,12 @@ async fn kill_leader(
             Some(ms(t_restart.elapsed()))
         }
         Err(e) => {
-            sc.anomalies.push(format!("{e:#}"));
-            ui.event(format!("{e:#}"));
+            r.sc.anomalies.push(format!("{e:#}"));
+            r.ui.event(format!("{e:#}"));
             None
         }
     };
-    sc.leader = Some(LeaderFailover {
+    r.sc.leader = Some(LeaderFailover {
         killed_node: old.id,
         killed_at_secs: round3(killed_at),
         new_leader: new.id,
@@ -350,71 +365,58 @@ async fn kill_leader(
     Ok(())
 }
 
-async fn kill_ledger(
-    cluster: &mut LocalCluster,
-    client: &Client,
-    ui: &Ui,
-    shared: &Shared,
-    t0: Instant,
-    sc: &mut Scenario,
-    clients: u64,
-) -> Result<()> {
+/// 2/3: SIGKILL a ledger until transfers touching it abort, restart it.
+async fn kill_ledger(r: &mut Steps<'_>, clients: u64) -> Result<()> {
     let name = LEDGERS[VICTIM_LEDGER];
-    let aborted_before = shared.stats.aborted_touching[VICTIM_LEDGER].load(Relaxed);
-    let pid = cluster.kill(name)?;
+    let aborted_before = r.shared.stats.aborted_touching[VICTIM_LEDGER].load(Relaxed);
+    let pid = r.cluster.kill(name)?;
     let t_kill = Instant::now();
-    ui.event(format!("SIGKILL ledger {name} (pid {pid})"));
-    let pending: Vec<String> = match client.list_transactions(true).await {
-        Ok(p) => p.into_iter().map(|t| t.txn_id).collect(),
-        Err(e) => {
-            ui.event(format!("cannot list pending transactions: {e}"));
-            Vec::new()
-        }
-    };
-    sc.in_doubt_ids.extend(pending.iter().cloned());
+    r.ui.event(format!("SIGKILL ledger {name} (pid {pid})"));
+    let pending = r.pending().await;
+    r.sc.in_doubt_ids.extend(pending.iter().cloned());
     // Down until transfers have visibly aborted because its vote never came
     // (their prepare timeout passed), at most 5 s.
-    let timeouts = || shared.stats.aborted[AbortKind::LedgerDown.index()].load(Relaxed);
+    let timeouts = || r.shared.stats.aborted[AbortKind::LedgerDown.index()].load(Relaxed);
     let timeouts_before = timeouts();
     let want = clients.min(3);
     let deadline = t_kill + Duration::from_secs(5);
     while timeouts() < timeouts_before + want && Instant::now() < deadline {
-        cluster.check_children()?;
+        r.cluster.check_children()?;
         tokio::time::sleep(POLL).await;
     }
-    cluster.restart(name)?;
-    cluster
-        .wait_ledger_serving(client, name, Duration::from_secs(30))
+    r.cluster.restart(name)?;
+    r.cluster
+        .wait_ledger_serving(r.client, name, Duration::from_secs(30))
         .await?;
     let down = t_kill.elapsed();
     let aborted_while_down =
-        shared.stats.aborted_touching[VICTIM_LEDGER].load(Relaxed) - aborted_before;
+        r.shared.stats.aborted_touching[VICTIM_LEDGER].load(Relaxed) - aborted_before;
     let timed_out = timeouts() - timeouts_before;
-    let prepared_now = prepared_at(client, name).await.unwrap_or_default();
-    let prepared = match cluster.metrics(name).await {
+    let prepared_now = prepared_at(r.client, name).await.unwrap_or_default();
+    let prepared = match r.cluster.metrics(name).await {
         Ok(m) => m
             .count("dtc_in_doubt_transactions", &[])
             .map(|n| n as usize),
         Err(e) => {
-            ui.event(format!("cannot read {name}'s metrics: {e:#}"));
+            r.ui.event(format!("cannot read {name}'s metrics: {e:#}"));
             None
         }
     }
     .unwrap_or(prepared_now.len());
-    sc.in_doubt_ids.extend(prepared_now);
-    ui.event(format!(
+    r.sc.in_doubt_ids.extend(prepared_now);
+    r.ui.event(format!(
         "{name} restarted (same port, same data): serving after {} ms down; \
          {} touching it aborted, {timed_out} for want of its vote",
         ms(down),
         count(aborted_while_down as usize, "transfer"),
     ));
-    ui.event(format!(
+    r.ui.event(format!(
         "{name} holds {} from before its crash: in doubt until the decision reaches it",
         count(prepared, "prepared transaction")
     ));
-    sc.ledger = Some(LedgerCrash {
+    r.sc.ledger = Some(LedgerCrash {
         ledger: name.to_string(),
-        killed_at_secs: round3(t_kill.duration_since(t0).as_secs_f64()),
+        killed_at_secs: round3(t_kill.duration_since(r.t0).as_secs_f64()),
         down_ms: ms(down),
         aborted_while_down,
         vote_timeouts: timed_out,
@@ -484,7 +486,7 @@ async fn demo(args: &DemoOptions, cluster: &mut LocalCluster, ui: &Arc<Ui>) -> R
         tokio::spawn(ticker(ui.clone(), shared.clone())),
         tokio::spawn(leader_watch(cluster.probes(), shared.clone())),
     ]);
-    let mut sc = Scenario {
+    let sc = Scenario {
         leader: None,
         kill_ms: 0,
         t_kill: None,
@@ -495,10 +497,19 @@ async fn demo(args: &DemoOptions, cluster: &mut LocalCluster, ui: &Arc<Ui>) -> R
     let workers = WorkerSet(workers);
 
     wait_until(cluster, t0 + duration / 3).await?;
-    kill_leader(cluster, &client, ui, &shared, t0, &mut sc).await?;
-    wait_until(cluster, t0 + duration * 2 / 3).await?;
-    kill_ledger(cluster, &client, ui, &shared, t0, &mut sc, args.clients).await?;
-    wait_until(cluster, t0 + duration).await?;
+    let mut steps = Steps {
+        cluster,
+        client: &client,
+        ui,
+        shared: &shared,
+        t0,
+        sc,
+    };
+    kill_leader(&mut steps).await?;
+    wait_until(steps.cluster, t0 + duration * 2 / 3).await?;
+    kill_ledger(&mut steps, args.clients).await?;
+    wait_until(steps.cluster, t0 + duration).await?;
+    let mut sc = steps.sc;
 
     shared.stop.store(true, Relaxed);
     let load_secs = t0.elapsed().as_secs_f64();

@@ -255,3 +255,70 @@ pub fn indent(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// What a command run to its end printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to its end with stdout and stderr captured, at most `within`.
+/// A command still running then gets SIGTERM (so it can stop children of
+/// its own), SIGKILL 15 s later, and the result is Err with its stderr.
+pub fn run_bounded(mut cmd: Command, within: std::time::Duration) -> Result<Finished> {
+    use std::time::{Duration, Instant};
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let deadline = Instant::now() + within;
+    let mut terminated: Option<Instant> = None;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let now = Instant::now();
+        match terminated {
+            None if now >= deadline => {
+                let _ = signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+                terminated = Some(now);
+            }
+            Some(t) if now >= t + Duration::from_secs(15) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break child.wait()?;
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    if terminated.is_some() {
+        bail!(
+            "{:?} {:?} did not finish within {within:?}; stdout:\n{stdout}\nstderr:\n{stderr}",
+            cmd.get_program(),
+            cmd.get_args().collect::<Vec<_>>()
+        );
+    }
+    Ok(Finished {
+        status,
+        stdout,
+        stderr,
+    })
+}

@@ -137,32 +137,31 @@ pub fn print_text(s: &Summary) {
             t.committed, t.committed_cross_ledger, t.committed_per_sec
         ),
     );
-    row("  aborted", format!("{:>6}", t.aborted));
-    row(
-        "    insufficient funds",
-        format!("{:>6}", t.aborted_insufficient_funds),
+    let contention = format!(
+        "   (contention: {:.2}% of transfers, locks included; lock wait {} ms)",
+        t.aborted_contention_percent, s.ledger_lock_wait_ms
     );
-    row(
-        "    funds reserved by others",
-        format!(
-            "{:>6}   (contention: {:.2}% of transfers, locks included; lock wait {} ms)",
-            t.aborted_funds_reserved, t.aborted_contention_percent, s.ledger_lock_wait_ms
+    let other = (t.aborted_other > 0).then_some(("    other", t.aborted_other, ""));
+    for (k, n, note) in [
+        ("  aborted", t.aborted, ""),
+        ("    insufficient funds", t.aborted_insufficient_funds, ""),
+        (
+            "    funds reserved by others",
+            t.aborted_funds_reserved,
+            &contention,
         ),
-    );
-    row(
-        "    account locked by another",
-        format!("{:>6}", t.aborted_account_busy),
-    );
-    row(
-        "    ledger down (vote timeout)",
-        format!("{:>6}", t.aborted_ledger_down),
-    );
-    row(
-        "    coordinator failover",
-        format!("{:>6}", t.aborted_coordinator_failover),
-    );
-    if t.aborted_other > 0 {
-        row("    other", format!("{:>6}", t.aborted_other));
+        ("    account locked by another", t.aborted_account_busy, ""),
+        ("    ledger down (vote timeout)", t.aborted_ledger_down, ""),
+        (
+            "    coordinator failover",
+            t.aborted_coordinator_failover,
+            "",
+        ),
+    ]
+    .into_iter()
+    .chain(other)
+    {
+        row(k, format!("{n:>6}{note}"));
     }
     row(
         "  overdrafts (must abort)",
@@ -230,11 +229,11 @@ pub fn print_text(s: &Summary) {
         );
         row(
             "  transfers touching it aborted",
-            format!("{}", l.aborted_while_down),
+            l.aborted_while_down.to_string(),
         );
         row(
             "  prepared (in doubt) at restart",
-            format!("{}", l.prepared_at_restart),
+            l.prepared_at_restart.to_string(),
         );
     }
     let d = &s.in_doubt;
