@@ -617,7 +617,7 @@ pub async fn check_and_report(
             let _ = tb.wait_quiescent(Duration::from_secs(15)).await;
             match checker::collect(tb, bank).await {
                 Ok(fin) => {
-                    let (a, r) = checker::check(bank, &fin);
+                    let (a, r) = checker::check(&bank.history, bank.total, &fin);
                     resolution = r;
                     for (k, v) in a.by_kind {
                         for e in v {

@@ -7,20 +7,21 @@
 //! worker (one per client) --transfer--> coordinators --2PC--> ledgers
 //!    |  outcome, classified (AbortKind)
 //!    v
-//! Shared { stats (live counters for the progress line), records (one per
-//!          transfer, for the checker) }
+//! Shared { stats (live counters for the progress line), history (every
+//!          transfer and what its client was told, for crate::checker) }
 //! ```
 //!
 //! Each worker draws from its own seeded [`fastrand::Rng`]
 //! ([`Workload::seed`]), so a seed names a run's choices.
 
 use crate::cluster::{LEDGERS, LocalCluster, account};
+use crate::history::{Account, History, Op, OpKind, OpResult, transfer_branches};
 use anyhow::{Context, Result};
 use dtc_client::proto::AuditOutcome;
 use dtc_client::{AccountBalance, Client, ClientConfig, ClientError};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Prepare timeout of every demo transfer.
@@ -76,49 +77,6 @@ impl AbortKind {
     }
 }
 
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Committed,
-    Aborted(String),
-    /// The client gave up without learning the outcome.
-    Unknown,
-    /// A refusal that should never happen here (bad request, unregistered
-    /// participant, id reused).
-    Error(String),
-}
-
-/// One transfer as the client saw it.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub id: String,
-    /// (ledger index, account index)
-    pub from: (usize, usize),
-    pub to: (usize, usize),
-    pub amount: i64,
-    pub overdraft: bool,
-    pub outcome: Outcome,
-    pub finished: Instant,
-    /// An attempt ended with the outcome unknown and was retried.
-    pub retried: bool,
-}
-
-impl Record {
-    /// The ledger entries this transfer applies, per ledger, sorted.
-    pub fn expected_entries(&self) -> BTreeMap<usize, Vec<(String, i64)>> {
-        let mut out: BTreeMap<usize, Vec<(String, i64)>> = BTreeMap::new();
-        out.entry(self.from.0)
-            .or_default()
-            .push((account(self.from.1), -self.amount));
-        out.entry(self.to.0)
-            .or_default()
-            .push((account(self.to.1), self.amount));
-        for v in out.values_mut() {
-            v.sort();
-        }
-        out
-    }
-}
-
 #[derive(Default)]
 pub struct Stats {
     pub committed: AtomicU64,
@@ -141,7 +99,7 @@ impl Stats {
 /// What the workers share with the display and the checker.
 pub struct Shared {
     pub stats: Stats,
-    pub records: Mutex<Vec<Record>>,
+    pub history: History,
     pub stop: AtomicBool,
     /// Current leader for the display (0: none known).
     pub leader: AtomicU64,
@@ -182,21 +140,40 @@ pub async fn worker(idx: usize, client: Client, shared: Arc<Shared>, w: Arc<Work
         } else {
             rng.i64(1..=w.max_amount)
         };
-        let (from_name, to_name) = (LEDGERS[from_l], LEDGERS[to_l]);
-        let (from_acct, to_acct) = (account(from_a), account(to_a));
+        let from = Account {
+            ledger: LEDGERS[from_l].to_string(),
+            account: account(from_a),
+        };
+        let to = Account {
+            ledger: LEDGERS[to_l].to_string(),
+            account: account(to_a),
+        };
+        let index = shared.history.begin(Op {
+            id: id.clone(),
+            kind: OpKind::Transfer,
+            client: idx,
+            branches: transfer_branches(&from, &to, amount),
+            start_ms: shared.history.now_ms(),
+            end_ms: 0,
+            result: OpResult::Running,
+        });
         let started = Instant::now();
         let mut retried = false;
         let outcome = loop {
             let result = client
-                .transfer((from_name, &from_acct), (to_name, &to_acct), amount)
+                .transfer(
+                    (&from.ledger, &from.account),
+                    (&to.ledger, &to.account),
+                    amount,
+                )
                 .id(id.clone())
                 .timeout(PREPARE_TIMEOUT)
                 .deadline(ATTEMPT_DEADLINE)
                 .execute()
                 .await;
             match result {
-                Ok(o) if o.committed => break Outcome::Committed,
-                Ok(o) => break Outcome::Aborted(o.reason),
+                Ok(o) if o.committed => break OpResult::Committed,
+                Ok(o) => break OpResult::Aborted { reason: o.reason },
                 Err(e) if e.is_outcome_unknown() || matches!(e, ClientError::Overloaded(_)) => {
                     if !retried {
                         retried = true;
@@ -204,12 +181,18 @@ pub async fn worker(idx: usize, client: Client, shared: Arc<Shared>, w: Arc<Work
                         shared.stats.unknown_total.fetch_add(1, Relaxed);
                     }
                     if started.elapsed() >= TRANSFER_GIVE_UP {
-                        break Outcome::Unknown;
+                        break OpResult::Unknown {
+                            error: format!("{e} (given up after {TRANSFER_GIVE_UP:?})"),
+                        };
                     }
                     // A short pause between attempts; the SDK backs off inside.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(e) => break Outcome::Error(e.to_string()),
+                Err(e) => {
+                    break OpResult::Failed {
+                        error: e.to_string(),
+                    };
+                }
             }
         };
         if retried {
@@ -217,35 +200,22 @@ pub async fn worker(idx: usize, client: Client, shared: Arc<Shared>, w: Arc<Work
         }
         let s = &shared.stats;
         match &outcome {
-            Outcome::Committed => {
+            OpResult::Committed => {
                 s.committed.fetch_add(1, Relaxed);
                 if from_l != to_l {
                     s.committed_cross.fetch_add(1, Relaxed);
                 }
             }
-            Outcome::Aborted(reason) => {
+            OpResult::Aborted { reason } => {
                 s.aborted[AbortKind::of(reason).index()].fetch_add(1, Relaxed);
                 s.aborted_touching[from_l].fetch_add(1, Relaxed);
                 if to_l != from_l {
                     s.aborted_touching[to_l].fetch_add(1, Relaxed);
                 }
             }
-            Outcome::Unknown | Outcome::Error(_) => {}
+            _ => {}
         }
-        shared
-            .records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Record {
-                id,
-                from: (from_l, from_a),
-                to: (to_l, to_a),
-                amount,
-                overdraft,
-                outcome,
-                finished: Instant::now(),
-                retried,
-            });
+        shared.history.finish(index, outcome);
     }
 }
 
@@ -339,24 +309,5 @@ mod tests {
             AbortKind::Failover
         );
         assert_eq!(AbortKind::of("something else"), AbortKind::Other);
-    }
-
-    #[test]
-    fn expected_entries_group_by_ledger() {
-        let r = Record {
-            id: "x".into(),
-            from: (0, 1),
-            to: (0, 2),
-            amount: 5,
-            overdraft: false,
-            outcome: Outcome::Committed,
-            finished: Instant::now(),
-            retried: false,
-        };
-        let e = r.expected_entries();
-        assert_eq!(e.len(), 1);
-        assert_eq!(e[&0], vec![("acct-01".into(), -5), ("acct-02".into(), 5)]);
-        let cross = Record { to: (1, 2), ..r };
-        assert_eq!(cross.expected_entries().len(), 2);
     }
 }

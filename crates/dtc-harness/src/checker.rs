@@ -1,312 +1,541 @@
-//! The demo's checker: reads the final state everywhere (the coordinators'
-//! records, every ledger's audit, every balance) and compares it with what
-//! the clients were told.
+//! The checker of the bank workload: after the faults are healed and the
+//! system is quiescent, the final state (every ledger's balances and audit
+//! log, the cluster's record of every transaction: [`FinalState`], read by
+//! whoever runs the workload) is compared with what the clients did and saw
+//! ([`crate::history::History`]). The demo and the failover suite check
+//! with this one function.
 //!
-//! ```text
-//! records (client) ----\
-//! ListTransactions -----+--> one outcome per transaction?  --> Summary
-//! ledger audits --------+    entries = what was asked?          (anomalies,
-//! balances ------------/     total unchanged? no negatives?      counts)
-//! ```
+//! Anomaly kinds (each with its first example in the report):
+//!
+//! | kind | meaning |
+//! |---|---|
+//! | `total-mismatch` | the sum of all balances is not the sum deposited |
+//! | `negative-balance` | an account went below zero |
+//! | `balance-vs-audit` | a balance is not the sum of the committed deltas its ledger lists |
+//! | `split-outcome` | a transaction committed at some of its participants and not at others |
+//! | `payload-mismatch` | a participant committed other entries than the client sent |
+//! | `acked-commit-not-applied` | the client was told committed, a participant did not commit |
+//! | `acked-abort-applied` | the client was told aborted, a participant committed |
+//! | `refused-but-applied` | the client got a definite refusal, a participant committed |
+//! | `cluster-disagrees` | the cluster's final record differs from what participants applied |
+//! | `unresolved` | after quiescing, the cluster cannot say how a transaction ended |
+//! | `decision-changed` | two decisions seen for one transaction differ (across leaders, over time, or vs the client's answer) |
+//! | `in-doubt-after-heal` | a participant still holds a prepared transaction after quiescing |
+//! | `reservation-held-after-heal` | an account still has a reservation (or lock) of a prepared transaction after quiescing |
+//! | `phantom-commit` | a participant committed a transaction no client ran |
+//! | `not-quiescent` | pending or in-doubt transactions outlived the bound after healing |
+//! | `not-live-after-heal` | a transfer after healing did not commit |
 
-use crate::bank::{AbortKind, Outcome, Record, balances};
-use crate::cluster::LEDGERS;
-use crate::demo::{DemoOptions, Scenario};
-use crate::report::{Agreement, InDoubt, Summary, Transfers, ms};
+use crate::history::{History, OpKind, OpResult, decision_of};
 use dtc_client::proto::{AuditEntry, AuditOutcome};
-use dtc_client::{Client, TxnState, TxnStatus};
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use dtc_client::{ClientError, TxnState, TxnStatus};
+use dtc_proto::v1 as pb;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// Reads the final state everywhere and checks it.
-pub async fn check(
-    args: &DemoOptions,
-    log_dir: &Path,
-    client: &Client,
-    records: &[Record],
-    total_before: i64,
-    load_secs: f64,
-    mut sc: Scenario,
-) -> Summary {
-    let mut anomalies = std::mem::take(&mut sc.anomalies);
-    let mut agreement = Agreement::default();
+/// How a transaction ended at one participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtParticipant {
+    Committed(Vec<(String, i64)>),
+    Aborted,
+    Prepared,
+    /// No record (never prepared, or the abort was never delivered).
+    Missing,
+}
 
-    // The coordinator's records.
-    let txns: HashMap<String, TxnStatus> = match client.list_transactions(false).await {
-        Ok(l) => l.into_iter().map(|t| (t.txn_id.clone(), t)).collect(),
-        Err(e) => {
-            anomalies.push(format!("cannot list the coordinator's transactions: {e}"));
-            HashMap::new()
-        }
-    };
-    // Each ledger's.
-    let mut audits: Vec<HashMap<String, AuditEntry>> = Vec::new();
-    for name in LEDGERS {
-        match client.ledger_audit(name, true).await {
-            Ok(a) => audits.push(a.into_iter().map(|e| (e.txn_id.clone(), e)).collect()),
-            Err(e) => {
-                anomalies.push(format!("cannot audit {name}: {e}"));
-                audits.push(HashMap::new());
-            }
-        }
+/// The cluster's record of a transaction after quiescing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtCluster {
+    /// A decision (`commit`|`abort`) and the state name.
+    Decided(&'static str, String),
+    /// Preparing, or an unknown state value.
+    Undecided(String),
+    /// NOT_FOUND: never begun (or past retention).
+    NotFound,
+    Error(String),
+}
+
+/// Everything read from the system after quiescing.
+#[derive(Debug, Clone, Default)]
+pub struct FinalState {
+    /// (ledger, account) -> (balance, what prepared transactions hold on it; "" if nothing).
+    pub balances: BTreeMap<(String, String), (i64, String)>,
+    /// ledger -> txn id -> outcome there.
+    pub audits: BTreeMap<String, BTreeMap<String, AtParticipant>>,
+    /// txn id -> the cluster's record.
+    pub cluster: BTreeMap<String, AtCluster>,
+}
+
+/// How one ledger audit entry says a transaction ended there.
+pub fn at_participant(e: AuditEntry) -> AtParticipant {
+    match AuditOutcome::try_from(e.outcome) {
+        Ok(AuditOutcome::Committed) => AtParticipant::Committed(
+            e.entries
+                .into_iter()
+                .map(|x| (x.account, x.delta))
+                .collect(),
+        ),
+        Ok(AuditOutcome::Aborted) => AtParticipant::Aborted,
+        Ok(AuditOutcome::Prepared) => AtParticipant::Prepared,
+        _ => AtParticipant::Missing,
     }
-    let ledger_index = |name: &str| -> Option<usize> { LEDGERS.iter().position(|l| *l == name) };
-    let committed =
-        |e: Option<&AuditEntry>| e.is_some_and(|e| e.outcome == AuditOutcome::Committed as i32);
-    let mut mismatches: Vec<String> = Vec::new();
+}
 
-    // Coordinator vs ledgers.
-    for t in txns.values() {
-        agreement.transactions_checked += 1;
-        match t.state {
-            TxnState::Committed => {
-                for p in &t.participants {
-                    let Some(l) = ledger_index(p) else { continue };
-                    if !committed(audits[l].get(&t.txn_id)) {
-                        mismatches.push(format!(
-                            "{} is committed at the coordinators but not applied at {p}",
-                            t.txn_id
-                        ));
-                    }
-                }
+/// The cluster's record as a `GetTransaction` (or a listing) gives it.
+pub fn at_cluster(r: Result<TxnStatus, ClientError>) -> AtCluster {
+    match r {
+        Ok(t) => {
+            let state = t.state.as_str().to_string();
+            match decision_of(state_value(t.state)) {
+                Some((d, s)) => AtCluster::Decided(d, s.to_string()),
+                None => AtCluster::Undecided(state),
             }
-            TxnState::Aborted => {
-                for p in &t.participants {
-                    let Some(l) = ledger_index(p) else { continue };
-                    if committed(audits[l].get(&t.txn_id)) {
-                        mismatches.push(format!(
-                            "{} is aborted at the coordinators but applied at {p}",
-                            t.txn_id
-                        ));
-                    }
-                }
-            }
-            other => anomalies.push(format!(
-                "{} is still {} at the coordinators",
-                t.txn_id,
-                other.as_str()
-            )),
         }
+        Err(ClientError::NotFound(_)) => AtCluster::NotFound,
+        Err(e) => AtCluster::Error(e.to_string()),
     }
-    // Ledgers vs coordinator, and each account's balance from its entries.
-    let mut applied: BTreeMap<(usize, String), i64> = BTreeMap::new();
-    for (l, audit) in audits.iter().enumerate() {
-        for e in audit.values() {
-            agreement.ledger_entries_checked += 1;
-            if e.outcome == AuditOutcome::Prepared as i32 {
-                anomalies.push(format!("{} is still prepared at {}", e.txn_id, LEDGERS[l]));
-            } else if e.outcome == AuditOutcome::Committed as i32 {
-                for entry in &e.entries {
-                    *applied.entry((l, entry.account.clone())).or_default() += entry.delta;
-                }
-                let state = txns.get(&e.txn_id).map(|t| t.state);
-                if state != Some(TxnState::Committed) {
-                    mismatches.push(format!(
-                        "{} is applied at {} but the coordinators say {}",
-                        e.txn_id,
-                        LEDGERS[l],
-                        state.map_or("nothing", |s| s.as_str())
-                    ));
-                }
-            }
-        }
+}
+
+fn state_value(s: TxnState) -> i32 {
+    (match s {
+        TxnState::Unknown => pb::TxnState::Unspecified,
+        TxnState::Preparing => pb::TxnState::Preparing,
+        TxnState::Committing => pb::TxnState::Committing,
+        TxnState::Aborting => pb::TxnState::Aborting,
+        TxnState::Committed => pb::TxnState::Committed,
+        TxnState::Aborted => pb::TxnState::Aborted,
+    }) as i32
+}
+
+/// Anomalies by kind; each holds every example (the report shows the count
+/// and the first).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Anomalies {
+    pub by_kind: BTreeMap<String, Vec<String>>,
+}
+
+impl Anomalies {
+    pub fn add(&mut self, kind: &str, example: impl Into<String>) {
+        self.by_kind
+            .entry(kind.to_string())
+            .or_default()
+            .push(example.into());
     }
 
-    // Clients vs coordinator, and what was applied vs what was asked.
-    let mut t = Transfers {
-        total: records.len() as u64,
-        outcome_unknown_retried: records.iter().filter(|r| r.retried).count() as u64,
-        ..Transfers::default()
-    };
-    for r in records {
-        let state = txns.get(&r.id).map(|t| t.state);
-        let final_committed = match (&r.outcome, state) {
-            (Outcome::Committed, Some(TxnState::Committed)) => true,
-            (Outcome::Aborted(_), Some(TxnState::Aborted)) => false,
-            (Outcome::Unknown, Some(TxnState::Committed)) => {
-                t.gave_up += 1;
-                true
-            }
-            (Outcome::Unknown, Some(TxnState::Aborted) | None) => {
-                t.gave_up += 1;
-                false
-            }
-            (Outcome::Error(e), _) => {
-                anomalies.push(format!("transfer {} was refused: {e}", r.id));
-                false
-            }
-            (o, s) => {
-                mismatches.push(format!(
-                    "{}: the client was told {} but the coordinators say {}",
-                    r.id,
-                    match o {
-                        Outcome::Committed => "committed",
-                        _ => "aborted",
-                    },
-                    s.map_or("nothing", |s| s.as_str())
-                ));
-                matches!(o, Outcome::Committed)
-            }
-        };
-        if final_committed {
-            t.committed += 1;
-            if r.from.0 != r.to.0 {
-                t.committed_cross_ledger += 1;
-            }
-            for (l, want) in r.expected_entries() {
-                let got = audits[l].get(&r.id).map(|e| {
-                    let mut v: Vec<(String, i64)> = e
-                        .entries
-                        .iter()
-                        .map(|x| (x.account.clone(), x.delta))
-                        .collect();
-                    v.sort();
-                    v
-                });
-                if got.as_ref() != Some(&want) {
-                    mismatches.push(format!(
-                        "{}: {} applied {got:?}, the client asked for {want:?}",
-                        r.id, LEDGERS[l]
-                    ));
-                }
-            }
-        } else {
-            t.aborted += 1;
-            if let Outcome::Aborted(reason) = &r.outcome {
-                match AbortKind::of(reason) {
-                    AbortKind::Funds => t.aborted_insufficient_funds += 1,
-                    AbortKind::Reserved => t.aborted_funds_reserved += 1,
-                    AbortKind::Busy => t.aborted_account_busy += 1,
-                    AbortKind::LedgerDown => t.aborted_ledger_down += 1,
-                    AbortKind::Failover => t.aborted_coordinator_failover += 1,
-                    AbortKind::Other => t.aborted_other += 1,
-                }
-            } else {
-                t.aborted_other += 1;
-            }
-        }
-        if r.overdraft {
-            t.overdrafts += 1;
-            if final_committed {
-                anomalies.push(format!("overdraft {} of {} committed", r.id, r.amount));
-            } else {
-                t.overdrafts_aborted += 1;
-            }
-        }
+    pub fn is_empty(&self) -> bool {
+        self.by_kind.is_empty()
     }
-    t.aborted_contention_percent = if t.total > 0 {
-        let contention = t.aborted_funds_reserved + t.aborted_account_busy;
-        (contention as f64 * 10_000.0 / t.total as f64).round() / 100.0
-    } else {
-        0.0
-    };
-    t.committed_per_sec = if load_secs > 0.0 {
-        (t.committed as f64 / load_secs * 10.0).round() / 10.0
-    } else {
-        0.0
-    };
+}
+
+/// How the transactions whose outcome the client did not learn ended.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Resolution {
+    pub committed: usize,
+    pub aborted: usize,
+    /// Never begun in the cluster (NOT_FOUND) and nowhere applied.
+    pub never_ran: usize,
+}
+
+/// Compares the final state with the history.
+pub fn check(history: &History, deposited: i64, fin: &FinalState) -> (Anomalies, Resolution) {
+    let mut an = Anomalies::default();
+    let mut res = Resolution::default();
+    let ops = history.ops();
 
     // Balances.
-    let (total_after, per_account) = match balances(client, args.accounts).await {
-        Ok((total, per)) => (Some(total), per),
-        Err(e) => {
-            anomalies.push(format!("cannot read the final balances: {e}"));
-            (None, BTreeMap::new())
-        }
-    };
-    for ((l, acct), held) in &per_account {
-        let balance = &held.balance;
-        if held.reserved != 0 || held.incoming != 0 {
-            // Drained: nothing is prepared, so nothing may be reserved.
-            anomalies.push(format!(
-                "{}/{acct} still has {} reserved and {} incoming after the drain",
-                LEDGERS[*l], held.reserved, held.incoming
-            ));
-        }
-        let sum = applied.get(&(*l, acct.clone())).copied().unwrap_or(0);
-        if *balance != sum {
-            mismatches.push(format!(
-                "{}/{acct}: balance {balance}, but its committed entries sum to {sum}",
-                LEDGERS[*l]
-            ));
-        }
+    let total: i64 = fin.balances.values().map(|(b, _)| *b).sum();
+    if total != deposited {
+        an.add(
+            "total-mismatch",
+            format!("sum of balances {total}, deposited {deposited}"),
+        );
+    }
+    for ((ledger, account), (balance, held)) in &fin.balances {
         if *balance < 0 {
-            anomalies.push(format!("{}/{acct} is negative: {balance}", LEDGERS[*l]));
+            an.add(
+                "negative-balance",
+                format!("{ledger}/{account} = {balance}"),
+            );
         }
-    }
-    let totals_equal = total_after == Some(total_before);
-    if let Some(after) = total_after
-        && after != total_before
-    {
-        anomalies.push(format!(
-            "the total balance changed: {total_before} before, {after} after"
-        ));
+        if !held.is_empty() {
+            an.add(
+                "reservation-held-after-heal",
+                format!("{ledger}/{account}: {held}"),
+            );
+        }
+        let from_audit: i64 = fin
+            .audits
+            .get(ledger)
+            .map(|txns| {
+                txns.values()
+                    .filter_map(|t| match t {
+                        AtParticipant::Committed(entries) => Some(
+                            entries
+                                .iter()
+                                .filter(|(a, _)| a == account)
+                                .map(|(_, d)| *d)
+                                .sum::<i64>(),
+                        ),
+                        _ => None,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        if from_audit != *balance {
+            an.add(
+                "balance-vs-audit",
+                format!(
+                    "{ledger}/{account}: balance {balance}, committed deltas in the audit sum to {from_audit}"
+                ),
+            );
+        }
     }
 
-    // Failover: the first commit decided after the kill.
-    if let Some(f) = sc.leader.as_mut() {
-        let first = txns
-            .values()
-            .filter(|t| t.state == TxnState::Committed && t.decided_at_ms > sc.kill_ms)
-            .min_by_key(|t| t.decided_at_ms);
-        if let Some(first) = first {
-            f.failover_ms = Some(first.decided_at_ms - sc.kill_ms);
+    // Every transaction.
+    let known: BTreeSet<&str> = ops.iter().map(|o| o.id.as_str()).collect();
+    for op in &ops {
+        let at: Vec<(&str, &AtParticipant)> = op
+            .branches
+            .iter()
+            .map(|b| {
+                let a = fin
+                    .audits
+                    .get(&b.participant)
+                    .and_then(|t| t.get(&op.id))
+                    .unwrap_or(&AtParticipant::Missing);
+                (b.participant.as_str(), a)
+            })
+            .collect();
+        let committed = at
+            .iter()
+            .filter(|(_, a)| matches!(a, AtParticipant::Committed(_)))
+            .count();
+        let n = op.branches.len();
+        let everywhere = committed == n;
+        let nowhere = committed == 0;
+        let view = format!("{}: participants {at:?}, client {:?}", op.id, op.result);
+        if !everywhere && !nowhere {
+            an.add("split-outcome", view.clone());
         }
-        if let Some(t_kill) = sc.t_kill {
-            f.first_commit_seen_ms = records
-                .iter()
-                .filter(|r| {
-                    matches!(r.outcome, Outcome::Committed)
-                        && txns
-                            .get(&r.id)
-                            .is_some_and(|t| t.decided_at_ms > sc.kill_ms)
-                })
-                .map(|r| ms(r.finished.saturating_duration_since(t_kill)))
-                .min();
-        }
-    }
-
-    // In doubt right after the kills: each must now have one outcome.
-    let mut in_doubt = InDoubt {
-        after_kills: sc.in_doubt_ids.len(),
-        ..InDoubt::default()
-    };
-    for id in &sc.in_doubt_ids {
-        match txns.get(id).map(|t| t.state) {
-            Some(TxnState::Committed) => {
-                in_doubt.resolved += 1;
-                in_doubt.resolved_committed += 1;
+        for (p, a) in &at {
+            if **a == AtParticipant::Prepared {
+                an.add("in-doubt-after-heal", format!("{} at {p}", op.id));
             }
-            Some(TxnState::Aborted) => {
-                in_doubt.resolved += 1;
-                in_doubt.resolved_aborted += 1;
+            if let AtParticipant::Committed(entries) = a {
+                let sent = op
+                    .branches
+                    .iter()
+                    .find(|b| b.participant == *p)
+                    .map(|b| &b.entries);
+                if sent != Some(entries) {
+                    an.add(
+                        "payload-mismatch",
+                        format!("{} at {p}: committed {entries:?}, sent {sent:?}", op.id),
+                    );
+                }
             }
-            s => anomalies.push(format!(
-                "in-doubt transaction {id} is not resolved ({})",
-                s.map_or("unknown to the coordinators", |s| s.as_str())
-            )),
+        }
+        match &op.result {
+            OpResult::Committed if !everywhere => an.add("acked-commit-not-applied", view.clone()),
+            OpResult::Aborted { .. } if !nowhere => an.add("acked-abort-applied", view.clone()),
+            OpResult::Failed { .. } if !nowhere => an.add("refused-but-applied", view.clone()),
+            _ => {}
+        }
+        let cluster = fin
+            .cluster
+            .get(&op.id)
+            .cloned()
+            .unwrap_or(AtCluster::Error("not asked".into()));
+        match &cluster {
+            AtCluster::Decided("commit", _) if !everywhere => {
+                an.add("cluster-disagrees", format!("cluster committed; {view}"))
+            }
+            AtCluster::Decided("abort", _) if !nowhere => {
+                an.add("cluster-disagrees", format!("cluster aborted; {view}"))
+            }
+            AtCluster::NotFound if !nowhere => an.add(
+                "cluster-disagrees",
+                format!("cluster has no record; {view}"),
+            ),
+            AtCluster::Undecided(s) => an.add("unresolved", format!("cluster says {s}; {view}")),
+            AtCluster::Error(e) => an.add("unresolved", format!("cluster answers {e}; {view}")),
+            _ => {}
+        }
+        let told = match &op.result {
+            OpResult::Committed => Some("commit"),
+            OpResult::Aborted { .. } => Some("abort"),
+            _ => None,
+        };
+        if let (Some(told), AtCluster::Decided(now, _)) = (told, &cluster)
+            && told != *now
+        {
+            an.add(
+                "decision-changed",
+                format!(
+                    "{}: the client was told {told}, the cluster now says {now}",
+                    op.id
+                ),
+            );
+        }
+        if let (Some(told), AtCluster::NotFound) = (told, &cluster) {
+            an.add(
+                "decision-changed",
+                format!(
+                    "{}: the client was told {told}, the cluster has no record",
+                    op.id
+                ),
+            );
+        }
+        if matches!(op.result, OpResult::Unknown { .. } | OpResult::Running) {
+            match &cluster {
+                AtCluster::Decided("commit", _) => res.committed += 1,
+                AtCluster::Decided(_, _) => res.aborted += 1,
+                AtCluster::NotFound => res.never_ran += 1,
+                _ => {}
+            }
+        }
+        if op.kind == OpKind::Deposit && op.result != OpResult::Committed {
+            an.add("seed-not-committed", view);
         }
     }
 
-    agreement.mismatches = mismatches.len();
-    anomalies.extend(mismatches);
-    Summary {
-        ok: anomalies.is_empty(),
-        load_secs: (load_secs * 10.0).round() / 10.0,
-        clients: args.clients,
-        ledgers: LEDGERS.iter().map(|l| l.to_string()).collect(),
-        accounts_per_ledger: args.accounts,
-        ledger_lock_wait_ms: args.lock_wait_ms,
-        transfers: t,
-        leader_failover: sc.leader,
-        ledger_crash: sc.ledger,
-        in_doubt,
-        total_before,
-        total_after,
-        totals_equal,
-        agreement,
-        anomalies,
-        log_dir: log_dir.display().to_string(),
-        log_dir_kept: false,
+    // Decisions seen over time, through different nodes and leaders.
+    let mut seen: BTreeMap<&str, Vec<(&'static str, u64, &str)>> = BTreeMap::new();
+    let observations = history.observations();
+    for o in &observations {
+        seen.entry(o.txn_id.as_str())
+            .or_default()
+            .push((o.decision, o.t_ms, o.source.as_str()));
+    }
+    for (id, list) in &seen {
+        let kinds: BTreeSet<&str> = list.iter().map(|(d, _, _)| *d).collect();
+        if kinds.len() > 1 {
+            an.add("decision-changed", format!("{id}: seen {list:?}"));
+        }
+    }
+
+    // Commits nobody asked for.
+    for (ledger, txns) in &fin.audits {
+        for (id, a) in txns {
+            if matches!(a, AtParticipant::Committed(_)) && !known.contains(id.as_str()) {
+                an.add("phantom-commit", format!("{id} at {ledger}"));
+            }
+        }
+    }
+    (an, res)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The checker must not be vacuous: each anomaly it claims to find is
+    //! found in a hand-made history and final state.
+    use super::*;
+    use crate::history::{Account, Branch, History, Observation, Op, transfer_branches};
+    use std::time::Instant;
+
+    /// A hand-made run: its history and what was deposited.
+    struct Bank {
+        history: History,
+        total: i64,
+    }
+
+    fn check(bank: &Bank, fin: &FinalState) -> (Anomalies, Resolution) {
+        super::check(&bank.history, bank.total, fin)
+    }
+
+    fn acct(l: &str) -> Account {
+        Account {
+            ledger: l.into(),
+            account: "a".into(),
+        }
+    }
+
+    /// Two accounts (bank-0/a, bank-1/a) seeded with 100 each, then a
+    /// transfer t1 of 10 from bank-0 to bank-1 that the client saw `told`.
+    fn scenario(told: OpResult) -> (Bank, FinalState) {
+        let history = History::new(Instant::now());
+        for l in ["bank-0", "bank-1"] {
+            let i = history.begin(Op {
+                id: format!("seed-{l}"),
+                kind: OpKind::Deposit,
+                client: usize::MAX,
+                branches: vec![Branch {
+                    participant: l.into(),
+                    entries: vec![("a".into(), 100)],
+                }],
+                start_ms: 0,
+                end_ms: 0,
+                result: OpResult::Running,
+            });
+            history.finish(i, OpResult::Committed);
+        }
+        let i = history.begin(Op {
+            id: "t1".into(),
+            kind: OpKind::Transfer,
+            client: 0,
+            branches: transfer_branches(&acct("bank-0"), &acct("bank-1"), 10),
+            start_ms: 0,
+            end_ms: 0,
+            result: OpResult::Running,
+        });
+        history.finish(i, told);
+        let bank = Bank {
+            history,
+            total: 200,
+        };
+        let mut fin = FinalState::default();
+        for l in ["bank-0", "bank-1"] {
+            let mut audit = BTreeMap::new();
+            audit.insert(
+                format!("seed-{l}"),
+                AtParticipant::Committed(vec![("a".into(), 100)]),
+            );
+            fin.audits.insert(l.into(), audit);
+            fin.cluster.insert(
+                format!("seed-{l}"),
+                AtCluster::Decided("commit", "committed".into()),
+            );
+        }
+        (bank, fin)
+    }
+
+    fn commit_t1(fin: &mut FinalState, at: &[&str]) {
+        for l in at {
+            let d = if *l == "bank-0" { -10 } else { 10 };
+            fin.audits
+                .get_mut(*l)
+                .unwrap()
+                .insert("t1".into(), AtParticipant::Committed(vec![("a".into(), d)]));
+        }
+    }
+
+    fn balances(fin: &mut FinalState, b0: i64, b1: i64) {
+        fin.balances
+            .insert(("bank-0".into(), "a".into()), (b0, String::new()));
+        fin.balances
+            .insert(("bank-1".into(), "a".into()), (b1, String::new()));
+    }
+
+    fn kinds(a: &Anomalies) -> Vec<&str> {
+        a.by_kind.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn a_consistent_commit_has_no_anomaly() {
+        let (bank, mut fin) = scenario(OpResult::Committed);
+        commit_t1(&mut fin, &["bank-0", "bank-1"]);
+        balances(&mut fin, 90, 110);
+        fin.cluster.insert(
+            "t1".into(),
+            AtCluster::Decided("commit", "committed".into()),
+        );
+        let (a, _) = check(&bank, &fin);
+        assert!(a.is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn an_unknown_outcome_resolved_as_never_run_is_fine() {
+        let (bank, mut fin) = scenario(OpResult::Unknown {
+            error: "deadline".into(),
+        });
+        balances(&mut fin, 100, 100);
+        fin.cluster.insert("t1".into(), AtCluster::NotFound);
+        let (a, r) = check(&bank, &fin);
+        assert!(a.is_empty(), "{a:?}");
+        assert_eq!(r.never_ran, 1);
+    }
+
+    #[test]
+    fn a_commit_at_one_participant_only_is_a_split_outcome() {
+        let (bank, mut fin) = scenario(OpResult::Committed);
+        commit_t1(&mut fin, &["bank-1"]);
+        balances(&mut fin, 100, 110);
+        fin.cluster.insert(
+            "t1".into(),
+            AtCluster::Decided("commit", "committed".into()),
+        );
+        let (a, _) = check(&bank, &fin);
+        assert_eq!(
+            kinds(&a),
+            [
+                "acked-commit-not-applied",
+                "cluster-disagrees",
+                "split-outcome",
+                "total-mismatch"
+            ],
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_abort_that_was_applied_is_caught() {
+        let (bank, mut fin) = scenario(OpResult::Aborted { reason: "x".into() });
+        commit_t1(&mut fin, &["bank-0", "bank-1"]);
+        balances(&mut fin, 90, 110);
+        fin.cluster.insert(
+            "t1".into(),
+            AtCluster::Decided("commit", "committed".into()),
+        );
+        let (a, _) = check(&bank, &fin);
+        assert_eq!(
+            kinds(&a),
+            ["acked-abort-applied", "decision-changed"],
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn two_different_decisions_seen_for_one_transaction_are_caught() {
+        let (bank, mut fin) = scenario(OpResult::Unknown {
+            error: "deadline".into(),
+        });
+        balances(&mut fin, 100, 100);
+        fin.cluster
+            .insert("t1".into(), AtCluster::Decided("abort", "aborted".into()));
+        for (d, s) in [("commit", "committing"), ("abort", "aborted")] {
+            bank.history.observe(Observation {
+                txn_id: "t1".into(),
+                t_ms: 1,
+                source: "get@1".into(),
+                decision: d,
+                state: s.into(),
+            });
+        }
+        let (a, _) = check(&bank, &fin);
+        assert_eq!(kinds(&a), ["decision-changed"], "{a:?}");
+    }
+
+    #[test]
+    fn money_from_nowhere_and_leftovers_are_caught() {
+        let (bank, mut fin) = scenario(OpResult::Aborted { reason: "x".into() });
+        // A balance no audit explains, a negative one, a reservation, a prepared
+        // record, a commit nobody ran, and a cluster that cannot answer.
+        balances(&mut fin, 130, -20);
+        fin.balances
+            .insert(("bank-1".into(), "a".into()), (-20, "5 reserved".into()));
+        fin.audits.get_mut("bank-0").unwrap().insert(
+            "t9".into(),
+            AtParticipant::Committed(vec![("a".into(), 30)]),
+        );
+        fin.audits
+            .get_mut("bank-1")
+            .unwrap()
+            .insert("t1".into(), AtParticipant::Prepared);
+        fin.cluster
+            .insert("t1".into(), AtCluster::Undecided("preparing".into()));
+        let (a, _) = check(&bank, &fin);
+        assert_eq!(
+            kinds(&a),
+            [
+                "balance-vs-audit",
+                "in-doubt-after-heal",
+                "negative-balance",
+                "phantom-commit",
+                "reservation-held-after-heal",
+                "total-mismatch",
+                "unresolved"
+            ],
+            "{a:?}"
+        );
     }
 }

@@ -15,6 +15,7 @@
 //! when dropped by a failing test (a panic), it keeps the directory and
 //! prints the end of every child's log.
 
+use crate::history::{Branch, History, Op, OpKind, OpResult, result_of};
 use crate::metrics::{self, Metrics};
 use crate::ports::{free_ports, loopback};
 use crate::process::{Process, tail_filtered};
@@ -379,23 +380,43 @@ impl LocalCluster {
     }
 
     /// Deposits `amount` into accounts 0..`accounts` of every ledger (in
-    /// parallel, one transaction each). Returns the total deposited.
-    pub async fn seed(&self, client: &Client, accounts: usize, amount: i64) -> Result<i64> {
+    /// parallel, one transaction each, recorded in `history`). Returns the
+    /// total deposited.
+    pub async fn seed(
+        &self,
+        client: &Client,
+        accounts: usize,
+        amount: i64,
+        history: &History,
+    ) -> Result<i64> {
         let mut jobs = Vec::new();
         for (ledger, _) in &self.ledgers {
             for acct in (0..accounts).map(account) {
                 let id = format!("seed-{ledger}-{acct}");
+                let index = history.begin(Op {
+                    id: id.clone(),
+                    kind: OpKind::Deposit,
+                    client: usize::MAX,
+                    branches: vec![Branch {
+                        participant: ledger.clone(),
+                        entries: vec![(acct.clone(), amount)],
+                    }],
+                    start_ms: history.now_ms(),
+                    end_ms: 0,
+                    result: OpResult::Running,
+                });
                 jobs.push(async move {
-                    let o = client
+                    let r = client
                         .deposit((ledger, &acct), amount)
                         .id(id)
                         .execute()
-                        .await
-                        .with_context(|| format!("deposit into {ledger}/{acct}"))?;
-                    if !o.committed {
-                        bail!("deposit into {ledger}/{acct} aborted: {}", o.reason);
+                        .await;
+                    let result = result_of(r);
+                    history.finish(index, result.clone());
+                    match result {
+                        OpResult::Committed => Ok(amount),
+                        other => bail!("deposit into {ledger}/{acct}: {other:?}"),
                     }
-                    Ok(amount)
                 });
             }
         }

@@ -30,8 +30,9 @@
 use crate::bank::{
     AbortKind, Shared, Stats, Workload, balances, prepared_at, worker, workload_client,
 };
-use crate::checker::check;
 use crate::cluster::{ClusterSpec, LEDGERS, Leader, LocalCluster, POLL, leader_of};
+use crate::demo_check::{Measured, check};
+use crate::history::History;
 use crate::process::{indent, tail_filtered};
 use crate::report::{LeaderFailover, LedgerCrash, Summary, count, ms, preview, print_text, round3};
 use crate::wall_ms;
@@ -254,8 +255,10 @@ async fn wait_settled(
 /// Everything the scenario measured, for the summary.
 pub struct Scenario {
     pub leader: Option<LeaderFailover>,
+    /// The leader's SIGKILL, in wall-clock ms (as the coordinators stamp
+    /// their decisions) and on the history's clock.
     pub kill_ms: u64,
-    pub t_kill: Option<Instant>,
+    pub kill_at_ms: Option<u64>,
     pub ledger: Option<LedgerCrash>,
     pub in_doubt_ids: BTreeSet<String>,
     pub anomalies: Vec<String>,
@@ -300,7 +303,7 @@ async fn kill_leader(r: &mut Steps<'_>) -> Result<()> {
     let pid = r.cluster.kill(&name)?;
     let t_kill = Instant::now();
     r.sc.kill_ms = wall_ms();
-    r.sc.t_kill = Some(t_kill);
+    r.sc.kill_at_ms = Some(r.shared.history.now_ms());
     r.shared.leader.store(0, Relaxed);
     let killed_at = t_kill.duration_since(r.t0).as_secs_f64();
     r.ui.event(format!(
@@ -438,8 +441,19 @@ async fn demo(args: &DemoOptions, cluster: &mut LocalCluster, ui: &Arc<Ui>) -> R
         LEDGERS.join(", "),
         setup.elapsed().as_secs_f64()
     ));
+    let shared = Arc::new(Shared {
+        stats: Stats::default(),
+        history: History::new(Instant::now()),
+        stop: AtomicBool::new(false),
+        leader: AtomicU64::new(leader.id),
+    });
     let deposited = cluster
-        .seed(&client, args.accounts as usize, args.initial_balance)
+        .seed(
+            &client,
+            args.accounts as usize,
+            args.initial_balance,
+            &shared.history,
+        )
         .await?;
     wait_settled(cluster, &client, Duration::from_secs(30)).await?;
     let (total_before, _) = balances(&client, args.accounts).await?;
@@ -457,12 +471,6 @@ async fn demo(args: &DemoOptions, cluster: &mut LocalCluster, ui: &Arc<Ui>) -> R
 
     // Load.
     let duration = Duration::from_secs(args.duration_secs);
-    let shared = Arc::new(Shared {
-        stats: Stats::default(),
-        records: Mutex::new(Vec::new()),
-        stop: AtomicBool::new(false),
-        leader: AtomicU64::new(leader.id),
-    });
     let workload = Arc::new(Workload {
         accounts: args.accounts,
         supply: total_before,
@@ -489,7 +497,7 @@ async fn demo(args: &DemoOptions, cluster: &mut LocalCluster, ui: &Arc<Ui>) -> R
     let sc = Scenario {
         leader: None,
         kill_ms: 0,
-        t_kill: None,
+        kill_at_ms: None,
         ledger: None,
         in_doubt_ids: BTreeSet::new(),
         anomalies,
@@ -539,17 +547,14 @@ async fn demo(args: &DemoOptions, cluster: &mut LocalCluster, ui: &Arc<Ui>) -> R
     cluster.check_children()?;
     takeover_figures(cluster, &mut sc).await;
 
-    let records = std::mem::take(&mut *shared.records.lock().unwrap_or_else(|p| p.into_inner()));
-    let mut summary = check(
-        args,
-        cluster.root(),
-        &client,
-        &records,
+    let run = Measured {
+        shared: &shared,
+        deposited,
         total_before,
+        supply: workload.supply,
         load_secs,
-        sc,
-    )
-    .await;
+    };
+    let mut summary = check(args, cluster.root(), &client, &run, sc).await;
     summary.in_doubt.drain_ms = drain;
     summary.log_dir_kept = cluster.is_kept();
     Ok(summary)

@@ -11,11 +11,14 @@
 //!             │  metrics (GET /metrics) ──► metrics::Metrics
 //!             ▼
 //! demo (fault schedule) ──spawns──► bank::worker ×N ──transfers──► cluster
-//!             │                          │ records, stats
+//!             │                          │ ops, answers  (the failover suite's
+//!             │                          ▼               clients record here too)
+//!             │                    history::History
 //!             ▼                          ▼
-//!          checker::check (coordinators' records, ledger audits, balances)
-//!             ▼
-//!          report::Summary (table or JSON)
+//!   FinalState (coordinators' records, ledger audits, balances)
+//!             └──────────► checker::check ──► Anomalies
+//!                                              ▼
+//!                               report::Summary (table or JSON)
 //! ```
 //!
 //! ## Layout
@@ -26,9 +29,12 @@
 //!   deadline and fail fast when a child exited by itself.
 //! - [`metrics`]: a Prometheus text scrape (takeover figures, in-doubt
 //!   counts): tools read numbers, not log wording.
-//! - [`bank`]: random transfers with a seeded [`fastrand::Rng`].
-//! - [`checker`]: conservation of money and one outcome per transaction at
-//!   the coordinators, every ledger and the client.
+//! - [`history`]: what a bank workload's clients did and were told.
+//! - [`bank`]: the demo's random transfers with a seeded [`fastrand::Rng`].
+//! - [`checker`]: the one checker of a bank run (the demo's and the
+//!   failover suite's): conservation of money and one outcome per
+//!   transaction at the coordinators, every ledger and the client.
+//!   `demo_check` reads the demo's final state through the client SDK.
 //! - [`demo`] and [`report`]: `dtc demo`'s schedule (SIGKILL the leader at
 //!   1/3, a ledger at 2/3), progress output and summary.
 //! - [`up`]: `dtc up`, the demo's cluster left running until Ctrl-C.
@@ -41,6 +47,8 @@ pub mod bank;
 pub mod checker;
 pub mod cluster;
 pub mod demo;
+mod demo_check;
+pub mod history;
 pub mod metrics;
 pub mod ports;
 pub mod process;

@@ -27,7 +27,12 @@ async fn start(cluster: &mut LocalCluster, args: &UpOptions) -> anyhow::Result<u
     let client = Client::connect(cluster.coordinator_addrs())?;
     let leader = cluster.wait_ready(&client, Duration::from_secs(60)).await?;
     cluster
-        .seed(&client, args.accounts as usize, args.initial_balance)
+        .seed(
+            &client,
+            args.accounts as usize,
+            args.initial_balance,
+            &crate::history::History::new(std::time::Instant::now()),
+        )
         .await?;
     Ok(leader.id)
 }
