@@ -75,21 +75,8 @@ pub enum LedgerError {
     InvalidAccount(String, String),
 }
 
-macro_rules! from_redb {
-    ($($t:ty),* $(,)?) => {$(
-        impl From<$t> for LedgerError {
-            fn from(e: $t) -> Self {
-                LedgerError::Storage(e.into())
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-);
+// redb has one error type per operation; they all fold into `redb::Error`.
+dtc_util::from_redb!(LedgerError, LedgerError::Storage);
 
 /// Checks an account name: 1..=128 bytes, no control characters.
 pub fn validate_account(account: &str) -> Result<(), LedgerError> {

@@ -46,22 +46,5 @@ pub enum ParticipantError {
     Task(String),
 }
 
-/// redb has one error type per operation; they all fold into `redb::Error`.
-macro_rules! from_redb {
-    ($($t:ty),* $(,)?) => {$(
-        impl From<$t> for ParticipantError {
-            fn from(e: $t) -> Self {
-                ParticipantError::Storage(e.into())
-            }
-        }
-    )*};
-}
-
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError,
-);
+// redb has one error type per operation; they all fold into `redb::Error`.
+dtc_util::from_redb!(ParticipantError, ParticipantError::Storage);

@@ -85,8 +85,6 @@
 
 mod coordinators;
 pub mod counters;
-#[cfg(feature = "failpoints")]
-mod crash;
 mod error;
 pub mod log;
 mod metrics;

@@ -35,9 +35,17 @@ pub fn open_database(dir: &Path) -> Result<Arc<Database>, ParticipantError> {
         source,
     })?;
     let path = dir.join(DATABASE_FILE);
-    if !path.exists() {
-        create_atomically(&path)?;
-    }
+    // `Database::create` interrupted by a crash leaves a file without its
+    // magic number that redb then refuses to open: build it aside and rename.
+    dtc_util::fs::create_atomically(&path, |tmp| Database::create(tmp).map(drop)).map_err(|e| {
+        match e {
+            dtc_util::fs::AtomicError::Fill(e) => ParticipantError::from(e),
+            dtc_util::fs::AtomicError::Io { path, source } => ParticipantError::Io {
+                what: format!("cannot create {}", path.display()),
+                source,
+            },
+        }
+    })?;
     let db = redb::Builder::new()
         .set_cache_size(DATABASE_CACHE_BYTES)
         .create(path)?;
@@ -50,35 +58,6 @@ pub fn open_database(dir: &Path) -> Result<Arc<Database>, ParticipantError> {
 /// its history. Applications with large tables of their own in the same
 /// file may want more: open the file themselves with `redb::Builder`.
 pub const DATABASE_CACHE_BYTES: usize = 64 * 1024 * 1024;
-
-/// Builds a new database under a temporary name and renames it into place
-/// (syncing file and directory), because `Database::create` interrupted by a
-/// crash leaves a file without its magic number that redb then refuses to
-/// open. The same technique as `dtc_store::files`.
-fn create_atomically(path: &Path) -> Result<(), ParticipantError> {
-    let tmp = path.with_extension("redb.creating");
-    let io = |what: &str| {
-        let what = format!("{what} {}", tmp.display());
-        move |source| ParticipantError::Io { what, source }
-    };
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io("cannot remove the leftover")(e));
-        }
-        _ => {}
-    }
-    drop(Database::create(&tmp)?);
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io("cannot sync"))?;
-    std::fs::rename(&tmp, path).map_err(io("cannot rename"))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("cannot sync the directory of"))?;
-    }
-    Ok(())
-}
 
 /// Opens (creating if empty) a participant database on a custom redb storage
 /// backend instead of `<dir>/participant.redb`, e.g. a simulated disk for
@@ -282,7 +261,7 @@ impl ParticipantBuilder {
         let coordinators = Arc::new(Coordinators::new(&self.coordinators, self.rpc_timeout)?);
         let register = self.register && !coordinators.is_empty();
         let endpoint = match &self.advertise {
-            Some(e) => Some(to_uri(e)),
+            Some(e) => Some(dtc_util::endpoint_uri(e)),
             None if local_addr.ip().is_unspecified() => None,
             None => Some(format!("http://{local_addr}")),
         };
@@ -440,15 +419,6 @@ impl ParticipantBuilder {
         }
         running.shutdown().await;
         Ok(())
-    }
-}
-
-/// `host:port` becomes `http://host:port`; URLs are kept.
-pub(crate) fn to_uri(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
     }
 }
 

@@ -80,11 +80,7 @@ impl pb::participant_server::Participant for ParticipantService {
             .await
             .map_err(status_of)?;
         // Crash point: the vote is logged and synced but not sent.
-        fail::fail_point!(
-            "participant.prepare.before_reply",
-            crate::crash::armed_for(&msg.txn_id),
-            |_| crate::crash::crash("participant.prepare.before_reply")
-        );
+        dtc_util::crash_point!("participant.prepare.before_reply", txn = &msg.txn_id);
         let (vote, reason) = match vote {
             Vote::Prepared => (pb::Vote::Prepared, String::new()),
             Vote::ReadOnly => (pb::Vote::ReadOnly, String::new()),
@@ -117,21 +113,13 @@ impl pb::participant_server::Participant for ParticipantService {
         self.check(&msg.participant, &msg.txn_id)?;
         // Crash points: the decision arrived and is not handled yet; then,
         // it is applied and synced but not acknowledged.
-        fail::fail_point!(
-            "participant.decision.on_receipt",
-            crate::crash::armed_for(&msg.txn_id),
-            |_| crate::crash::crash("participant.decision.on_receipt")
-        );
+        dtc_util::crash_point!("participant.decision.on_receipt", txn = &msg.txn_id);
         self.writer
             .commit(msg.txn_id.clone())
             .await
             .map_err(status_of)?;
         self.decided("commit");
-        fail::fail_point!(
-            "participant.decision.before_ack",
-            crate::crash::armed_for(&msg.txn_id),
-            |_| crate::crash::crash("participant.decision.before_ack")
-        );
+        dtc_util::crash_point!("participant.decision.before_ack", txn = &msg.txn_id);
         Ok(Response::new(pb::CommitResponse {}))
     }
 
@@ -141,21 +129,13 @@ impl pb::participant_server::Participant for ParticipantService {
     ) -> Result<Response<pb::AbortResponse>, Status> {
         let msg = request.into_inner();
         self.check(&msg.participant, &msg.txn_id)?;
-        fail::fail_point!(
-            "participant.decision.on_receipt",
-            crate::crash::armed_for(&msg.txn_id),
-            |_| crate::crash::crash("participant.decision.on_receipt")
-        );
+        dtc_util::crash_point!("participant.decision.on_receipt", txn = &msg.txn_id);
         self.writer
             .abort(msg.txn_id.clone(), msg.reason)
             .await
             .map_err(status_of)?;
         self.decided("abort");
-        fail::fail_point!(
-            "participant.decision.before_ack",
-            crate::crash::armed_for(&msg.txn_id),
-            |_| crate::crash::crash("participant.decision.before_ack")
-        );
+        dtc_util::crash_point!("participant.decision.before_ack", txn = &msg.txn_id);
         Ok(Response::new(pb::AbortResponse {}))
     }
 }

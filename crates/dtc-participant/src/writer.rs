@@ -586,7 +586,7 @@ impl Worker {
             debug!(participant = %self.name, txn_id, ?vote, "duplicate prepare answered from the log");
             return Ok(Prepared::Answer(Answer::Vote(vote), false));
         }
-        let now_ms = log::wall_ms();
+        let now_ms = dtc_util::wall_ms();
         let refuse = |reason: String| LogRecord {
             state: TxnState::Aborted,
             payload: payload.to_vec(),
@@ -713,7 +713,7 @@ impl Worker {
                 }
                 let done = LogRecord {
                     state: TxnState::Committed,
-                    updated_at_ms: log::wall_ms(),
+                    updated_at_ms: dtc_util::wall_ms(),
                     ..rec
                 };
                 log::put_in(&tx, txn_id, &done)?;
@@ -734,7 +734,7 @@ impl Worker {
                 payload: Vec::new(),
                 reason: reason.to_string(),
                 voted_prepared: false,
-                updated_at_ms: log::wall_ms(),
+                updated_at_ms: dtc_util::wall_ms(),
             };
             log::put_in(&tx, txn_id, &rec)?;
             self.commit(tx)?;
@@ -769,7 +769,7 @@ impl Worker {
                 let done = LogRecord {
                     state: TxnState::Aborted,
                     reason: reason.to_string(),
-                    updated_at_ms: log::wall_ms(),
+                    updated_at_ms: dtc_util::wall_ms(),
                     ..rec
                 };
                 log::put_in(&tx, txn_id, &done)?;
