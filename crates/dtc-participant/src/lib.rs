@@ -20,7 +20,7 @@
 //!  registration: RegisterParticipant(name, endpoint) at start, retried
 //! ```
 //!
-//! The rules it enforces (shared/CORNER-CASES.md, participant cases):
+//! The rules it enforces (docs/design.md §10, the participant corner cases):
 //!
 //! - **Log before vote (19).** The record and the application's reservations
 //!   commit in one redb transaction and are synced before the vote is sent.
