@@ -37,6 +37,12 @@ pub enum ParticipantError {
         source: std::io::Error,
     },
 
+    /// A write or sync of the participant's file failed while serving; the
+    /// participant refused every call from then on (see
+    /// [`crate::RunningParticipant::storage_failed`]).
+    #[error("participant storage failed: {0}; restart the participant")]
+    Failed(String),
+
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),

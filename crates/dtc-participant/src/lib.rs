@@ -85,6 +85,7 @@
 
 mod coordinators;
 pub mod counters;
+mod disk;
 mod error;
 pub mod log;
 mod metrics;
@@ -94,6 +95,7 @@ mod server;
 mod service;
 mod writer;
 
+pub use disk::DEFAULT_DISK_RESERVE_BYTES;
 pub use error::ParticipantError;
 pub use log::{LogRecord, ParticipantLog, TxnState};
 pub use resolver::InDoubtPass;

@@ -96,6 +96,7 @@ impl ParticipantServer {
             lock_wait: Duration::ZERO,
             max_queued: DEFAULT_MAX_QUEUED,
             metrics_listen: None,
+            disk_reserve: None,
             routes: None,
             listed: dtc_proto::reflection::Listed {
                 services: vec![
@@ -122,6 +123,7 @@ pub struct ParticipantBuilder {
     lock_wait: Duration,
     max_queued: usize,
     metrics_listen: Option<std::net::SocketAddr>,
+    disk_reserve: Option<crate::disk::DiskReserve>,
     routes: Option<Routes>,
     /// What server reflection lists (see [`ParticipantBuilder::reflect`]).
     listed: dtc_proto::reflection::Listed,
@@ -218,6 +220,21 @@ impl ParticipantBuilder {
     /// port, logged as "metrics listening"): prepares by vote and their
     /// duration, decisions, and the transactions in doubt. Not served unless
     /// set; docs/operations.md lists the metrics.
+    /// Keeps `bytes` free on the filesystem holding `dir` (the directory of
+    /// the database) for the decisions of prepared transactions: while less
+    /// is free, new prepares vote abort with a reason naming the disk, and
+    /// they are accepted again once space returns. Without it, a full disk
+    /// fails a write, and the participant stops serving until restarted
+    /// ([`RunningParticipant::storage_failed`]). `dtc participant` keeps
+    /// [`crate::DEFAULT_DISK_RESERVE_BYTES`].
+    pub fn disk_reserve(mut self, dir: impl Into<std::path::PathBuf>, bytes: u64) -> Self {
+        self.disk_reserve = Some(crate::disk::DiskReserve {
+            dir: dir.into(),
+            bytes,
+        });
+        self
+    }
+
     pub fn metrics_listen(mut self, addr: std::net::SocketAddr) -> Self {
         self.metrics_listen = Some(addr);
         self
@@ -288,6 +305,7 @@ impl ParticipantBuilder {
             self.resource.clone(),
             self.lock_wait,
             self.max_queued,
+            self.disk_reserve.clone(),
         )?);
         let plog = ParticipantLog::new(self.db.clone());
         let cancel = CancellationToken::new();
@@ -296,6 +314,21 @@ impl ParticipantBuilder {
         health_reporter
             .set_serving::<pb::participant_server::ParticipantServer<ParticipantService>>()
             .await;
+        // A participant whose storage failed answers nothing OK any more: it
+        // says so, so that a supervisor or load balancer stops sending it work.
+        let health_task = {
+            let writer = writer.clone();
+            let reporter = health_reporter.clone();
+            tokio::spawn(async move {
+                writer.failed().await;
+                reporter
+                    .set_not_serving::<pb::participant_server::ParticipantServer<ParticipantService>>()
+                    .await;
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            })
+        };
         let metrics = Arc::new(crate::metrics::ParticipantMetrics::default());
         let mut metrics_addr = None;
         if let Some(addr) = self.metrics_listen {
@@ -353,7 +386,7 @@ impl ParticipantBuilder {
         );
 
         let (registered_tx, registered) = watch::channel(false);
-        let mut tasks = Vec::new();
+        let mut tasks = vec![health_task];
         if register && let Some(endpoint) = endpoint.clone() {
             tasks.push(tokio::spawn(crate::coordinators::register_loop(
                 self.name.clone(),
@@ -407,8 +440,13 @@ impl ParticipantBuilder {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ParticipantError> {
         let mut running = self.start(listener).await?;
+        let writer = running.writer.clone();
         tokio::select! {
             _ = shutdown => {}
+            why = writer.failed() => {
+                running.shutdown().await;
+                return Err(ParticipantError::Failed(why));
+            }
             r = running.server_done() => {
                 if let Err(e) = &r {
                     error!(error = %e, "participant server failed");
@@ -509,6 +547,14 @@ impl RunningParticipant {
     /// its age (what the start-up pass does).
     pub async fn resolve_in_doubt(&self) -> InDoubtPass {
         self.resolver.pass(Duration::ZERO).await
+    }
+
+    /// Resolves (with the reason) if a write or sync of the participant's
+    /// file fails. From then on every call is refused and health says
+    /// NOT_SERVING; the process should exit and be restarted, which recovers
+    /// from what is durable. Pending forever while storage works.
+    pub async fn storage_failed(&self) -> String {
+        self.writer.failed().await
     }
 
     async fn server_done(&mut self) -> Result<(), ParticipantError> {
