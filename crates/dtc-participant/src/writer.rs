@@ -73,22 +73,8 @@ impl From<ParticipantError> for OpError {
     }
 }
 
-macro_rules! storage_err {
-    ($($t:ty),* $(,)?) => {$(
-        impl From<$t> for OpError {
-            fn from(e: $t) -> Self {
-                OpError::Storage(e.to_string())
-            }
-        }
-    )*};
-}
-storage_err!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError,
-);
+// redb's errors reach a caller as a storage failure, with redb's message.
+dtc_util::from_redb!(OpError, |e: redb::Error| OpError::Storage(e.to_string()));
 
 /// The answer to an operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
