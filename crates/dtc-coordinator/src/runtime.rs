@@ -472,7 +472,8 @@ fn participant_client(
         .map_err(|e| format!("registry read failed: {e}"))?
         .ok_or_else(|| format!("participant {participant} is not registered"))?;
     let channel = shared.channels.get(&endpoint).map_err(|e| e.to_string())?;
-    Ok(ParticipantClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    Ok(ParticipantClient::new(channel)
+        .max_decoding_message_size(dtc_proto::wire::MAX_MESSAGE_BYTES))
 }
 
 fn is_transient(status: &tonic::Status) -> bool {

@@ -9,6 +9,7 @@ use crate::node::{Leadership, Shared};
 use crate::runtime::{DriverStatus, Start, spawn_driver};
 use dtc_core::{Command, CommandResult, Outcome, Phase, TxnId, TxnRecord, TxnRequest};
 use dtc_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
+use dtc_proto::wire::{HOPS_HEADER, LEADER_HINT_HEADER};
 use openraft::ServerState;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +20,6 @@ use tracing::debug;
 
 /// Most times one request is forwarded between nodes.
 pub const MAX_HOPS: u32 = 2;
-const HOPS_HEADER: &str = "dtc-hops";
-const LEADER_HINT_HEADER: &str = "dtc-leader-hint";
 /// How long a request waits for a leader to emerge before UNAVAILABLE.
 const LEADER_WAIT: Duration = Duration::from_secs(3);
 
