@@ -58,7 +58,7 @@ use tracing::debug;
 pub use dtc_proto::v1 as proto;
 
 /// Metadata key of the leader hint on UNAVAILABLE answers: `ID=ADDR`.
-pub const LEADER_HINT_HEADER: &str = "dtc-leader-hint";
+pub use dtc_proto::wire::LEADER_HINT_HEADER;
 
 /// Tunables of a [`Client`].
 #[derive(Debug, Clone)]
