@@ -327,6 +327,7 @@ impl Client {
 
     /// One transaction's state (NOT_FOUND if unknown or past retention).
     pub async fn get_transaction(&self, txn_id: &str) -> Result<TxnStatus, ClientError> {
+        dtc_core::TxnId::new(txn_id).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let (until, per_call) = self.call_deadline();
         let req = pb::GetTransactionRequest {
             txn_id: txn_id.to_string(),

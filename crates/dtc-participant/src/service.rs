@@ -8,9 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
-/// Longest transaction id accepted (the coordinator allows 128 bytes).
-const MAX_TXN_ID: usize = 1024;
-
 pub(crate) struct ParticipantService {
     pub(crate) name: String,
     pub(crate) writer: Arc<Writer>,
@@ -50,15 +47,8 @@ impl ParticipantService {
                 self.name
             )));
         }
-        if txn_id.is_empty() {
-            return Err(Status::invalid_argument("txn_id must not be empty"));
-        }
-        if txn_id.len() > MAX_TXN_ID {
-            return Err(Status::invalid_argument(format!(
-                "txn_id is {} bytes, more than {MAX_TXN_ID}",
-                txn_id.len()
-            )));
-        }
+        // The coordinator's rule: nothing it could send is refused here.
+        dtc_core::TxnId::new(txn_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(())
     }
 }

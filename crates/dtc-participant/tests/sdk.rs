@@ -425,6 +425,14 @@ async fn calls_for_another_participant_name_or_without_an_id_are_refused() {
         assert_eq!(e.code(), Code::FailedPrecondition);
         let e = h.prepare("", b"x", T).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
+        // The coordinator's rule for ids, and only it: a space is refused,
+        // 128 bytes pass, 129 do not.
+        let e = h.prepare("has space", b"x", T).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("not allowed"), "{e:?}");
+        h.prepare(&"a".repeat(128), b"x", T).await.unwrap();
+        let e = h.prepare(&"a".repeat(129), b"x", T).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
     })
     .await
 }
