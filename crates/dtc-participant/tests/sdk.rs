@@ -1048,3 +1048,52 @@ async fn a_failed_write_stops_the_participant_which_recovers_what_was_durable_on
     })
     .await;
 }
+
+/// The participant log's table, as the SDK lays it out (what a damaged disk
+/// or another program could leave in it).
+const LOG_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("dtc_participant_log");
+const PREPARED_TABLE: TableDefinition<&str, ()> = TableDefinition::new("dtc_participant_prepared");
+
+#[tokio::test]
+async fn a_damaged_log_record_is_an_error_naming_it_never_a_panic_or_a_rewrite() {
+    bounded(async {
+        let mut h = Harness::start().await;
+        assert_eq!(
+            h.prepare("ok", b"x", T).await.unwrap().0,
+            pb::Vote::Prepared
+        );
+        h.running.take().unwrap().shutdown().await;
+        // Garbage where a prepared record should be, and one that is cut short.
+        let garbage: &[u8] = &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        {
+            let db =
+                redb::Database::open(h.dir.path().join(dtc_participant::DATABASE_FILE)).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut log = tx.open_table(LOG_TABLE).unwrap();
+                log.insert("damaged", garbage).unwrap();
+                let whole = log.get("ok").unwrap().unwrap().value().to_vec();
+                log.insert("cut", &whole[..whole.len() / 2]).unwrap();
+                let mut prepared = tx.open_table(PREPARED_TABLE).unwrap();
+                prepared.insert("damaged", ()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        // Start-up reads every prepared record: it refuses, naming the record.
+        let db = dtc_participant::open_database(h.dir.path()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = ParticipantServer::builder(NAME, db.clone(), Arc::new(TestResource::default()))
+            .start(listener)
+            .await
+            .expect_err("a damaged prepared record stops the start");
+        assert!(err.to_string().contains("damaged"), "{err}");
+        // A read of either damaged record is an error; nothing was rewritten.
+        let log = dtc_participant::ParticipantLog::new(db.clone());
+        assert!(log.get("damaged").is_err());
+        assert!(log.get("cut").is_err());
+        let tx = db.begin_read().unwrap();
+        let table = tx.open_table(LOG_TABLE).unwrap();
+        assert_eq!(table.get("damaged").unwrap().unwrap().value(), garbage);
+    })
+    .await;
+}
