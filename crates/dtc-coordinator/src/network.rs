@@ -212,7 +212,7 @@ mod tests {
         let entry = Entry::<TypeConfig> {
             log_id: LogId::new(CommittedLeaderId::new(3, 1), 7),
             payload: EntryPayload::Normal(dtc_core::Command::Complete {
-                txn_id: "t-1".into(),
+                txn_id: "t-1".parse().unwrap(),
                 at_ms: 42,
             }),
         };

@@ -7,7 +7,7 @@ use crate::network::{NetworkFactory, RaftService};
 use crate::proposer::Proposer;
 use crate::runtime::{self, DriverHandle};
 use crate::service::{CoordinatorService, InDoubtService};
-use dtc_core::{Command, CommandResult};
+use dtc_core::{Command, CommandResult, TxnId};
 use dtc_proto::v1::{
     coordinator_server::CoordinatorServer, in_doubt_server::InDoubtServer,
     raft_transport_server::RaftTransportServer,
@@ -66,7 +66,7 @@ pub struct Shared {
     pub channels: Channels,
     /// Running drivers by transaction id (leader only). A retry of a running
     /// transaction joins its driver instead of starting another (corner case 6).
-    drivers: Mutex<HashMap<String, DriverHandle>>,
+    drivers: Mutex<HashMap<TxnId, DriverHandle>>,
     pub leadership: watch::Sender<Leadership>,
     /// Bounds transactions in flight (new ones; takeover is never refused).
     pub in_flight: Arc<Semaphore>,
@@ -76,7 +76,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn lock_drivers(&self) -> MutexGuard<'_, HashMap<String, DriverHandle>> {
+    pub fn lock_drivers(&self) -> MutexGuard<'_, HashMap<TxnId, DriverHandle>> {
         self.drivers.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -13,7 +13,7 @@ use crate::metrics::KindLabel;
 use crate::node::Shared;
 use backon::BackoffBuilder;
 use dtc_core::{
-    Action, Command, CommandResult, Event, Outcome, RequestDigest, TxnDriver, TxnRecord,
+    Action, Command, CommandResult, Event, Outcome, RequestDigest, TxnDriver, TxnId, TxnRecord,
 };
 use dtc_proto::v1::{
     AbortRequest, CommitRequest, PrepareRequest, participant_client::ParticipantClient,
@@ -57,7 +57,7 @@ pub struct DriverHandle {
 pub enum Start {
     /// A fresh request: propose `Begin`, then prepare every branch.
     New {
-        txn_id: String,
+        txn_id: TxnId,
         branches: Vec<(String, Vec<u8>)>,
         timeout_ms: u32,
         digest: RequestDigest,
@@ -72,7 +72,7 @@ static SERIAL: AtomicU64 = AtomicU64::new(1);
 /// Spawns a driver and registers it. The caller holds the drivers lock.
 pub fn spawn_driver(
     shared: &Arc<Shared>,
-    drivers: &mut HashMap<String, DriverHandle>,
+    drivers: &mut HashMap<TxnId, DriverHandle>,
     start: Start,
     cancel: CancellationToken,
 ) -> DriverHandle {
@@ -104,7 +104,7 @@ pub fn spawn_driver(
 /// instead of slipping a `Begin` in between the query's check and its abort.
 pub struct Claim {
     shared: Arc<Shared>,
-    txn_id: String,
+    txn_id: TxnId,
     serial: u64,
     status: watch::Sender<DriverStatus>,
 }
@@ -113,13 +113,13 @@ impl Claim {
     /// The caller holds the drivers lock and has checked the id is free.
     pub fn new(
         shared: &Arc<Shared>,
-        drivers: &mut HashMap<String, DriverHandle>,
-        txn_id: &str,
+        drivers: &mut HashMap<TxnId, DriverHandle>,
+        txn_id: &TxnId,
     ) -> Claim {
         let (status, rx) = watch::channel(DriverStatus::default());
         let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
         drivers.insert(
-            txn_id.to_string(),
+            txn_id.clone(),
             DriverHandle {
                 serial,
                 digest: None,
@@ -128,7 +128,7 @@ impl Claim {
         );
         Claim {
             shared: shared.clone(),
-            txn_id: txn_id.to_string(),
+            txn_id: txn_id.clone(),
             serial,
             status,
         }
@@ -164,7 +164,7 @@ enum Input {
 
 struct DriverTask {
     shared: Arc<Shared>,
-    txn_id: String,
+    txn_id: TxnId,
     serial: u64,
     cancel: CancellationToken,
     status: watch::Sender<DriverStatus>,
@@ -353,7 +353,7 @@ impl DriverTask {
                 // (it may or may not commit).
                 fail::fail_point!(
                     "coordinator.prepare.before_send",
-                    crate::crash::armed_for(&txn_id),
+                    crate::crash::armed_for(txn_id.as_str()),
                     |_| crate::crash::crash("coordinator.prepare.before_send")
                 );
                 let payload = payloads.get(&participant).cloned().unwrap_or_default();
@@ -379,7 +379,7 @@ impl DriverTask {
                 // (they hold payloads), not takeover drivers.
                 fail::fail_point!(
                     "coordinator.decision.before_propose",
-                    !payloads.is_empty() && crate::crash::armed_for(&txn_id),
+                    !payloads.is_empty() && crate::crash::armed_for(txn_id.as_str()),
                     |_| crate::crash::crash("coordinator.decision.before_propose")
                 );
                 tokio::spawn(async move {
@@ -395,7 +395,7 @@ impl DriverTask {
                             // applied; no participant has heard it.
                             fail::fail_point!(
                                 "coordinator.decision.before_phase2",
-                                crate::crash::armed_for(&record.txn_id),
+                                crate::crash::armed_for(record.txn_id.as_str()),
                                 |_| crate::crash::crash("coordinator.decision.before_phase2")
                             );
                             Input::Core(Event::DecisionApplied { record })
@@ -472,7 +472,8 @@ fn participant_client(
         .map_err(|e| format!("registry read failed: {e}"))?
         .ok_or_else(|| format!("participant {participant} is not registered"))?;
     let channel = shared.channels.get(&endpoint).map_err(|e| e.to_string())?;
-    Ok(ParticipantClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+    Ok(ParticipantClient::new(channel)
+        .max_decoding_message_size(dtc_proto::wire::MAX_MESSAGE_BYTES))
 }
 
 fn is_transient(status: &tonic::Status) -> bool {
@@ -493,7 +494,7 @@ fn is_transient(status: &tonic::Status) -> bool {
 /// driver's deadline tick decides).
 async fn send_prepare(
     shared: &Shared,
-    txn_id: &str,
+    txn_id: &TxnId,
     participant: &str,
     payload: Vec<u8>,
     deadline: Instant,
@@ -523,7 +524,7 @@ async fn send_prepare(
             }
             Err(status) if is_transient(&status) => {
                 shared.metrics.retry("prepare");
-                debug!(txn_id, participant, %status, "prepare failed; retrying");
+                debug!(%txn_id, participant, %status, "prepare failed; retrying");
             }
             Err(status) if status.code() == tonic::Code::DeadlineExceeded => return None,
             Err(status) => {
@@ -538,7 +539,7 @@ async fn send_prepare(
 /// Sends the decision until the participant acknowledges. Never gives up:
 /// a prepared participant holds locks until it hears (corner case 9); the
 /// caller's cancellation stops it when leadership moves.
-async fn send_decision(shared: &Shared, txn_id: &str, participant: &str, outcome: &Outcome) {
+async fn send_decision(shared: &Shared, txn_id: &TxnId, participant: &str, outcome: &Outcome) {
     let mut delays = backoff();
     let mut attempt: u64 = 0;
     loop {
@@ -580,7 +581,7 @@ async fn send_decision(shared: &Shared, txn_id: &str, participant: &str, outcome
                     // A participant that cannot apply a decided outcome (for a
                     // commit: it lost its log) needs an operator. Keep retrying.
                     error!(
-                        txn_id,
+                        %txn_id,
                         participant,
                         ?code,
                         msg,
@@ -589,7 +590,7 @@ async fn send_decision(shared: &Shared, txn_id: &str, participant: &str, outcome
                     );
                 } else if attempt.is_power_of_two() {
                     warn!(
-                        txn_id,
+                        %txn_id,
                         participant,
                         ?code,
                         msg,

@@ -7,8 +7,9 @@
 
 use crate::node::{Leadership, Shared};
 use crate::runtime::{DriverStatus, Start, spawn_driver};
-use dtc_core::{Command, CommandResult, Outcome, Phase, TxnRecord, TxnRequest};
+use dtc_core::{Command, CommandResult, Outcome, Phase, TxnId, TxnRecord, TxnRequest};
 use dtc_proto::v1::{self as pb, coordinator_client::CoordinatorClient};
+use dtc_proto::wire::{HOPS_HEADER, LEADER_HINT_HEADER};
 use openraft::ServerState;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +20,6 @@ use tracing::debug;
 
 /// Most times one request is forwarded between nodes.
 pub const MAX_HOPS: u32 = 2;
-const HOPS_HEADER: &str = "dtc-hops";
-const LEADER_HINT_HEADER: &str = "dtc-leader-hint";
 /// How long a request waits for a leader to emerge before UNAVAILABLE.
 const LEADER_WAIT: Duration = Duration::from_secs(3);
 
@@ -62,6 +61,12 @@ fn unavailable_with_hint(msg: String, hint: Option<(u64, &str)>) -> Status {
         status.metadata_mut().insert(LEADER_HINT_HEADER, v);
     }
     status
+}
+
+/// The one place a wire id becomes a [`TxnId`]: an invalid one is the
+/// client's mistake.
+fn parse_txn_id(id: String) -> Result<TxnId, Status> {
+    TxnId::new(id).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn store_err(e: dtc_store::StoreError) -> Status {
@@ -227,7 +232,7 @@ fn txn_info(r: &TxnRecord) -> pb::TransactionInfo {
         ),
     };
     pb::TransactionInfo {
-        txn_id: r.txn_id.clone(),
+        txn_id: r.txn_id.to_string(),
         state: state as i32,
         participants: r.participants.clone(),
         reason,
@@ -239,7 +244,7 @@ fn txn_info(r: &TxnRecord) -> pb::TransactionInfo {
     }
 }
 
-fn execute_response(txn_id: &str, outcome: &Outcome) -> pb::ExecuteResponse {
+fn execute_response(txn_id: &TxnId, outcome: &Outcome) -> pb::ExecuteResponse {
     pb::ExecuteResponse {
         txn_id: txn_id.to_string(),
         outcome: pb::Outcome::from(outcome) as i32,
@@ -287,7 +292,9 @@ impl CoordinatorService {
                     )));
                 }
                 h.clone()
-            } else if let Some(record) = shared.reader.get_txn(&txn_id).map_err(store_err)? {
+            } else if let Some(record) =
+                shared.reader.get_txn(txn_id.as_str()).map_err(store_err)?
+            {
                 if record.digest.is_some() && record.digest != Some(digest) {
                     return Err(Status::failed_precondition(format!(
                         "transaction {txn_id} already exists with a different request"
@@ -351,7 +358,7 @@ impl CoordinatorService {
         // by every participant); the client has not been answered.
         fail::fail_point!(
             "coordinator.reply.before_client",
-            crate::crash::armed_for(&txn_id),
+            crate::crash::armed_for(txn_id.as_str()),
             |_| crate::crash::crash("coordinator.reply.before_client")
         );
         Ok(execute_response(&txn_id, &outcome))
@@ -372,6 +379,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         } else {
             msg.txn_id.clone()
         };
+        let txn_id = parse_txn_id(txn_id)?;
         let branches = msg
             .branches
             .iter()
@@ -386,7 +394,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 .map(Response::new),
             Route::Forward { addr, hops } => {
                 let mut fwd = msg;
-                fwd.txn_id = txn_id; // a generated id must stay the same on the leader
+                fwd.txn_id = txn_id.into_string(); // a generated id must stay the same on the leader
                 self.router
                     .forward_client(&addr)?
                     .execute(self.router.forwarded(fwd, &meta, hops))
@@ -401,9 +409,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::GetTransactionResponse>, Status> {
         let (meta, _, msg) = request.into_parts();
-        if msg.txn_id.is_empty() {
-            return Err(Status::invalid_argument("txn_id must not be empty"));
-        }
+        parse_txn_id(msg.txn_id.clone())?;
         match self.router.route(&meta).await? {
             Route::Local(_) => {
                 let record = self
@@ -590,15 +596,14 @@ impl pb::in_doubt_server::InDoubt for InDoubtService {
     ) -> Result<Response<pb::QueryOutcomeResponse>, Status> {
         let (meta, _, msg) = request.into_parts();
         let shared = self.router.shared.clone();
-        dtc_core::validate_txn_id(&msg.txn_id, &shared.config.limits)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let txn_id = parse_txn_id(msg.txn_id.clone())?;
         match self.router.route(&meta).await? {
             Route::Local(_) => {
                 let claim = {
                     let mut drivers = shared.lock_drivers();
                     // Checked under the lock: drivers register (and only then
                     // propose Begin) under it too, so no Begin can slip in.
-                    let record = shared.reader.get_txn(&msg.txn_id).map_err(store_err)?;
+                    let record = shared.reader.get_txn(txn_id.as_str()).map_err(store_err)?;
                     if let Some(r) = &record
                         && !msg.participant.is_empty()
                         && r.digest.is_some()
@@ -614,7 +619,7 @@ impl pb::in_doubt_server::InDoubt for InDoubtService {
                             ),
                         )))));
                     }
-                    if let Some(running) = drivers.get(&msg.txn_id) {
+                    if let Some(running) = drivers.get(&txn_id) {
                         // A driver runs it (or another query is deciding it):
                         // its applied outcome once there is one, else "ask later".
                         let outcome = running.status.borrow().outcome.clone();
@@ -623,13 +628,13 @@ impl pb::in_doubt_server::InDoubt for InDoubtService {
                     if let Some(record) = record {
                         return Ok(Response::new(outcome_response(record.outcome())));
                     }
-                    crate::runtime::Claim::new(&shared, &mut drivers, &msg.txn_id)
+                    crate::runtime::Claim::new(&shared, &mut drivers, &txn_id)
                 };
                 // Presumed abort: record the abort through Raft first, then
                 // answer what was applied (corner case 3).
                 let applied = shared
                     .propose(Command::Decide {
-                        txn_id: msg.txn_id.clone(),
+                        txn_id,
                         outcome: Outcome::abort(
                             "unknown to the coordinator when a participant asked (presumed abort)",
                         ),

@@ -6,6 +6,7 @@
 //! has an outcome, later `Decide` commands leave it unchanged and return the
 //! outcome that stands (corner case 1).
 
+use crate::txn_id::TxnId;
 use crate::types::{Outcome, RequestDigest};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +17,7 @@ pub enum Command {
     /// Records a new transaction before any prepare is sent, so a leader that
     /// takes over knows it exists. Idempotent: an existing record is returned.
     Begin {
-        txn_id: String,
+        txn_id: TxnId,
         participants: Vec<String>,
         digest: RequestDigest,
         timeout_ms: u32,
@@ -27,14 +28,14 @@ pub enum Command {
     /// For an unknown transaction (an outcome query under presumed abort) a
     /// record is created.
     Decide {
-        txn_id: String,
+        txn_id: TxnId,
         outcome: Outcome,
         phase2: Vec<String>,
         at_ms: u64,
     },
     /// Every phase-2 participant acknowledged: the transaction leaves the
     /// pending index and its outcome is kept for the retention window.
-    Complete { txn_id: String, at_ms: u64 },
+    Complete { txn_id: TxnId, at_ms: u64 },
     /// Registers or moves a participant endpoint.
     Register { name: String, endpoint: String },
     /// Drops completed outcomes that finished at or before `now_ms - retention_ms`.
@@ -60,7 +61,7 @@ pub enum Command {
 
 impl Command {
     /// The transaction this command is about, if any.
-    pub fn txn_id(&self) -> Option<&str> {
+    pub fn txn_id(&self) -> Option<&TxnId> {
         match self {
             Command::Begin { txn_id, .. }
             | Command::Decide { txn_id, .. }
@@ -78,14 +79,14 @@ impl Command {
                 txn_id,
                 participants,
                 ..
-            } => FIXED + 32 + txn_id.len() + names_len(participants),
+            } => FIXED + 32 + txn_id.as_str().len() + names_len(participants),
             Command::Decide {
                 txn_id,
                 outcome,
                 phase2,
                 ..
-            } => FIXED + txn_id.len() + outcome.reason().len() + names_len(phase2),
-            Command::Complete { txn_id, .. } => FIXED + txn_id.len(),
+            } => FIXED + txn_id.as_str().len() + outcome.reason().len() + names_len(phase2),
+            Command::Complete { txn_id, .. } => FIXED + txn_id.as_str().len(),
             Command::Register { name, endpoint } => FIXED + name.len() + endpoint.len(),
             Command::Expire { .. } | Command::ExpireAtMost { .. } => FIXED,
             Command::Batch(cmds) => FIXED + cmds.iter().map(Command::size_hint).sum::<usize>(),
@@ -120,7 +121,7 @@ pub enum Phase {
 /// The replicated record of one transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnRecord {
-    pub txn_id: String,
+    pub txn_id: TxnId,
     pub participants: Vec<String>,
     /// `None` when the record was created by a presumed-abort outcome query:
     /// no request was ever seen, so any later request gets this outcome.
@@ -178,18 +179,18 @@ pub enum CommandResult {
 /// implementation is a plain set of tables with no logic of its own.
 pub trait ApplyStore {
     type Error;
-    fn get_txn(&mut self, txn_id: &str) -> Result<Option<TxnRecord>, Self::Error>;
+    fn get_txn(&mut self, txn_id: &TxnId) -> Result<Option<TxnRecord>, Self::Error>;
     fn put_txn(&mut self, record: &TxnRecord) -> Result<(), Self::Error>;
-    fn delete_txn(&mut self, txn_id: &str) -> Result<(), Self::Error>;
-    fn set_pending(&mut self, txn_id: &str, pending: bool) -> Result<(), Self::Error>;
-    fn add_completed(&mut self, completed_ms: u64, txn_id: &str) -> Result<(), Self::Error>;
+    fn delete_txn(&mut self, txn_id: &TxnId) -> Result<(), Self::Error>;
+    fn set_pending(&mut self, txn_id: &TxnId, pending: bool) -> Result<(), Self::Error>;
+    fn add_completed(&mut self, completed_ms: u64, txn_id: &TxnId) -> Result<(), Self::Error>;
     /// Removes and returns the completion-index entries with time <=
     /// `cutoff_ms`, oldest first, at most `limit` of them.
     fn take_completed_until(
         &mut self,
         cutoff_ms: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, String)>, Self::Error>;
+    ) -> Result<Vec<(u64, TxnId)>, Self::Error>;
     fn put_participant(&mut self, name: &str, endpoint: &str) -> Result<(), Self::Error>;
 }
 
@@ -367,43 +368,43 @@ fn dedup<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
 /// the redb store is checked against.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MemStore {
-    pub txns: BTreeMap<String, TxnRecord>,
-    pub pending: BTreeSet<String>,
-    pub completed: BTreeSet<(u64, String)>,
+    pub txns: BTreeMap<TxnId, TxnRecord>,
+    pub pending: BTreeSet<TxnId>,
+    pub completed: BTreeSet<(u64, TxnId)>,
     pub participants: BTreeMap<String, String>,
 }
 
 impl ApplyStore for MemStore {
     type Error = std::convert::Infallible;
 
-    fn get_txn(&mut self, txn_id: &str) -> Result<Option<TxnRecord>, Self::Error> {
+    fn get_txn(&mut self, txn_id: &TxnId) -> Result<Option<TxnRecord>, Self::Error> {
         Ok(self.txns.get(txn_id).cloned())
     }
     fn put_txn(&mut self, record: &TxnRecord) -> Result<(), Self::Error> {
         self.txns.insert(record.txn_id.clone(), record.clone());
         Ok(())
     }
-    fn delete_txn(&mut self, txn_id: &str) -> Result<(), Self::Error> {
+    fn delete_txn(&mut self, txn_id: &TxnId) -> Result<(), Self::Error> {
         self.txns.remove(txn_id);
         Ok(())
     }
-    fn set_pending(&mut self, txn_id: &str, pending: bool) -> Result<(), Self::Error> {
+    fn set_pending(&mut self, txn_id: &TxnId, pending: bool) -> Result<(), Self::Error> {
         if pending {
-            self.pending.insert(txn_id.to_string());
+            self.pending.insert(txn_id.clone());
         } else {
             self.pending.remove(txn_id);
         }
         Ok(())
     }
-    fn add_completed(&mut self, completed_ms: u64, txn_id: &str) -> Result<(), Self::Error> {
-        self.completed.insert((completed_ms, txn_id.to_string()));
+    fn add_completed(&mut self, completed_ms: u64, txn_id: &TxnId) -> Result<(), Self::Error> {
+        self.completed.insert((completed_ms, txn_id.clone()));
         Ok(())
     }
     fn take_completed_until(
         &mut self,
         cutoff_ms: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, String)>, Self::Error> {
+    ) -> Result<Vec<(u64, TxnId)>, Self::Error> {
         let mut taken = Vec::new();
         while taken.len() < limit {
             match self.completed.first() {
@@ -438,7 +439,7 @@ mod tests {
 
     fn begin(id: &str, ps: &[&str], at: u64) -> Command {
         Command::Begin {
-            txn_id: id.into(),
+            txn_id: id.parse().unwrap(),
             participants: ps.iter().map(|s| s.to_string()).collect(),
             digest: [7; 32],
             timeout_ms: 1000,
@@ -448,7 +449,7 @@ mod tests {
 
     fn decide(id: &str, outcome: Outcome, phase2: &[&str], at: u64) -> Command {
         Command::Decide {
-            txn_id: id.into(),
+            txn_id: id.parse().unwrap(),
             outcome,
             phase2: phase2.iter().map(|s| s.to_string()).collect(),
             at_ms: at,
@@ -492,11 +493,11 @@ mod tests {
         s.apply(&decide("t", Outcome::Commit, &["a", "b"], 2));
         assert!(s.pending.contains("t"));
         s.apply(&Command::Complete {
-            txn_id: "t".into(),
+            txn_id: "t".parse().unwrap(),
             at_ms: 3,
         });
         assert!(!s.pending.contains("t"));
-        assert!(s.completed.contains(&(3, "t".to_string())));
+        assert!(s.completed.contains(&(3, "t".parse().unwrap())));
     }
 
     #[test]
@@ -551,7 +552,7 @@ mod tests {
         let mut s = MemStore::default();
         s.apply(&begin("t", &["a"], 1));
         s.apply(&Command::Complete {
-            txn_id: "t".into(),
+            txn_id: "t".parse().unwrap(),
             at_ms: 2,
         });
         assert_eq!(s.txns["t"].phase, Phase::Preparing);
@@ -565,7 +566,7 @@ mod tests {
             s.apply(&begin(id, &["a"], at));
             s.apply(&decide(id, Outcome::Commit, &["a"], at));
             s.apply(&Command::Complete {
-                txn_id: id.into(),
+                txn_id: id.parse().unwrap(),
                 at_ms: at,
             });
         }
@@ -589,7 +590,7 @@ mod tests {
             // A second decision in the same batch sees the first one.
             decide("t", Outcome::abort("late"), &["a"], 3),
             Command::Complete {
-                txn_id: "t".into(),
+                txn_id: "t".parse().unwrap(),
                 at_ms: 4,
             },
         ];
@@ -620,7 +621,7 @@ mod tests {
                 2,
             ),
             Command::Complete {
-                txn_id: "x".into(),
+                txn_id: "x".parse().unwrap(),
                 at_ms: u64::MAX,
             },
             Command::Expire {

@@ -24,6 +24,7 @@
 //! - Late, duplicate or unknown-participant votes and acks are ignored.
 
 use crate::command::{Phase, TxnRecord};
+use crate::txn_id::TxnId;
 use crate::types::{Outcome, Vote};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -95,7 +96,7 @@ pub enum Stage {
 /// Drives one transaction on the leader.
 #[derive(Debug, Clone)]
 pub struct TxnDriver {
-    txn_id: String,
+    txn_id: TxnId,
     participants: Vec<String>,
     deadline_ms: u64,
     votes: BTreeMap<String, Vote>,
@@ -144,13 +145,13 @@ impl TxnDriver {
     /// knows the transaction; once it does, a new leader finds it in the
     /// pending index and aborts it unless the decision is there too.
     pub fn start_before_begin(
-        txn_id: &str,
+        txn_id: &TxnId,
         participants: &[String],
         timeout_ms: u32,
         now_ms: u64,
     ) -> (Self, Vec<Action>) {
         let d = TxnDriver {
-            txn_id: txn_id.to_string(),
+            txn_id: txn_id.clone(),
             participants: participants.to_vec(),
             deadline_ms: now_ms.saturating_add(u64::from(timeout_ms)),
             votes: BTreeMap::new(),
@@ -195,7 +196,7 @@ impl TxnDriver {
         }
     }
 
-    pub fn txn_id(&self) -> &str {
+    pub fn txn_id(&self) -> &TxnId {
         &self.txn_id
     }
 
@@ -384,7 +385,7 @@ mod tests {
     fn begun(ps: &[&str], timeout_ms: u32) -> (MemStore, TxnRecord) {
         let mut s = MemStore::default();
         let r = s.apply(&Command::Begin {
-            txn_id: "t".into(),
+            txn_id: "t".parse().unwrap(),
             participants: ps.iter().map(|p| p.to_string()).collect(),
             digest: [0; 32],
             timeout_ms,
@@ -425,7 +426,7 @@ mod tests {
     #[test]
     fn early_prepares_decide_on_the_votes_without_waiting_for_begin() {
         let ps = ["a".to_string(), "b".to_string()];
-        let (mut d, actions) = TxnDriver::start_before_begin("t", &ps, 300, 0);
+        let (mut d, actions) = TxnDriver::start_before_begin(&"t".parse().unwrap(), &ps, 300, 0);
         assert_eq!(actions.len(), 2, "{actions:?}");
         assert!(d.step(vote("a", Vote::Prepared)).is_empty());
         assert_eq!(
@@ -443,13 +444,13 @@ mod tests {
     #[test]
     fn a_commit_applied_without_its_begin_is_adopted_as_the_abort_it_became() {
         let ps = ["a".to_string(), "b".to_string()];
-        let (mut d, _) = TxnDriver::start_before_begin("t", &ps, 300, 0);
+        let (mut d, _) = TxnDriver::start_before_begin(&"t".parse().unwrap(), &ps, 300, 0);
         d.step(vote("a", Vote::Prepared));
         d.step(vote("b", Vote::Prepared));
         // The Begin was lost: apply turns the commit into a presumed abort.
         let mut s = MemStore::default();
         let CommandResult::Decided { record } = s.apply(&Command::Decide {
-            txn_id: "t".into(),
+            txn_id: "t".parse().unwrap(),
             outcome: Outcome::Commit,
             phase2: ps.to_vec(),
             at_ms: 1,
@@ -539,7 +540,7 @@ mod tests {
         let (mut s, rec) = begun(&["a", "b"], 300);
         // Another leader's commit won first.
         s.apply(&Command::Decide {
-            txn_id: "t".into(),
+            txn_id: "t".parse().unwrap(),
             outcome: Outcome::Commit,
             phase2: vec!["a".into(), "b".into()],
             at_ms: 1,
@@ -553,7 +554,7 @@ mod tests {
             }]
         ));
         let CommandResult::Decided { record } = s.apply(&Command::Decide {
-            txn_id: "t".into(),
+            txn_id: "t".parse().unwrap(),
             outcome: Outcome::abort("takeover"),
             phase2: vec!["a".into(), "b".into()],
             at_ms: 2,
@@ -580,7 +581,7 @@ mod tests {
     fn completes_only_after_every_phase2_participant_acked() {
         let (mut s, rec) = begun(&["a", "b"], 300);
         let CommandResult::Decided { record } = s.apply(&Command::Decide {
-            txn_id: "t".into(),
+            txn_id: "t".parse().unwrap(),
             outcome: Outcome::Commit,
             phase2: vec!["a".into(), "b".into()],
             at_ms: 1,
@@ -616,7 +617,7 @@ mod tests {
     fn takeover_of_a_decided_transaction_resends_the_decision() {
         let (mut s, _) = begun(&["a", "b"], 300);
         let CommandResult::Decided { record } = s.apply(&Command::Decide {
-            txn_id: "t".into(),
+            txn_id: "t".parse().unwrap(),
             outcome: Outcome::abort("no"),
             phase2: vec!["b".into()],
             at_ms: 1,

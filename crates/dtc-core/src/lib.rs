@@ -6,7 +6,8 @@
 //! rule here testable with plain unit and property tests.
 //!
 //! ## Layout
-//! - [`types`]: transaction ids, votes, outcomes and the validated request.
+//! - [`txn_id`]: [`TxnId`], the transaction id and its one validation rule.
+//! - [`types`]: votes, outcomes, limits and the validated request.
 //! - [`command`]: the commands replicated through Raft ([`Command`]) and their
 //!   deterministic [`apply`](command::apply) onto any [`ApplyStore`]
 //!   (redb in `dtc-store`, [`MemStore`] in tests).
@@ -29,11 +30,12 @@
 
 pub mod command;
 pub mod driver;
+pub mod txn_id;
 pub mod types;
 
 pub use command::{ApplyStore, Command, CommandResult, MemStore, Phase, TxnRecord, apply};
 pub use driver::{Action, Event, TxnDriver};
+pub use txn_id::{InvalidTxnId, TxnId};
 pub use types::{
     Limits, Outcome, RequestDigest, TxnRequest, ValidationError, Vote, validate_participant_name,
-    validate_txn_id,
 };

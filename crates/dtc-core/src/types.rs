@@ -1,6 +1,7 @@
 //! Protocol vocabulary: votes, outcomes, the validated transaction request and
 //! the limits that bound it.
 
+use crate::txn_id::{InvalidTxnId, TxnId, is_id_char};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -53,8 +54,6 @@ pub struct Limits {
     pub max_payload_bytes: usize,
     /// Most branches in one transaction.
     pub max_branches: usize,
-    /// Longest transaction id, in bytes.
-    pub max_txn_id_len: usize,
     /// Largest accepted prepare timeout.
     pub max_timeout_ms: u32,
     /// Used when the request says 0.
@@ -66,7 +65,6 @@ impl Default for Limits {
         Limits {
             max_payload_bytes: 4 * 1024 * 1024,
             max_branches: 64,
-            max_txn_id_len: 128,
             max_timeout_ms: 600_000,
             default_timeout_ms: 5_000,
         }
@@ -85,8 +83,8 @@ pub enum ValidationError {
     DuplicateParticipant(String),
     #[error("invalid participant name {name:?}: {why}")]
     BadParticipantName { name: String, why: &'static str },
-    #[error("invalid txn_id {id:?}: {why}")]
-    BadTxnId { id: String, why: String },
+    #[error(transparent)]
+    BadTxnId(#[from] InvalidTxnId),
     #[error("payload for participant {participant:?} is {size} bytes, over the limit of {limit}")]
     PayloadTooLarge {
         participant: String,
@@ -100,21 +98,21 @@ pub enum ValidationError {
 /// A validated `Execute` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnRequest {
-    pub txn_id: String,
+    pub txn_id: TxnId,
     /// (participant name, payload), in the client's order.
     pub branches: Vec<(String, Vec<u8>)>,
     pub timeout_ms: u32,
 }
 
 impl TxnRequest {
-    /// Checks a raw request against `limits`. A `timeout_ms` of 0 becomes the default.
+    /// Checks a raw request against `limits` (the id was checked when it
+    /// became a [`TxnId`]). A `timeout_ms` of 0 becomes the default.
     pub fn validate(
-        txn_id: String,
+        txn_id: TxnId,
         branches: Vec<(String, Vec<u8>)>,
         timeout_ms: u32,
         limits: &Limits,
     ) -> Result<Self, ValidationError> {
-        validate_txn_id(&txn_id, limits)?;
         if branches.is_empty() {
             return Err(ValidationError::NoBranches);
         }
@@ -171,31 +169,6 @@ impl TxnRequest {
     }
 }
 
-/// Transaction ids are 1..=max bytes of `[A-Za-z0-9._:-]`: safe in logs,
-/// file names and URLs, and unambiguous to compare.
-pub fn validate_txn_id(id: &str, limits: &Limits) -> Result<(), ValidationError> {
-    let bad = |why: String| ValidationError::BadTxnId {
-        id: id.chars().take(64).collect(),
-        why,
-    };
-    if id.is_empty() {
-        return Err(bad("must not be empty".into()));
-    }
-    if id.len() > limits.max_txn_id_len {
-        return Err(bad(format!(
-            "{} bytes, longer than the limit of {}",
-            id.len(),
-            limits.max_txn_id_len
-        )));
-    }
-    if let Some(c) = id.chars().find(|c| !is_id_char(*c)) {
-        return Err(bad(format!(
-            "character {c:?} is not allowed (use A-Z a-z 0-9 . _ : -)"
-        )));
-    }
-    Ok(())
-}
-
 /// Participant names follow the same alphabet as ids, at most 64 bytes.
 pub fn validate_participant_name(name: &str) -> Result<(), ValidationError> {
     let bad = |why| ValidationError::BadParticipantName {
@@ -214,17 +187,13 @@ pub fn validate_participant_name(name: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn is_id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn req(branches: Vec<(&str, usize)>, timeout: u32) -> Result<TxnRequest, ValidationError> {
         TxnRequest::validate(
-            "t1".into(),
+            TxnId::new("t1").unwrap(),
             branches
                 .into_iter()
                 .map(|(n, size)| (n.to_string(), vec![0u8; size]))
@@ -261,15 +230,6 @@ mod tests {
             req(vec![("a", 1)], 600_001),
             Err(ValidationError::TimeoutOutOfRange(600_001, 600_000))
         );
-    }
-
-    #[test]
-    fn txn_ids_must_be_nonempty_short_and_plain() {
-        let l = Limits::default();
-        assert!(validate_txn_id("", &l).is_err());
-        assert!(validate_txn_id(&"x".repeat(129), &l).is_err());
-        assert!(validate_txn_id("a b", &l).is_err());
-        assert!(validate_txn_id("order-42:retry_1.x", &l).is_ok());
     }
 
     #[test]

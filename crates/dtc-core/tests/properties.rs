@@ -14,7 +14,8 @@
 //!   determinism, postcard round trips, idempotence and index consistency.
 
 use dtc_core::{
-    Action, Command, CommandResult, Event, MemStore, Outcome, Phase, TxnDriver, TxnRecord, Vote,
+    Action, Command, CommandResult, Event, MemStore, Outcome, Phase, TxnDriver, TxnId, TxnRecord,
+    Vote,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -29,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Invariant 4: the pending index is exactly the non-completed records and the
 /// completion index is exactly `(completed_ms, id)` of the completed ones.
 fn assert_indexes_consistent(store: &MemStore) {
-    let pending: BTreeSet<String> = store
+    let pending: BTreeSet<TxnId> = store
         .txns
         .values()
         .filter(|r| !matches!(r.phase, Phase::Completed { .. }))
@@ -39,7 +40,7 @@ fn assert_indexes_consistent(store: &MemStore) {
         store.pending, pending,
         "pending index out of step with records"
     );
-    let completed: BTreeSet<(u64, String)> = store
+    let completed: BTreeSet<(u64, TxnId)> = store
         .txns
         .values()
         .filter_map(|r| match r.phase {
@@ -56,7 +57,7 @@ fn assert_indexes_consistent(store: &MemStore) {
     }
 }
 
-fn stored_outcome<'a>(store: &'a MemStore, txn: &str) -> Option<&'a Outcome> {
+fn stored_outcome<'a>(store: &'a MemStore, txn: &TxnId) -> Option<&'a Outcome> {
     store.txns.get(txn).and_then(TxnRecord::outcome)
 }
 
@@ -114,7 +115,7 @@ struct Proposal {
 
 #[derive(Debug, Clone)]
 struct Message {
-    txn: String,
+    txn: TxnId,
     participant: String,
     outcome: Outcome,
 }
@@ -135,31 +136,33 @@ struct Stats {
 }
 
 struct Sim {
-    ids: Vec<String>,
-    specs: BTreeMap<String, TxnSpec>,
+    ids: Vec<TxnId>,
+    specs: BTreeMap<TxnId, TxnSpec>,
     now: u64,
     epoch: u64,
     store: MemStore,
-    drivers: BTreeMap<String, TxnDriver>,
+    drivers: BTreeMap<TxnId, TxnDriver>,
     in_flight: Vec<Proposal>,
     outbox: Vec<Message>,
     /// Votes that reached a leader, per transaction.
-    vote_log: BTreeMap<String, BTreeMap<String, Vote>>,
+    vote_log: BTreeMap<TxnId, BTreeMap<String, Vote>>,
     /// What each (transaction, participant) was told.
-    received: BTreeMap<(String, String), Outcome>,
+    received: BTreeMap<(TxnId, String), Outcome>,
     /// The first outcome seen in the store for each transaction.
-    first_outcome: BTreeMap<String, Outcome>,
-    begun: BTreeSet<String>,
+    first_outcome: BTreeMap<TxnId, Outcome>,
+    begun: BTreeSet<TxnId>,
     /// Transactions whose participants were asked to prepare.
-    asked: BTreeSet<String>,
+    asked: BTreeSet<TxnId>,
     /// Transactions started with early prepares.
-    early: BTreeSet<String>,
+    early: BTreeSet<TxnId>,
     stats: Stats,
 }
 
 impl Sim {
     fn new(specs: Vec<TxnSpec>) -> Self {
-        let ids: Vec<String> = (0..specs.len()).map(|i| format!("t{i}")).collect();
+        let ids: Vec<TxnId> = (0..specs.len())
+            .map(|i| format!("t{i}").parse().unwrap())
+            .collect();
         Sim {
             specs: ids.iter().cloned().zip(specs).collect(),
             ids,
@@ -269,14 +272,14 @@ impl Sim {
         self.handle(&id, actions);
     }
 
-    fn vote(&mut self, id: &str, j: usize) {
+    fn vote(&mut self, id: &TxnId, j: usize) {
         if !self.asked.contains(id) {
             return; // nobody asked this participant to prepare yet
         }
         let spec = &self.specs[id];
         let (participant, vote) = (spec.participants[j].clone(), spec.votes[j].clone());
         self.vote_log
-            .entry(id.to_string())
+            .entry(id.clone())
             .or_default()
             .insert(participant.clone(), vote.clone());
         self.step(id, Event::VoteReceived { participant, vote });
@@ -284,7 +287,7 @@ impl Sim {
 
     fn tick(&mut self, advance_ms: u64) {
         self.now += advance_ms;
-        let ids: Vec<String> = self.drivers.keys().cloned().collect();
+        let ids: Vec<TxnId> = self.drivers.keys().cloned().collect();
         for id in ids {
             self.step(&id, Event::Tick { now_ms: self.now });
         }
@@ -329,7 +332,7 @@ impl Sim {
         let id = cmd
             .txn_id()
             .expect("only txn commands are proposed")
-            .to_string();
+            .clone();
         let late = epoch != self.epoch;
         let decided_before = stored_outcome(&self.store, &id).is_some();
         let result = if matches!(cmd, Command::Begin { .. }) {
@@ -389,14 +392,14 @@ impl Sim {
 
     /// Feeds an event to the live driver of `id`, if any, and carries out
     /// what it asks for.
-    fn step(&mut self, id: &str, event: Event) {
+    fn step(&mut self, id: &TxnId, event: Event) {
         if let Some(driver) = self.drivers.get_mut(id) {
             let actions = driver.step(event);
             self.handle(id, actions);
         }
     }
 
-    fn handle(&mut self, id: &str, actions: Vec<Action>) {
+    fn handle(&mut self, id: &TxnId, actions: Vec<Action>) {
         for action in actions {
             match action {
                 Action::SendPrepare {
@@ -409,7 +412,7 @@ impl Sim {
                 }
                 Action::ProposeDecision { outcome, phase2 } => self.in_flight.push(Proposal {
                     cmd: Command::Decide {
-                        txn_id: id.to_string(),
+                        txn_id: id.clone(),
                         outcome,
                         phase2,
                         at_ms: self.now,
@@ -418,7 +421,7 @@ impl Sim {
                 }),
                 Action::ProposeComplete => self.in_flight.push(Proposal {
                     cmd: Command::Complete {
-                        txn_id: id.to_string(),
+                        txn_id: id.clone(),
                         at_ms: self.now,
                     },
                     epoch: self.epoch,
@@ -441,7 +444,7 @@ impl Sim {
                         );
                     }
                     self.outbox.push(Message {
-                        txn: id.to_string(),
+                        txn: id.clone(),
                         participant,
                         outcome,
                     });
@@ -461,7 +464,7 @@ impl Sim {
     /// Applies a `Begin`: it creates a record exactly when none existed (a
     /// decision applied before it, out of order, creates one first).
     fn apply_begin(&mut self, cmd: &Command) -> CommandResult {
-        let id = cmd.txn_id().expect("Begin names a transaction").to_string();
+        let id = cmd.txn_id().expect("Begin names a transaction").clone();
         let existed = self.store.txns.contains_key(&id);
         let result = self.apply(cmd);
         let CommandResult::Begun { created, .. } = &result else {
@@ -795,7 +798,7 @@ fn outcome_strategy() -> impl Strategy<Value = Outcome> {
 /// Times come from a small range so that commands collide (equal completion
 /// times, expiry cutoffs that hit them).
 fn command() -> impl Strategy<Value = Command> {
-    let id = prop::sample::select(&IDS[..]).prop_map(String::from);
+    let id = prop::sample::select(&IDS[..]).prop_map(|s| s.parse::<TxnId>().unwrap());
     prop_oneof![
         3 => (id.clone(), names(&["p", "q", "r"], 3), any::<[u8; 32]>(), 0u32..=1000, 0u64..=100)
             .prop_map(|(txn_id, participants, digest, timeout_ms, at_ms)| Command::Begin {
@@ -917,7 +920,7 @@ proptest! {
             }
             if let Command::Expire { now_ms, retention_ms } = cmd {
                 let cutoff = now_ms.saturating_sub(*retention_ms);
-                let expired: BTreeSet<&String> = before
+                let expired: BTreeSet<&TxnId> = before
                     .txns
                     .iter()
                     .filter(|(_, r)| {
@@ -934,7 +937,7 @@ proptest! {
                 // The oldest `limit` completion entries at or before the
                 // cutoff go (the index is exact, so each names its record).
                 let cutoff = now_ms.saturating_sub(*retention_ms);
-                let expired: BTreeSet<&String> = before
+                let expired: BTreeSet<&TxnId> = before
                     .completed
                     .iter()
                     .take_while(|(ms, _)| *ms <= cutoff)
@@ -948,7 +951,7 @@ proptest! {
             } else if cmd.txn_id().is_some() {
                 // Other transactions are untouched.
                 for (id, old) in &before.txns {
-                    if Some(id.as_str()) != cmd.txn_id() {
+                    if Some(id) != cmd.txn_id() {
                         prop_assert_eq!(Some(old), store.txns.get(id));
                     }
                 }
@@ -965,7 +968,7 @@ proptest! {
 fn expire_at_the_end_of_the_clock_drops_records_completed_then() {
     let mut store = MemStore::default();
     store.apply(&Command::Decide {
-        txn_id: "t".into(),
+        txn_id: "t".parse().unwrap(),
         outcome: Outcome::abort("unknown"),
         phase2: vec![],
         at_ms: u64::MAX,

@@ -1,7 +1,9 @@
 //! # dtc-proto: the wire contract
 //!
 //! Generated from `proto/dtc/v1/*.proto` by `build.rs` (tonic + prost with a
-//! vendored protoc), plus conversions between wire enums and `dtc-core` types.
+//! vendored protoc), plus conversions between wire enums and `dtc-core` types,
+//! and the header names and size limit every node and client shares
+//! ([`wire`]).
 //!
 //! ```text
 //! proto/dtc/v1/*.proto ──build.rs──► OUT_DIR/dtc.v1.rs ──include!──► dtc_proto::v1
@@ -11,6 +13,25 @@
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("dtc.v1");
+}
+
+/// Wire conventions outside the `.proto` files: the metadata headers dtc
+/// nodes and clients exchange, and the message-size limit they agree on.
+/// Defined once here so that a sender and a receiver cannot disagree.
+pub mod wire {
+    /// On an UNAVAILABLE answer, the leader this node knows of, as
+    /// `ID=ADDR` (ADDR is the member address clients dial). Clients send
+    /// their next attempt there.
+    pub const LEADER_HINT_HEADER: &str = "dtc-leader-hint";
+
+    /// How many times a request has been forwarded between coordinators
+    /// (a decimal number); a node stops forwarding past its limit.
+    pub const HOPS_HEADER: &str = "dtc-hops";
+
+    /// Largest message a dtc client decodes (64 MiB): replies carry at most
+    /// a transaction's worth of payloads or a page of listed transactions,
+    /// far below it, so a larger one means a misbehaving peer.
+    pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 }
 
 /// Encoded `FileDescriptorSet` of every dtc proto, for server reflection.

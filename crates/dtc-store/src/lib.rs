@@ -191,7 +191,7 @@ mod tests {
             Entry {
                 log_id: log_id(3, 1, 42),
                 payload: EntryPayload::Normal(Command::Begin {
-                    txn_id: "order-1".into(),
+                    txn_id: "order-1".parse().unwrap(),
                     participants: vec!["stock".into(), "payment".into()],
                     digest: [9; 32],
                     timeout_ms: 5_000,
@@ -201,7 +201,7 @@ mod tests {
             Entry {
                 log_id: log_id(3, 1, 43),
                 payload: EntryPayload::Normal(Command::Decide {
-                    txn_id: "order-1".into(),
+                    txn_id: "order-1".parse().unwrap(),
                     outcome: Outcome::abort("stock said no"),
                     phase2: vec!["payment".into()],
                     at_ms: 1_700_000_000_100,

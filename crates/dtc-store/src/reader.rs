@@ -3,10 +3,10 @@
 use crate::state_machine::{DurableMark, make_durable};
 use crate::tables::{
     COMPLETED, LAST_APPLIED_KEY, MEMBERSHIP_KEY, PARTICIPANTS, PENDING, SM_META, TXNS, decode,
-    get_meta,
+    get_meta, stored_id,
 };
 use crate::{LogId, StoreError, StoredMembership};
-use dtc_core::TxnRecord;
+use dtc_core::{TxnId, TxnRecord};
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -167,13 +167,13 @@ impl StateReader {
 
     /// The completion index as (completed at ms, txn id), oldest first: what
     /// the next `Command::Expire` will consider.
-    pub fn completed(&self) -> Result<Vec<(u64, String)>, StoreError> {
+    pub fn completed(&self) -> Result<Vec<(u64, TxnId)>, StoreError> {
         let txn = self.db.begin_read()?;
         let mut out = Vec::new();
         for row in txn.open_table(COMPLETED)?.iter()? {
             let (k, _) = row?;
             let (ms, id) = k.value();
-            out.push((ms, id.to_string()));
+            out.push((ms, stored_id("completed", id)?));
         }
         Ok(out)
     }

@@ -5,10 +5,10 @@ use crate::snapshot_file::{self, Item, SnapshotDir, SnapshotFile};
 use crate::tables::{
     COMPLETED, LAST_APPLIED_KEY, LEGACY_SNAPSHOT_DATA_KEY, MEMBERSHIP_KEY, PARTICIPANTS, PENDING,
     SM_META, SNAPSHOT, SNAPSHOT_FILE_KEY, SNAPSHOT_META_KEY, SNAPSHOT_SEQ_KEY, TXNS, decode,
-    encode, get_meta,
+    encode, get_meta, stored_id,
 };
 use crate::{Entry, LogId, NodeId, StorageError, StoreError, StoredMembership, TypeConfig};
-use dtc_core::{ApplyStore, Command, CommandResult, TxnRecord};
+use dtc_core::{ApplyStore, Command, CommandResult, TxnId, TxnRecord};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{BasicNode, EntryPayload, OptionalSend, StorageIOError};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table};
@@ -272,7 +272,7 @@ fn move_legacy_snapshot_to_file(db: &Database, dir: &SnapshotDir) -> Result<(), 
     for r in &legacy.txns {
         let record = encode("txn record", r)?;
         w.item(&Item::Txn {
-            id: &r.txn_id,
+            id: r.txn_id.as_str(),
             record: &record,
         })?;
     }
@@ -323,8 +323,8 @@ impl<'txn> ApplyTables<'txn> {
 impl ApplyStore for ApplyTables<'_> {
     type Error = StoreError;
 
-    fn get_txn(&mut self, txn_id: &str) -> Result<Option<TxnRecord>, StoreError> {
-        match self.txns.get(txn_id)? {
+    fn get_txn(&mut self, txn_id: &TxnId) -> Result<Option<TxnRecord>, StoreError> {
+        match self.txns.get(txn_id.as_str())? {
             Some(v) => decode("txns", "txn record", txn_id, v.value()).map(Some),
             None => Ok(None),
         }
@@ -336,22 +336,22 @@ impl ApplyStore for ApplyTables<'_> {
         Ok(())
     }
 
-    fn delete_txn(&mut self, txn_id: &str) -> Result<(), StoreError> {
-        self.txns.remove(txn_id)?;
+    fn delete_txn(&mut self, txn_id: &TxnId) -> Result<(), StoreError> {
+        self.txns.remove(txn_id.as_str())?;
         Ok(())
     }
 
-    fn set_pending(&mut self, txn_id: &str, pending: bool) -> Result<(), StoreError> {
+    fn set_pending(&mut self, txn_id: &TxnId, pending: bool) -> Result<(), StoreError> {
         if pending {
-            self.pending.insert(txn_id, ())?;
+            self.pending.insert(txn_id.as_str(), ())?;
         } else {
-            self.pending.remove(txn_id)?;
+            self.pending.remove(txn_id.as_str())?;
         }
         Ok(())
     }
 
-    fn add_completed(&mut self, completed_ms: u64, txn_id: &str) -> Result<(), StoreError> {
-        self.completed.insert((completed_ms, txn_id), ())?;
+    fn add_completed(&mut self, completed_ms: u64, txn_id: &TxnId) -> Result<(), StoreError> {
+        self.completed.insert((completed_ms, txn_id.as_str()), ())?;
         Ok(())
     }
 
@@ -359,7 +359,7 @@ impl ApplyStore for ApplyTables<'_> {
         &mut self,
         cutoff_ms: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, String)>, StoreError> {
+    ) -> Result<Vec<(u64, TxnId)>, StoreError> {
         // Keys sort by time first, so everything at or before the cutoff is
         // a prefix; read at most `limit` of it, then remove those.
         let upper = match cutoff_ms.checked_add(1) {
@@ -374,7 +374,7 @@ impl ApplyStore for ApplyTables<'_> {
         {
             let (k, _) = row?;
             let (ms, id) = k.value();
-            taken.push((ms, id.to_string()));
+            taken.push((ms, stored_id("completed", id)?));
         }
         for (ms, id) in &taken {
             self.completed.remove((*ms, id.as_str()))?;
@@ -762,7 +762,7 @@ mod tests {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
             payload: EntryPayload::Normal(Command::Begin {
-                txn_id: id.into(),
+                txn_id: id.parse().unwrap(),
                 participants: vec!["a".into()],
                 digest: [0; 32],
                 timeout_ms: 1,
@@ -948,7 +948,7 @@ mod tests {
             snapshot_id: "1-7-1".into(),
         };
         let record = TxnRecord {
-            txn_id: "old".into(),
+            txn_id: "old".parse().unwrap(),
             participants: vec!["a".into()],
             digest: Some([3; 32]),
             timeout_ms: 10,

@@ -69,6 +69,13 @@ pub(crate) fn decode<T: DeserializeOwned>(
     })
 }
 
+/// A transaction id read from a table key. Every stored id was checked when
+/// it entered the cluster, so an invalid one means a damaged file.
+pub(crate) fn stored_id(table: &'static str, id: &str) -> Result<dtc_core::TxnId, StoreError> {
+    dtc_core::TxnId::new(id)
+        .map_err(|e| StoreError::Inconsistent(format!("the {table} table holds an {e}")))
+}
+
 /// Reads and decodes one postcard value of a `&str -> &[u8]` meta-like table.
 pub(crate) fn get_meta<T: DeserializeOwned>(
     table: &impl ReadableTable<&'static str, &'static [u8]>,

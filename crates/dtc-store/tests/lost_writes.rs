@@ -19,7 +19,7 @@
 mod common;
 
 use common::{Contents, command_for, mem_contents};
-use dtc_core::MemStore;
+use dtc_core::{MemStore, TxnId};
 use dtc_store::test_support::{
     CrashMode, OpClock, Rng, SimDisk, Trace, receive_snapshot, snapshot_bytes,
 };
@@ -533,7 +533,7 @@ struct Observed {
     membership: StoredMembership,
     snapshot: Option<(openraft::SnapshotMeta<u64, openraft::BasicNode>, Vec<u8>)>,
     contents: Contents,
-    pending_ids: Vec<String>,
+    pending_ids: Vec<TxnId>,
 }
 
 impl Observed {
@@ -555,7 +555,7 @@ impl Observed {
     }
 }
 
-fn read_contents(r: &StateReader) -> Result<(Contents, Vec<String>), String> {
+fn read_contents(r: &StateReader) -> Result<(Contents, Vec<TxnId>), String> {
     let e = |e: dtc_store::StoreError| format!("state machine read failed: {e}");
     let pending = r.pending().map_err(e)?;
     let contents = Contents {
@@ -664,7 +664,7 @@ fn check_invariants(o: &Observed, world: &mut World, after_startup: bool) -> Res
         ));
     }
     // The pending index is exactly the records that are not completed.
-    let not_completed: Vec<String> = o
+    let not_completed: Vec<TxnId> = o
         .contents
         .txns
         .iter()

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use dtc_core::{Command, CommandResult, MemStore, Outcome};
+use dtc_core::{Command, CommandResult, MemStore, Outcome, TxnId};
 use dtc_store::test_support::{receive_snapshot, snapshot_bytes};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
@@ -103,7 +103,7 @@ fn installing_a_snapshot_replaces_local_state_entirely() {
             1,
             1,
             Command::Begin {
-                txn_id: "zzz-only-on-b".into(),
+                txn_id: "zzz-only-on-b".parse().unwrap(),
                 participants: vec!["x".into()],
                 digest: [1; 32],
                 timeout_ms: 1,
@@ -151,7 +151,7 @@ fn list_txns_pages_by_id_and_pending_only_walks_the_pending_index() {
         let mut cmds = Vec::new();
         for i in 0..10 {
             cmds.push(Command::Begin {
-                txn_id: format!("t{i}"),
+                txn_id: format!("t{i}").parse().unwrap(),
                 participants: vec!["a".into()],
                 digest: [0; 32],
                 timeout_ms: 10,
@@ -161,7 +161,7 @@ fn list_txns_pages_by_id_and_pending_only_walks_the_pending_index() {
         // t0, t2, t4, t6, t8 complete at once (no phase-2 participants).
         for i in (0..10).step_by(2) {
             cmds.push(Command::Decide {
-                txn_id: format!("t{i}"),
+                txn_id: format!("t{i}").parse().unwrap(),
                 outcome: Outcome::Commit,
                 phase2: vec![],
                 at_ms: 100,
@@ -198,7 +198,8 @@ fn list_txns_pages_by_id_and_pending_only_walks_the_pending_index() {
 }
 
 fn arb_command() -> impl Strategy<Value = Command> {
-    let id = prop::sample::select(vec!["a1", "a2", "b1", "b2", "c1"]).prop_map(String::from);
+    let id = prop::sample::select(vec!["a1", "a2", "b1", "b2", "c1"])
+        .prop_map(|s| s.parse::<TxnId>().unwrap());
     let parts = prop::sample::subsequence(vec!["p", "q", "r"], 0..=3)
         .prop_map(|v| v.into_iter().map(String::from).collect::<Vec<_>>());
     let outcome = prop_oneof![Just(Outcome::Commit), Just(Outcome::abort("no"))];

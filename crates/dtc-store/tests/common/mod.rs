@@ -2,7 +2,7 @@
 //! command sequence, and a comparable view of a store's contents.
 #![allow(dead_code)]
 
-use dtc_core::{Command, MemStore, Outcome, TxnRecord};
+use dtc_core::{Command, MemStore, Outcome, TxnId, TxnRecord};
 use dtc_store::{Entry, LogId, StateReader};
 use openraft::{CommittedLeaderId, EntryPayload, Membership};
 use std::collections::BTreeSet;
@@ -48,7 +48,7 @@ pub fn payload_for(index: u64) -> EntryPayload<dtc_store::TypeConfig> {
 
 pub fn command_for(index: u64) -> Command {
     let h = mix(index);
-    let txn_id = format!("t{:03}", (h >> 8) % 60);
+    let txn_id: TxnId = format!("t{:03}", (h >> 8) % 60).parse().unwrap();
     let at_ms = index * 10;
     let pick = |bits: u64| -> Vec<String> {
         PARTS
@@ -113,8 +113,8 @@ pub fn replay(applied: u64) -> MemStore {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Contents {
     pub txns: Vec<TxnRecord>,
-    pub pending: Vec<String>,
-    pub completed: Vec<(u64, String)>,
+    pub pending: Vec<TxnId>,
+    pub completed: Vec<(u64, TxnId)>,
     pub participants: Vec<(String, String)>,
 }
 
@@ -143,7 +143,7 @@ pub fn mem_contents(m: &MemStore) -> Contents {
 /// The pending index and the records agree: every pending id has a
 /// non-completed record and every non-completed record is pending.
 pub fn assert_pending_index_consistent(r: &StateReader) {
-    let pending: BTreeSet<String> = r
+    let pending: BTreeSet<TxnId> = r
         .pending()
         .expect("every pending id has a record")
         .into_iter()
