@@ -358,7 +358,7 @@ async fn bench(
 
     let every = Duration::from_millis(if args.failover { 20 } else { 100 });
     let monitor = Monitor::start(nodes.clone(), first, every).map_err(unreachable)?;
-    let nonce = dtc_harness::wall_ms();
+    let nonce = dtc_util::wall_ms();
     let work = Arc::new(Workload {
         id_prefix: format!("bench-{}-{nonce}", std::process::id()),
         coordinators: nodes.addrs(),

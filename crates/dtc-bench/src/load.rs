@@ -19,7 +19,7 @@
 //! measurement hooks in through [`Shared::kill_after_us`] and
 //! [`Shared::first_commit_after_kill_us`].
 
-use crate::probe::{LeaderBoard, request, to_uri};
+use crate::probe::{LeaderBoard, request};
 use dtc_proto::v1::{Branch, ExecuteRequest, Outcome, coordinator_client::CoordinatorClient};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
@@ -197,7 +197,7 @@ impl Tally {
 }
 
 async fn connect(addr: &str) -> Result<CoordinatorClient<Channel>, tonic::Status> {
-    let endpoint = Endpoint::from_shared(to_uri(addr))
+    let endpoint = Endpoint::from_shared(dtc_util::endpoint_uri(addr))
         .map_err(|e| tonic::Status::invalid_argument(format!("address {addr:?}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);

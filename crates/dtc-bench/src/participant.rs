@@ -111,7 +111,7 @@ impl Participants {
     /// the leader's registry lists each with its endpoint. Bounded by `within`.
     pub async fn register(&self, nodes: &Nodes, leader_addr: &str, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
-        let channel = Endpoint::from_shared(crate::probe::to_uri(leader_addr))
+        let channel = Endpoint::from_shared(dtc_util::endpoint_uri(leader_addr))
             .with_context(|| format!("invalid coordinator address {leader_addr:?}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)

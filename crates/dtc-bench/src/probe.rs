@@ -17,8 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
-pub use dtc_harness::uri as to_uri;
-
 /// A request with a per-call deadline (sent as `grpc-timeout`, so the server
 /// gives up too).
 pub fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
@@ -37,7 +35,7 @@ pub struct Nodes {
 const PROBE_TIMEOUT: Duration = Duration::from_millis(150);
 
 fn probe_client(addr: &str) -> Result<CoordinatorClient<Channel>> {
-    let endpoint = Endpoint::from_shared(to_uri(addr))
+    let endpoint = Endpoint::from_shared(dtc_util::endpoint_uri(addr))
         .with_context(|| format!("invalid coordinator address {addr:?}"))?
         .connect_timeout(PROBE_TIMEOUT)
         .tcp_nodelay(true);
@@ -69,9 +67,9 @@ impl Nodes {
     pub fn learn(&self, status: &ClusterStatusResponse) {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         for m in &status.members {
-            let known = nodes
-                .iter()
-                .any(|(a, _)| a == &m.addr || to_uri(a) == to_uri(&m.addr));
+            let known = nodes.iter().any(|(a, _)| {
+                a == &m.addr || dtc_util::endpoint_uri(a) == dtc_util::endpoint_uri(&m.addr)
+            });
             if !known && let Ok(c) = probe_client(&m.addr) {
                 nodes.push((m.addr.clone(), c));
             }

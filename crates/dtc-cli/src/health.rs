@@ -34,7 +34,8 @@ enum Failed {
 /// address.
 pub async fn run(args: HealthArgs) -> ExitCode {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let endpoint = match tonic::transport::Endpoint::from_shared(dtc_harness::uri(&args.addr)) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(dtc_util::endpoint_uri(&args.addr))
+    {
         Ok(e) => e.connect_timeout(timeout).timeout(timeout),
         Err(e) => {
             eprintln!("dtc health: invalid --addr {:?}: {e}", args.addr);

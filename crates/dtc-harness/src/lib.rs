@@ -72,22 +72,3 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {},
     }
 }
-
-/// Milliseconds since the Unix epoch (what the coordinators stamp their
-/// records with, e.g. `decided_at_ms`).
-pub fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// `HOST:PORT` as a URI tonic connects to (`http://HOST:PORT`); a URI is
-/// kept as it is.
-pub fn uri(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}

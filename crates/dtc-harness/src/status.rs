@@ -35,7 +35,7 @@ pub struct Status {
 
 /// Node `addr`'s own view, or why there is none.
 pub async fn ask(addr: &str, timeout: Duration) -> Result<ClusterStatusResponse, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(crate::uri(addr))
+    let endpoint = tonic::transport::Endpoint::from_shared(dtc_util::endpoint_uri(addr))
         .map_err(|e| format!("invalid address: {e}"))?
         .connect_timeout(timeout)
         .timeout(timeout);
