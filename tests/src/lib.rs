@@ -56,6 +56,7 @@ pub mod report;
 pub mod testbed;
 
 use dtc_harness::Process;
+use dtc_harness::cluster::leader_view;
 use dtc_proto::v1 as pb;
 use pb::coordinator_client::CoordinatorClient;
 use pb::participant_server::{Participant, ParticipantServer};
@@ -660,12 +661,7 @@ impl Cluster {
     /// The node whose own role is "leader" (the highest term wins if a
     /// deposed leader has not noticed yet), or None.
     pub async fn leader(&self) -> Option<u64> {
-        self.statuses()
-            .await
-            .into_values()
-            .filter(|s| s.role == "leader")
-            .max_by_key(|s| s.term)
-            .map(|s| s.node_id)
+        leader_view(self.statuses().await.values()).map(|s| s.node_id)
     }
 
     /// Waits until some live node is leader; returns its id.
@@ -681,11 +677,8 @@ impl Cluster {
         wait_for_ok(within, "every node to agree on one leader", || async {
             let ids = self.started_ids();
             let statuses = self.statuses().await;
-            let leader = statuses
-                .values()
-                .filter(|s| s.role == "leader")
-                .max_by_key(|s| s.term)
-                .ok_or_else(|| format!("no leader: {statuses:?}"))?;
+            let leader =
+                leader_view(statuses.values()).ok_or_else(|| format!("no leader: {statuses:?}"))?;
             let agree = ids.iter().all(|id| {
                 statuses
                     .get(id)
@@ -717,11 +710,7 @@ impl Cluster {
     pub async fn wait_caught_up(&self, id: u64, within: Duration) {
         wait_for_ok(within, format_args!("node {id} to catch up with the leader"), || async {
             let statuses = self.statuses().await;
-            let leader = statuses
-                .values()
-                .filter(|s| s.role == "leader")
-                .max_by_key(|s| s.term)
-                .ok_or_else(|| "no leader".to_string())?;
+            let leader = leader_view(statuses.values()).ok_or_else(|| "no leader".to_string())?;
             let me = statuses.get(&id).ok_or_else(|| format!("node {id} does not answer"))?;
             if me.last_applied >= leader.last_applied && me.leader_id == Some(leader.node_id) {
                 Ok(())

@@ -149,19 +149,17 @@ impl Participants {
         // registry, so wait until the leader shows every one of them.
         loop {
             let statuses = nodes.statuses().await;
-            let registered = statuses
-                .iter()
-                .filter_map(|(_, r)| r.as_ref().ok())
-                .filter(|s| s.role == "leader")
-                .max_by_key(|s| s.term)
-                .is_some_and(|s| {
-                    self.list.iter().all(|(name, addr)| {
-                        let endpoint = format!("http://{addr}");
-                        s.participants
-                            .iter()
-                            .any(|p| &p.name == name && p.endpoint == endpoint)
-                    })
-                });
+            let registered = dtc_harness::cluster::leader_view(
+                statuses.iter().filter_map(|(_, r)| r.as_ref().ok()),
+            )
+            .is_some_and(|s| {
+                self.list.iter().all(|(name, addr)| {
+                    let endpoint = format!("http://{addr}");
+                    s.participants
+                        .iter()
+                        .any(|p| &p.name == name && p.endpoint == endpoint)
+                })
+            });
             if registered {
                 return Ok(());
             }

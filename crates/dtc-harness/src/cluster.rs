@@ -435,17 +435,23 @@ fn probe_client(addr: SocketAddr) -> Result<Client> {
     Ok(Client::with_config(vec![addr.to_string()], config)?)
 }
 
-/// The node calling itself leader with the highest term.
-pub fn leader_of(statuses: &[(u64, Option<ClusterStatusResponse>)]) -> Option<Leader> {
+/// The view of the node calling itself leader with the highest term (a
+/// restarted ex-leader can briefly claim its old term).
+pub fn leader_view<'a>(
+    statuses: impl IntoIterator<Item = &'a ClusterStatusResponse>,
+) -> Option<&'a ClusterStatusResponse> {
     statuses
-        .iter()
-        .filter_map(|(_, s)| s.as_ref())
+        .into_iter()
         .filter(|s| s.role == "leader")
         .max_by_key(|s| s.term)
-        .map(|s| Leader {
-            id: s.node_id,
-            term: s.term,
-        })
+}
+
+/// The node calling itself leader with the highest term.
+pub fn leader_of(statuses: &[(u64, Option<ClusterStatusResponse>)]) -> Option<Leader> {
+    leader_view(statuses.iter().filter_map(|(_, s)| s.as_ref())).map(|s| Leader {
+        id: s.node_id,
+        term: s.term,
+    })
 }
 
 impl Drop for LocalCluster {

@@ -56,12 +56,7 @@ pub async fn gather(addrs: &[String], timeout: Duration) -> (Status, bool) {
     let answers = futures::future::join_all(addrs.iter().map(|a| ask(a, timeout))).await;
     let reachable: Vec<&ClusterStatusResponse> =
         answers.iter().filter_map(|r| r.as_ref().ok()).collect();
-    // A restarted ex-leader can briefly claim its old term; the highest term wins.
-    let leader_view = reachable
-        .iter()
-        .filter(|s| s.role == "leader")
-        .max_by_key(|s| s.term)
-        .copied();
+    let leader_view = crate::cluster::leader_view(reachable.iter().copied());
     let leader = leader_view
         .map(|s| s.node_id)
         .or_else(|| reachable.iter().find_map(|s| s.leader_id));

@@ -826,13 +826,8 @@ async fn pending_count(cluster: &Cluster, id: u64) -> Option<u64> {
 
 /// The current leader (highest term claiming it), its term and its pending count.
 async fn leader_view(cluster: &Cluster) -> Option<(u64, u64, u64)> {
-    cluster
-        .statuses()
-        .await
-        .into_values()
-        .filter(|s| s.role == "leader")
-        .max_by_key(|s| s.term)
-        .map(|s| (s.node_id, s.term, s.pending))
+    let statuses = cluster.statuses().await;
+    dtc_harness::cluster::leader_view(statuses.values()).map(|s| (s.node_id, s.term, s.pending))
 }
 
 // ---------------------------------------------------------------------------
