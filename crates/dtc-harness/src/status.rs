@@ -5,6 +5,7 @@
 use dtc_proto::v1::{
     ClusterStatusRequest, ClusterStatusResponse, coordinator_client::CoordinatorClient,
 };
+use anyhow::anyhow;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -34,20 +35,20 @@ pub struct Status {
 }
 
 /// Node `addr`'s own view, or why there is none.
-pub async fn ask(addr: &str, timeout: Duration) -> Result<ClusterStatusResponse, String> {
+pub async fn ask(addr: &str, timeout: Duration) -> anyhow::Result<ClusterStatusResponse> {
     let endpoint = tonic::transport::Endpoint::from_shared(dtc_util::endpoint_uri(addr))
-        .map_err(|e| format!("invalid address: {e}"))?
+        .map_err(|e| anyhow!("invalid address: {e}"))?
         .connect_timeout(timeout)
         .timeout(timeout);
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(|e| anyhow!("cannot connect: {e}"))?;
     CoordinatorClient::new(channel)
         .cluster_status(ClusterStatusRequest {})
         .await
         .map(|r| r.into_inner())
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+        .map_err(|s| anyhow!("{}: {}", s.code(), s.message()))
 }
 
 /// Asks every node in `addrs` (at most `timeout` each) and merges the
@@ -78,7 +79,7 @@ pub async fn gather(addrs: &[String], timeout: Duration) -> (Status, bool) {
                 addr: addr.clone(),
                 role: "unreachable".into(),
                 last_applied: None,
-                error: Some(e.clone()),
+                error: Some(e.to_string()),
             },
         })
         .collect();
