@@ -57,6 +57,7 @@ pub mod testbed;
 
 use dtc_harness::Process;
 use dtc_harness::cluster::leader_view;
+use dtc_harness::wait::poll;
 use dtc_proto::v1 as pb;
 use pb::coordinator_client::CoordinatorClient;
 use pb::participant_server::{Participant, ParticipantServer};
@@ -157,17 +158,9 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let started = Instant::now();
-    let deadline = started + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if let Ok(Some(v)) = tokio::time::timeout(left, check()).await {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    match poll(within, POLL, async || check().await).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {within:?} waiting for {what}"),
     }
 }
 
@@ -179,18 +172,9 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let last = match tokio::time::timeout(left, check()).await {
-            Ok(Ok(v)) => return v,
-            Ok(Err(e)) => format!("{e:?}"),
-            Err(_) => "the check itself did not finish in time".to_string(),
-        };
-        if Instant::now() >= deadline {
-            panic!("timed out after {within:?} waiting for {what}; last observation: {last}");
-        }
-        tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    match poll(within, POLL, async || check().await).await {
+        Ok(v) => v,
+        Err(e) => panic!("waiting for {what}: {e}"),
     }
 }
 

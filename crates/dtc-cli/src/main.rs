@@ -2,12 +2,15 @@
 //!
 //! - `dtc coordinator ...` runs one coordinator node until SIGINT/SIGTERM.
 //! - `dtc status ...` asks every given node for its view and prints the
-//!   cluster (text or `--json`).
+//!   cluster (text or `--json`; the merging is dtc-harness's `status`).
 //! - `dtc participant ...` runs a ledger participant (crates/dtc-ledger).
 //! - `dtc health --addr HOST:PORT` asks a node's `grpc.health.v1` service
 //!   (for container health checks; exit 0 only when SERVING).
 //! - `dtc deposit | transfer | balance | txn show | txn list` are clients
 //!   (crates/dtc-client); see `client_cmds` for their output.
+//! - `dtc demo` and `dtc up` run a local cluster (crates/dtc-harness);
+//!   `dtc bench` measures one (crates/dtc-bench). Their flags are those
+//!   crates' option structs; this binary parses them and calls in.
 //!
 //! Exit codes: 0 ok / committed, 1 aborted (`txn show`: not found), 2 usage
 //! error, 3 unavailable or outcome unknown.

@@ -2,12 +2,15 @@
 //! two `dtc participant` ledgers (processes), driven through the client SDK
 //! and the CLI. Ports are free loopback ports; every wait has a deadline.
 
+mod common;
+
+use common::wait_for;
 use dtc_client::{Client, ClientConfig, TxnState};
 use dtc_harness::{ClusterSpec, LocalCluster};
 use dtc_proto::v1 as pb;
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DTC: &str = env!("CARGO_BIN_EXE_dtc");
 
@@ -71,25 +74,6 @@ impl Env {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
-    }
-}
-
-/// Polls `check` until it returns Some, at most `within`.
-async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -4,6 +4,9 @@
 //! `dtc health` (grpc.health.v1) and through the cluster's own status.
 //! Ports are free ports; every wait has a deadline.
 
+mod common;
+
+use common::wait_for;
 use dtc_proto::v1 as pb;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -87,24 +90,6 @@ async fn status(addr: &str) -> Option<pb::ClusterStatusResponse> {
         .await
         .ok()
         .map(|r| r.into_inner())
-}
-
-async fn wait_for<T, Fut: std::future::Future<Output = Option<T>>>(
-    within: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Fut,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,13 +19,14 @@ use crate::history::{Branch, History, Op, OpKind, OpResult, result_of};
 use crate::metrics::{self, Metrics};
 use crate::ports::{free_ports, loopback};
 use crate::process::{Process, tail_filtered};
+use crate::wait::{Check, poll};
 use anyhow::{Context, Result, bail};
 use dtc_client::proto::ClusterStatusResponse;
 use dtc_client::{Client, ClientConfig};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often conditions are re-checked while waiting.
 pub const POLL: Duration = Duration::from_millis(20);
@@ -297,17 +298,14 @@ impl LocalCluster {
         what: impl FnOnce() -> String,
         mut check: F,
     ) -> Result<T> {
-        let deadline = Instant::now() + within;
-        loop {
-            self.check_children()?;
-            if let Some(v) = check(self).await {
-                return Ok(v);
+        poll(within, POLL, async || {
+            if let Err(e) = self.check_children() {
+                return Check::Failed(e);
             }
-            if Instant::now() >= deadline {
-                bail!("{} within {within:?}", what());
-            }
-            tokio::time::sleep(POLL).await;
-        }
+            check(self).await.into()
+        })
+        .await
+        .with_context(what)
     }
 
     /// Waits for a leader other than `not` with a term above `min_term`.
@@ -415,7 +413,13 @@ impl LocalCluster {
                     history.finish(index, result.clone());
                     match result {
                         OpResult::Committed => Ok(amount),
-                        other => bail!("deposit into {ledger}/{acct}: {other:?}"),
+                        OpResult::Aborted { reason } => {
+                            bail!("deposit into {ledger}/{acct} aborted: {reason}")
+                        }
+                        OpResult::Unknown { error } | OpResult::Failed { error } => {
+                            bail!("deposit into {ledger}/{acct}: {error}")
+                        }
+                        OpResult::Running => bail!("deposit into {ledger}/{acct}: no answer"),
                     }
                 });
             }

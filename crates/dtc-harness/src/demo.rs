@@ -253,15 +253,15 @@ async fn wait_settled(
 }
 
 /// Everything the scenario measured, for the summary.
-pub struct Scenario {
-    pub leader: Option<LeaderFailover>,
+pub(crate) struct Scenario {
+    pub(crate) leader: Option<LeaderFailover>,
     /// The leader's SIGKILL, in wall-clock ms (as the coordinators stamp
     /// their decisions) and on the history's clock.
-    pub kill_ms: u64,
-    pub kill_at_ms: Option<u64>,
-    pub ledger: Option<LedgerCrash>,
-    pub in_doubt_ids: BTreeSet<String>,
-    pub anomalies: Vec<String>,
+    pub(crate) kill_ms: u64,
+    pub(crate) kill_at_ms: Option<u64>,
+    pub(crate) ledger: Option<LedgerCrash>,
+    pub(crate) in_doubt_ids: BTreeSet<String>,
+    pub(crate) anomalies: Vec<String>,
 }
 
 /// What the fault steps act on and record into.

@@ -36,15 +36,15 @@ const AGREEMENT: [&str; 8] = [
 ];
 
 /// What the load left to check.
-pub struct Measured<'a> {
-    pub shared: &'a Shared,
+pub(crate) struct Measured<'a> {
+    pub(crate) shared: &'a Shared,
     /// What the seeding deposited.
-    pub deposited: i64,
+    pub(crate) deposited: i64,
     /// The sum of the balances after the seeding.
-    pub total_before: i64,
+    pub(crate) total_before: i64,
     /// All the money: a transfer of more is an overdraft, which must abort.
-    pub supply: i64,
-    pub load_secs: f64,
+    pub(crate) supply: i64,
+    pub(crate) load_secs: f64,
 }
 
 /// The amount a transfer moves.
@@ -58,7 +58,7 @@ fn amount(op: &Op) -> i64 {
 }
 
 /// Reads the final state everywhere and checks it.
-pub async fn check(
+pub(crate) async fn check(
     args: &DemoOptions,
     log_dir: &Path,
     client: &Client,

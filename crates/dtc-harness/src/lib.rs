@@ -39,6 +39,8 @@
 //!   1/3, a ledger at 2/3), progress output and summary.
 //! - [`up`]: `dtc up`, the demo's cluster left running until Ctrl-C.
 //! - [`status`]: `dtc status`'s merged picture of a cluster.
+//! - [`wait`]: polling a condition with a deadline (every wait above, and
+//!   the tests').
 //!
 //! Errors are `anyhow` (this crate serves binaries and tests); the tests'
 //! wrappers turn them into panics with the children's log tails.
@@ -55,6 +57,7 @@ pub mod process;
 pub mod report;
 pub mod status;
 pub mod up;
+pub mod wait;
 
 pub use cluster::{ClusterSpec, Leader, LocalCluster};
 pub use process::Process;

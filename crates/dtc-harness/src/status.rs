@@ -2,10 +2,10 @@
 //! (`ClusterStatus`), merged. A restarted ex-leader can briefly claim its old
 //! term, so the highest term wins.
 
+use anyhow::anyhow;
 use dtc_proto::v1::{
     ClusterStatusRequest, ClusterStatusResponse, coordinator_client::CoordinatorClient,
 };
-use anyhow::anyhow;
 use serde::Serialize;
 use std::time::Duration;
 

@@ -59,3 +59,17 @@ pub fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Strin
         s
     })
 }
+
+/// Polls `check` until it returns Some, at most `within` (dtc-harness's
+/// `wait::poll`); panics naming `what` after that.
+pub async fn wait_for<T, Fut: std::future::Future<Output = Option<T>>>(
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Fut,
+) -> T {
+    let every = Duration::from_millis(50);
+    match dtc_harness::wait::poll(within, every, async || check().await).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {within:?} waiting for {what}"),
+    }
+}
