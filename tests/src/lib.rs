@@ -56,7 +56,7 @@ pub mod report;
 pub mod testbed;
 
 use dtc_harness::Process;
-use dtc_harness::cluster::leader_view;
+use dtc_harness::cluster::{Member, leader_view};
 use dtc_harness::wait::poll;
 use dtc_proto::v1 as pb;
 use pb::coordinator_client::CoordinatorClient;
@@ -213,8 +213,8 @@ pub use dtc_harness::process::{tail, tail_filtered};
 pub struct Node {
     pub id: u64,
     pub addr: SocketAddr,
-    pub data_dir: PathBuf,
-    pub log_path: PathBuf,
+    /// Its place in the cluster's directory and its `dtc coordinator` flags.
+    pub member: Member,
     /// The process; its environment for the next start only (e.g.
     /// `FAILPOINTS`) is not kept for a restart unless set again.
     process: Mutex<Process>,
@@ -318,32 +318,19 @@ impl Cluster {
             .tempdir()
             .expect("create a temp dir");
         let root_path = root.path().to_path_buf();
-        let ports = free_ports(n);
-        let addrs: Vec<SocketAddr> = ports
-            .iter()
-            .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
-            .collect();
-        let peers = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let members = dtc_harness::cluster::members(&root_path, n).expect("free loopback ports");
+        let peers = dtc_harness::cluster::peers_arg(&members);
         let mut nodes = BTreeMap::new();
-        for (i, addr) in addrs.into_iter().enumerate() {
-            let id = i as u64 + 1;
-            nodes.insert(
-                id,
-                Node {
-                    id,
-                    addr,
-                    data_dir: root_path.join(format!("node-{id}")),
-                    log_path: root_path.join(format!("node-{id}.log")),
-                    // The arguments are set below, once the mesh is known.
-                    process: Mutex::new(Process::new("", &bin, Vec::new(), PathBuf::new())),
-                    channel: channel_for(addr),
-                },
-            );
+        for m in members {
+            let node = Node {
+                id: m.id,
+                addr: m.addr,
+                channel: channel_for(m.addr),
+                // The arguments are set below, once the mesh is known.
+                process: Mutex::new(Process::new("", &bin, Vec::new(), PathBuf::new())),
+                member: m,
+            };
+            nodes.insert(node.id, node);
         }
         let mesh = options.proxied.then(|| {
             let members: BTreeMap<u64, SocketAddr> =
@@ -372,7 +359,7 @@ impl Cluster {
                 &format!("node {id}"),
                 &cluster.bin,
                 args,
-                node.log_path.clone(),
+                node.member.log_path.clone(),
             )
             .current_dir(&cluster.root_path);
             let env = &options.first_start_env;
@@ -394,17 +381,8 @@ impl Cluster {
 
     /// The arguments node `id` runs with (the same on every restart).
     pub fn args(&self, id: u64) -> Vec<String> {
-        let n = self.node(id);
-        let mut args: Vec<String> = vec![
-            "coordinator".into(),
-            "--id".into(),
-            id.to_string(),
-            "--listen".into(),
-            n.addr.to_string(),
-            "--data-dir".into(),
-            n.data_dir.display().to_string(),
-            "--peers".into(),
-            self.peers.clone(),
+        let mut args = self.node(id).member.args(&self.peers);
+        args.extend([
             "--election-timeout-ms".into(),
             format!(
                 "{}-{}",
@@ -412,7 +390,7 @@ impl Cluster {
             ),
             "--heartbeat-ms".into(),
             self.heartbeat_ms.to_string(),
-        ];
+        ]);
         if let Some(mesh) = &self.mesh {
             for o in mesh.overrides_for(id) {
                 args.push("--peer-addr-override".into());
@@ -549,7 +527,7 @@ impl Cluster {
                 panic!(
                     "node {} exited by itself ({status}); last log lines:\n{}",
                     n.id,
-                    tail_filtered(&n.log_path, 30)
+                    tail_filtered(&n.member.log_path, 30)
                 );
             }
         }
@@ -577,7 +555,7 @@ impl Cluster {
     }
 
     pub fn log_path(&self, id: u64) -> &Path {
-        &self.node(id).log_path
+        &self.node(id).member.log_path
     }
 
     /// Current size of node `id`'s log, to read only what follows later.
@@ -940,9 +918,9 @@ impl Cluster {
                 "---- node {} ({}) log: {} (last {lines} lines, openraft INFO left out)",
                 n.id,
                 n.addr,
-                n.log_path.display()
+                n.member.log_path.display()
             );
-            eprintln!("{}", tail_filtered(&n.log_path, lines));
+            eprintln!("{}", tail_filtered(&n.member.log_path, lines));
         }
     }
 }

@@ -69,6 +69,61 @@ impl ClusterSpec {
     }
 }
 
+/// Coordinator `id` of a cluster laid out in one directory.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: u64,
+    /// Where it listens, and what the other members and clients dial.
+    pub addr: SocketAddr,
+    /// `<root>/node-<id>`.
+    pub data_dir: PathBuf,
+    /// `<root>/node-<id>.log`: its stdout and stderr.
+    pub log_path: PathBuf,
+}
+
+impl Member {
+    /// The `dtc coordinator` flags that make it this member (id, listen
+    /// address, data directory, `peers`); callers add timing and the like.
+    pub fn args(&self, peers: &str) -> Vec<String> {
+        let args = [
+            "coordinator",
+            "--id",
+            &self.id.to_string(),
+            "--listen",
+            &self.addr.to_string(),
+            "--data-dir",
+            &self.data_dir.display().to_string(),
+            "--peers",
+            peers,
+        ];
+        args.map(String::from).to_vec()
+    }
+}
+
+/// `n` coordinators (ids 1..=n) in `root`, each on a free loopback port
+/// (safe to restart on, see [`crate::ports`]).
+pub fn members(root: &Path, n: usize) -> Result<Vec<Member>> {
+    let ports = free_ports(n).context("cannot find free loopback ports")?;
+    Ok((1..)
+        .zip(ports)
+        .map(|(id, port)| Member {
+            id,
+            addr: loopback(port),
+            data_dir: root.join(format!("node-{id}")),
+            log_path: root.join(format!("node-{id}.log")),
+        })
+        .collect())
+}
+
+/// `--peers` of `members`: `1=HOST:PORT,2=HOST:PORT,...`.
+pub fn peers_arg(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|m| format!("{}={}", m.id, m.addr))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The cluster's current leader as the nodes report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Leader {
@@ -98,16 +153,16 @@ impl LocalCluster {
             .prefix(&spec.prefix)
             .tempdir()
             .context("cannot create a temporary directory")?;
+        let members = members(dir.path(), spec.coordinators)?;
         let n = spec.coordinators + spec.ledgers.len();
-        let ports = free_ports(2 * n).context("cannot find free loopback ports")?;
-        let (ports, metrics_ports) = ports.split_at(n);
-        let nodes: Vec<(u64, SocketAddr)> = (0..spec.coordinators)
-            .map(|i| (i as u64 + 1, loopback(ports[i])))
-            .collect();
+        let ports =
+            free_ports(n + spec.ledgers.len()).context("cannot find free loopback ports")?;
+        let (metrics_ports, ports) = ports.split_at(n);
+        let nodes: Vec<(u64, SocketAddr)> = members.iter().map(|m| (m.id, m.addr)).collect();
         let ledgers: Vec<(String, SocketAddr)> = spec
             .ledgers
             .iter()
-            .zip(&ports[spec.coordinators..])
+            .zip(ports)
             .map(|(name, p)| (name.clone(), loopback(*p)))
             .collect();
         let names = nodes
@@ -131,33 +186,21 @@ impl LocalCluster {
             procs: Vec::new(),
             probes,
         };
-        let peers = cluster
-            .nodes
-            .iter()
-            .map(|(id, a)| format!("{id}={a}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        for (id, addr) in cluster.nodes.clone() {
-            let name = format!("node-{id}");
-            let args = [
-                "coordinator",
-                "--id",
-                &id.to_string(),
-                "--listen",
-                &addr.to_string(),
-                "--peers",
-                &peers,
-            ];
-            cluster.add(spec, &name, &args)?;
+        let peers = peers_arg(&members);
+        for m in &members {
+            cluster.add(spec, &format!("node-{}", m.id), m.args(&peers))?;
         }
         let coordinators = cluster.coordinators_arg();
         for (name, addr) in cluster.ledgers.clone() {
+            let data = cluster.root().join(&name);
             let args = [
                 "participant",
                 "--name",
                 &name,
                 "--listen",
                 &addr.to_string(),
+                "--data-dir",
+                &data.display().to_string(),
                 "--coordinators",
                 &coordinators,
                 "--in-doubt-interval-ms",
@@ -165,16 +208,13 @@ impl LocalCluster {
                 "--lock-wait-ms",
                 &spec.lock_wait_ms.to_string(),
             ];
-            cluster.add(spec, &name, &args)?;
+            cluster.add(spec, &name, args.map(String::from).to_vec())?;
         }
         Ok(cluster)
     }
 
-    /// Starts process `name` with `args`, its data directory and metrics port.
-    fn add(&mut self, spec: &ClusterSpec, name: &str, args: &[&str]) -> Result<()> {
-        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let data = self.root().join(name);
-        args.extend(["--data-dir".into(), data.display().to_string()]);
+    /// Starts process `name` with `args` and its metrics port.
+    fn add(&mut self, spec: &ClusterSpec, name: &str, mut args: Vec<String>) -> Result<()> {
         args.extend(["--metrics-listen".into(), self.metrics[name].to_string()]);
         let mut p = Process::new(name, &spec.exe, args, self.log_path(name))
             .current_dir(self.root())
