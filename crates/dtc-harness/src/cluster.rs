@@ -131,8 +131,11 @@ pub struct Leader {
     pub term: u64,
 }
 
+/// A running local cluster (see the module docs).
 pub struct LocalCluster {
+    /// Every child's data directory and log.
     dir: tempfile::TempDir,
+    /// The directory outlives the cluster (asked for, or a failure).
     keep: bool,
     /// Coordinator ids and addresses.
     pub nodes: Vec<(u64, SocketAddr)>,
@@ -140,6 +143,7 @@ pub struct LocalCluster {
     pub ledgers: Vec<(String, SocketAddr)>,
     /// Every process's metrics address, by process name.
     metrics: BTreeMap<String, SocketAddr>,
+    /// The children, coordinators first (`node-<id>`), then the ledgers.
     procs: Vec<Process>,
     /// One single-address client per coordinator, for status probes.
     probes: Vec<(u64, Client)>,

@@ -188,8 +188,16 @@ async fn leader_watch(probes: Vec<(u64, Client)>, shared: Arc<Shared>) {
     }
 }
 
-/// Aborts the spawned tasks when dropped (end of the demo, error, Ctrl-C).
+/// Spawned tasks: joined with a bound, aborted when dropped (end of the
+/// demo, error, Ctrl-C).
 struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Tasks {
+    async fn join(mut self, within: Duration) -> bool {
+        let all = futures::future::join_all(self.0.iter_mut());
+        tokio::time::timeout(within, all).await.is_ok()
+    }
+}
 
 impl Drop for Tasks {
     fn drop(&mut self) {
@@ -490,7 +498,7 @@ async fn demo(args: &DemoOptions, cluster: &mut LocalCluster, ui: &Arc<Ui>) -> R
     let workers: Vec<_> = (0..args.clients as usize)
         .map(|i| tokio::spawn(worker(i, client.clone(), shared.clone(), workload.clone())))
         .collect();
-    let mut tasks = Tasks(vec![
+    let display = Tasks(vec![
         tokio::spawn(ticker(ui.clone(), shared.clone())),
         tokio::spawn(leader_watch(cluster.probes(), shared.clone())),
     ]);
@@ -502,7 +510,7 @@ async fn demo(args: &DemoOptions, cluster: &mut LocalCluster, ui: &Arc<Ui>) -> R
         in_doubt_ids: BTreeSet::new(),
         anomalies,
     };
-    let workers = WorkerSet(workers);
+    let workers = Tasks(workers);
 
     wait_until(cluster, t0 + duration / 3).await?;
     let mut steps = Steps {
@@ -540,9 +548,7 @@ async fn demo(args: &DemoOptions, cluster: &mut LocalCluster, ui: &Arc<Ui>) -> R
             None
         }
     };
-    for t in tasks.0.drain(..) {
-        t.abort();
-    }
+    drop(display);
     ui.clear();
     cluster.check_children()?;
     takeover_figures(cluster, &mut sc).await;
@@ -575,24 +581,6 @@ async fn takeover_figures(cluster: &LocalCluster, sc: &mut Scenario) {
         f.takeover_pending = Some(u + d);
         f.takeover_undecided = Some(u);
         f.takeover_decided = Some(d);
-    }
-}
-
-/// Worker tasks: joined with a bound, aborted when dropped.
-struct WorkerSet(Vec<tokio::task::JoinHandle<()>>);
-
-impl WorkerSet {
-    async fn join(mut self, within: Duration) -> bool {
-        let all = futures::future::join_all(self.0.iter_mut());
-        tokio::time::timeout(within, all).await.is_ok()
-    }
-}
-
-impl Drop for WorkerSet {
-    fn drop(&mut self) {
-        for w in &self.0 {
-            w.abort();
-        }
     }
 }
 
