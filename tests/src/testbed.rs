@@ -264,49 +264,41 @@ impl Testbed {
     pub fn supervise(&mut self) -> Vec<Crash> {
         let mut found = Vec::new();
         for (id, status) in self.cluster.take_exited() {
-            let crash = Crash {
-                t_ms: self.timeline.now_ms(),
-                process: format!("coordinator-{id}"),
-                status: describe(&status),
-                failpoint: failpoint_in_log(self.cluster.log_path(id)),
-            };
-            self.timeline.push(format!(
-                "{} crashed ({}{}); restarting it",
-                crash.process,
-                crash.status,
-                crash
-                    .failpoint
-                    .as_ref()
-                    .map(|f| format!(", crash point {f}"))
-                    .unwrap_or_default()
-            ));
+            let process = format!("coordinator-{id}");
+            found.push(self.crashed(process, &status, self.cluster.log_path(id)));
             self.cluster.restart(id);
-            found.push(crash);
         }
-        for l in &mut self.ledgers {
-            if let Some(status) = l.take_exited() {
-                let crash = Crash {
-                    t_ms: self.timeline.now_ms(),
-                    process: l.name.clone(),
-                    status: describe(&status),
-                    failpoint: failpoint_in_log(&l.log_path),
-                };
-                self.timeline.push(format!(
-                    "{} crashed ({}{}); restarting it",
-                    crash.process,
-                    crash.status,
-                    crash
-                        .failpoint
-                        .as_ref()
-                        .map(|f| format!(", crash point {f}"))
-                        .unwrap_or_default()
-                ));
-                l.start();
-                found.push(crash);
+        for i in 0..self.ledgers.len() {
+            if let Some(status) = self.ledgers[i].take_exited() {
+                let l = &self.ledgers[i];
+                found.push(self.crashed(l.name.clone(), &status, &l.log_path));
+                self.ledgers[i].start();
             }
         }
         self.crashes.extend(found.iter().cloned());
         found
+    }
+
+    /// Records on the timeline that `process` exited by itself (and the
+    /// crash point its log names, if any); the supervisor restarts it.
+    fn crashed(&self, process: String, status: &ExitStatus, log: &Path) -> Crash {
+        let crash = Crash {
+            t_ms: self.timeline.now_ms(),
+            process,
+            status: describe(status),
+            failpoint: failpoint_in_log(log),
+        };
+        self.timeline.push(format!(
+            "{} crashed ({}{}); restarting it",
+            crash.process,
+            crash.status,
+            crash
+                .failpoint
+                .as_ref()
+                .map(|f| format!(", crash point {f}"))
+                .unwrap_or_default()
+        ));
+        crash
     }
 
     /// Runs `fut` to completion while supervising every 50 ms.

@@ -25,12 +25,8 @@ pub struct ClusterArgs {
 pub struct DepositArgs {
     #[command(flatten)]
     cluster: ClusterArgs,
-    /// Account to credit, PARTICIPANT/ACCOUNT.
-    #[arg(long, value_name = "P/ACCOUNT")]
-    to: String,
-    /// Amount, a positive integer.
-    #[arg(long, allow_negative_numbers = true)]
-    amount: i64,
+    #[command(flatten)]
+    credit: Credit,
     #[command(flatten)]
     txn: TxnOpts,
 }
@@ -42,14 +38,21 @@ pub struct TransferArgs {
     /// Account to debit, PARTICIPANT/ACCOUNT.
     #[arg(long, value_name = "P/ACCOUNT")]
     from: String,
+    #[command(flatten)]
+    credit: Credit,
+    #[command(flatten)]
+    txn: TxnOpts,
+}
+
+/// The account credited and the amount (deposit, transfer).
+#[derive(clap::Args)]
+pub struct Credit {
     /// Account to credit, PARTICIPANT/ACCOUNT.
     #[arg(long, value_name = "P/ACCOUNT")]
     to: String,
     /// Amount, a positive integer.
     #[arg(long, allow_negative_numbers = true)]
     amount: i64,
-    #[command(flatten)]
-    txn: TxnOpts,
 }
 
 #[derive(clap::Args)]
@@ -184,18 +187,18 @@ fn check_amount(cmd: &str, amount: i64) -> Result<(), ExitCode> {
 
 pub async fn deposit(args: DepositArgs) -> ExitCode {
     let cmd = "deposit";
-    let to = match parse_target(&args.to) {
+    let to = match parse_target(&args.credit.to) {
         Ok(t) => t,
         Err(e) => return usage(cmd, format!("--to {e}")),
     };
-    if let Err(code) = check_amount(cmd, args.amount) {
+    if let Err(code) = check_amount(cmd, args.credit.amount) {
         return code;
     }
     let c = match client(cmd, &args.cluster) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let b = apply_opts(c.deposit((&to.0, &to.1), args.amount), &args.txn);
+    let b = apply_opts(c.deposit((&to.0, &to.1), args.credit.amount), &args.txn);
     match b.execute().await {
         Ok(o) => print_outcome(args.cluster.json, &o),
         Err(e) => fail(cmd, args.cluster.json, &e),
@@ -208,11 +211,11 @@ pub async fn transfer(args: TransferArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return usage(cmd, format!("--from {e}")),
     };
-    let to = match parse_target(&args.to) {
+    let to = match parse_target(&args.credit.to) {
         Ok(t) => t,
         Err(e) => return usage(cmd, format!("--to {e}")),
     };
-    if let Err(code) = check_amount(cmd, args.amount) {
+    if let Err(code) = check_amount(cmd, args.credit.amount) {
         return code;
     }
     if from == to {
@@ -223,7 +226,7 @@ pub async fn transfer(args: TransferArgs) -> ExitCode {
         Err(code) => return code,
     };
     let b = apply_opts(
-        c.transfer((&from.0, &from.1), (&to.0, &to.1), args.amount),
+        c.transfer((&from.0, &from.1), (&to.0, &to.1), args.credit.amount),
         &args.txn,
     );
     match b.execute().await {
