@@ -33,9 +33,15 @@ pub struct Process {
 impl Process {
     /// A process that is not started yet ([`Process::start`]).
     pub fn new(name: &str, exe: &Path, args: Vec<String>, log: PathBuf) -> Process {
+        // A relative path (`DTC_BIN=target/release/dtc`) names a file from
+        // here, not from the child's working directory.
+        let exe = match exe.components().count() {
+            0 | 1 => exe.to_path_buf(),
+            _ => std::path::absolute(exe).unwrap_or_else(|_| exe.to_path_buf()),
+        };
         Process {
             name: name.to_string(),
-            exe: exe.to_path_buf(),
+            exe,
             args,
             log,
             cwd: None,

@@ -498,14 +498,22 @@ fn tcp_floor(n: usize) -> std::io::Result<Stats> {
 /// Sequential trivial gRPC calls: ClusterStatus against node `addr`.
 async fn grpc_status_floor(addr: SocketAddr, n: usize) -> Stats {
     let mut c = CoordinatorClient::new(channel_for(addr));
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n + 50 {
-        let t = Instant::now();
-        let ok = c
-            .cluster_status(request(pb::ClusterStatusRequest {}, Duration::from_secs(1)))
+    timed(n, 50, async |_| {
+        c.cluster_status(request(pb::ClusterStatusRequest {}, Duration::from_secs(1)))
             .await
-            .is_ok();
-        if ok && i >= 50 {
+            .is_ok()
+    })
+    .await
+}
+
+/// Calls `call` (given the call number) `warmup` times untimed, then `n`
+/// times timed, one after another; the successful timed calls make the
+/// figures.
+async fn timed(n: usize, warmup: usize, mut call: impl AsyncFnMut(usize) -> bool) -> Stats {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + warmup {
+        let t = Instant::now();
+        if call(i).await && i >= warmup {
             samples.push(t.elapsed());
         }
     }
@@ -517,24 +525,18 @@ async fn grpc_status_floor(addr: SocketAddr, n: usize) -> Stats {
 /// the leader at `addr`.
 async fn raft_write_floor(addr: SocketAddr, n: usize) -> Stats {
     let mut c = CoordinatorClient::new(channel_for(addr));
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n + 20 {
-        let t = Instant::now();
-        let ok = c
-            .register_participant(request(
-                pb::RegisterParticipantRequest {
-                    name: "bench-unused".into(),
-                    endpoint: format!("http://127.0.0.1:{}", 1 + i % 2),
-                },
-                Duration::from_secs(5),
-            ))
-            .await
-            .is_ok();
-        if ok && i >= 20 {
-            samples.push(t.elapsed());
-        }
-    }
-    stats(&samples)
+    timed(n, 20, async |i| {
+        c.register_participant(request(
+            pb::RegisterParticipantRequest {
+                name: "bench-unused".into(),
+                endpoint: format!("http://127.0.0.1:{}", 1 + i % 2),
+            },
+            Duration::from_secs(5),
+        ))
+        .await
+        .is_ok()
+    })
+    .await
 }
 
 /// Sequential trivial gRPC calls to an in-process test participant (Abort of
@@ -542,25 +544,43 @@ async fn raft_write_floor(addr: SocketAddr, n: usize) -> Stats {
 async fn grpc_participant_floor(p: &TestParticipant, n: usize) -> Stats {
     let addr: SocketAddr = p.endpoint()["http://".len()..].parse().expect("addr");
     let mut c = ParticipantClient::new(channel_for(addr));
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n + 50 {
-        let t = Instant::now();
-        let ok = c
-            .abort(request(
-                pb::AbortRequest {
-                    txn_id: format!("floor-{i}"),
-                    participant: p.name().to_string(),
-                    reason: "floor".into(),
-                },
-                Duration::from_secs(1),
-            ))
-            .await
-            .is_ok();
-        if ok && i >= 50 {
-            samples.push(t.elapsed());
-        }
-    }
-    stats(&samples)
+    timed(n, 50, async |i| {
+        c.abort(request(
+            pb::AbortRequest {
+                txn_id: format!("floor-{i}"),
+                participant: p.name().to_string(),
+                reason: "floor".into(),
+            },
+            Duration::from_secs(1),
+        ))
+        .await
+        .is_ok()
+    })
+    .await
+}
+
+/// The floors of a started cluster (through a follower, the leader and
+/// `participant`), reported under `key`.
+async fn cluster_floors(
+    out: &mut Out,
+    key: &str,
+    cluster: &Cluster,
+    leader: u64,
+    participant: Option<&TestParticipant>,
+    n: usize,
+) {
+    let f = follower_of(cluster, leader);
+    let (node, leader) = (cluster.addr(f), cluster.addr(leader));
+    floors(
+        out,
+        key,
+        cluster.root(),
+        Some(node),
+        Some(leader),
+        participant,
+        n,
+    )
+    .await;
 }
 
 /// Measures every floor and reports it under `key`.
@@ -836,17 +856,7 @@ async fn leader_view(cluster: &Cluster) -> Option<(u64, u64, u64)> {
 async fn scenario_floor(out: &mut Out, o: &Opts) {
     let alpha = TestParticipant::start("alpha").await;
     let (cluster, leader) = start_cluster(&[], &[&alpha]).await;
-    let f = follower_of(&cluster, leader);
-    floors(
-        out,
-        "floor",
-        cluster.root(),
-        Some(cluster.addr(f)),
-        Some(cluster.addr(leader)),
-        Some(&alpha),
-        o.floor_n,
-    )
-    .await;
+    cluster_floors(out, "floor", &cluster, leader, Some(&alpha), o.floor_n).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1011,17 +1021,7 @@ async fn scenario_latency(out: &mut Out, o: &Opts) {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     let (cluster, leader) = start_cluster(&[], &[&alpha, &beta]).await;
-    let f = follower_of(&cluster, leader);
-    floors(
-        out,
-        "latency",
-        cluster.root(),
-        Some(cluster.addr(f)),
-        Some(cluster.addr(leader)),
-        Some(&alpha),
-        o.floor_n,
-    )
-    .await;
+    cluster_floors(out, "latency", &cluster, leader, Some(&alpha), o.floor_n).await;
     let addr = cluster.addr(leader);
     progress("warm-up: 200 transactions");
     let warm = raw_level(addr, 4, secs(30), 200, "warm").await;
@@ -1077,17 +1077,7 @@ async fn scenario_latency(out: &mut Out, o: &Opts) {
 
 async fn scenario_ledger(out: &mut Out, o: &Opts) {
     let (cluster, leader) = start_cluster(&[], &[]).await;
-    let f = follower_of(&cluster, leader);
-    floors(
-        out,
-        "ledger",
-        cluster.root(),
-        Some(cluster.addr(f)),
-        Some(cluster.addr(leader)),
-        None,
-        o.floor_n,
-    )
-    .await;
+    cluster_floors(out, "ledger", &cluster, leader, None, o.floor_n).await;
     let coords = cluster.addrs_arg();
     let mut procs = Vec::new();
     for name in ["bank-a", "bank-b"] {
@@ -1264,17 +1254,7 @@ async fn scenario_failover(out: &mut Out, o: &Opts) {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     let (mut cluster, leader) = start_cluster(&[], &[&alpha, &beta]).await;
-    let f = follower_of(&cluster, leader);
-    floors(
-        out,
-        "failover",
-        cluster.root(),
-        Some(cluster.addr(f)),
-        Some(cluster.addr(leader)),
-        Some(&alpha),
-        o.floor_n,
-    )
-    .await;
+    cluster_floors(out, "failover", &cluster, leader, Some(&alpha), o.floor_n).await;
     let run_start = Instant::now();
     let all_addrs: Vec<SocketAddr> = cluster.ids().iter().map(|id| cluster.addr(*id)).collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -1659,17 +1639,7 @@ async fn takeover_run(
     let (mut cluster, leader) =
         start_cluster(&["--max-in-flight", &max_in_flight], &[&alpha, &beta]).await;
     if floor_n > 0 {
-        let f = follower_of(&cluster, leader);
-        floors(
-            out,
-            "takeover",
-            cluster.root(),
-            Some(cluster.addr(f)),
-            Some(cluster.addr(leader)),
-            Some(&alpha),
-            floor_n,
-        )
-        .await;
+        cluster_floors(out, "takeover", &cluster, leader, Some(&alpha), floor_n).await;
     }
     alpha.hold_prepares();
     let term_before = cluster.status(leader).await.map(|s| s.term).unwrap_or(0);
