@@ -7,7 +7,7 @@
 //!                                           └──► term changes + leader changes (timestamped)
 //! ```
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use dtc_proto::v1::{
     ClusterStatusRequest, ClusterStatusResponse, ListTransactionsRequest,
     coordinator_client::CoordinatorClient,
@@ -77,7 +77,7 @@ impl Nodes {
     }
 
     /// Every node's own status (Err: why it did not answer).
-    pub async fn statuses(&self) -> Vec<(String, Result<ClusterStatusResponse, String>)> {
+    pub async fn statuses(&self) -> Vec<(String, Result<ClusterStatusResponse>)> {
         let nodes = self.snapshot();
         let answers = futures::future::join_all(nodes.iter().map(|(_, c)| {
             let mut c = c.clone();
@@ -89,8 +89,8 @@ impl Nodes {
                 .await
                 {
                     Ok(Ok(r)) => Ok(r.into_inner()),
-                    Ok(Err(s)) => Err(status_text(&s)),
-                    Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+                    Ok(Err(s)) => Err(anyhow!("{}", status_text(&s))),
+                    Err(_) => Err(anyhow!("no answer within {PROBE_TIMEOUT:?}")),
                 }
             }
         }))
@@ -179,7 +179,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn of(statuses: Vec<(String, Result<ClusterStatusResponse, String>)>) -> Snapshot {
+    pub fn of(statuses: Vec<(String, Result<ClusterStatusResponse>)>) -> Snapshot {
         Snapshot {
             at: Instant::now(),
             statuses: statuses
