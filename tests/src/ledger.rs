@@ -82,23 +82,14 @@ impl LedgerProc {
         .join(",");
         let data_dir = root.join(name);
         let log_path = root.join(format!("{name}.log"));
-        let args = [
-            "participant",
-            "--name",
+        let mut args = dtc_harness::cluster::ledger_args(
             name,
-            "--listen",
-            &listen.to_string(),
-            "--data-dir",
-            &data_dir.display().to_string(),
-            "--coordinators",
+            listen,
+            &data_dir,
             &coordinators,
-            "--advertise",
-            &endpoint,
-            "--in-doubt-interval-ms",
-            &in_doubt_interval_ms.to_string(),
-        ]
-        .map(String::from)
-        .to_vec();
+            in_doubt_interval_ms,
+        );
+        args.extend(["--advertise".into(), endpoint]);
         LedgerProc {
             name: name.to_string(),
             listen,

@@ -115,6 +115,32 @@ pub fn members(root: &Path, n: usize) -> Result<Vec<Member>> {
         .collect())
 }
 
+/// The `dtc participant` flags of ledger `name` (listening on `listen`,
+/// its data in `data_dir`, registering with `coordinators`, asking about
+/// in-doubt transactions every `in_doubt_ms`); callers add the rest.
+pub fn ledger_args(
+    name: &str,
+    listen: SocketAddr,
+    data_dir: &Path,
+    coordinators: &str,
+    in_doubt_ms: u64,
+) -> Vec<String> {
+    let args = [
+        "participant",
+        "--name",
+        name,
+        "--listen",
+        &listen.to_string(),
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--coordinators",
+        coordinators,
+        "--in-doubt-interval-ms",
+        &in_doubt_ms.to_string(),
+    ];
+    args.map(String::from).to_vec()
+}
+
 /// `--peers` of `members`: `1=HOST:PORT,2=HOST:PORT,...`.
 pub fn peers_arg(members: &[Member]) -> String {
     members
@@ -197,22 +223,9 @@ impl LocalCluster {
         let coordinators = cluster.coordinators_arg();
         for (name, addr) in cluster.ledgers.clone() {
             let data = cluster.root().join(&name);
-            let args = [
-                "participant",
-                "--name",
-                &name,
-                "--listen",
-                &addr.to_string(),
-                "--data-dir",
-                &data.display().to_string(),
-                "--coordinators",
-                &coordinators,
-                "--in-doubt-interval-ms",
-                "500",
-                "--lock-wait-ms",
-                &spec.lock_wait_ms.to_string(),
-            ];
-            cluster.add(spec, &name, args.map(String::from).to_vec())?;
+            let mut args = ledger_args(&name, addr, &data, &coordinators, 500);
+            args.extend(["--lock-wait-ms".into(), spec.lock_wait_ms.to_string()]);
+            cluster.add(spec, &name, args)?;
         }
         Ok(cluster)
     }

@@ -1081,23 +1081,13 @@ async fn scenario_ledger(out: &mut Out, o: &Opts) {
     let coords = cluster.addrs_arg();
     let mut procs = Vec::new();
     for name in ["bank-a", "bank-b"] {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let dir = cluster.root().join(name).display().to_string();
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let dir = cluster.root().join(name);
         let log = cluster.root().join(format!("{name}.log"));
-        procs.push(DtcProcess::spawn(
-            &[
-                "participant",
-                "--name",
-                name,
-                "--listen",
-                &listen,
-                "--data-dir",
-                &dir,
-                "--coordinators",
-                &coords,
-            ],
-            &log,
-        ));
+        // The ledger's default in-doubt interval.
+        let args = dtc_harness::cluster::ledger_args(name, listen, &dir, &coords, 5000);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        procs.push(DtcProcess::spawn(&args, &log));
     }
     wait_for_ok(secs(30), "both ledgers registered", || async {
         let s = cluster.status(leader).await.ok_or("no status")?;
