@@ -2,7 +2,10 @@
 //!
 //! The integration tests in `tests/tests/` run real `dtc coordinator`
 //! processes and talk to them only through the wire contract
-//! (`proto/dtc/v1`). This library holds what they share:
+//! (`proto/dtc/v1`). The process machinery (process handles, ports, the
+//! coordinator layout, waits, the bank History and its checker) is
+//! `crates/dtc-harness`, shared with `dtc demo`, `dtc up` and `dtc bench`;
+//! this library holds what only the tests need on top of it:
 //!
 //! - [`dtc_bin`] finds the binary under test (`$DTC_BIN`, else
 //!   `target/<profile>/dtc` next to the test executable). Build it first with
@@ -28,8 +31,9 @@
 //!   in-memory record per transaction and knobs to vote abort or read-only, to
 //!   hold `Prepare`/`Commit` at a gate, and to fail `Commit` with UNAVAILABLE.
 //!   It also records protocol violations (a commit after an abort, ...).
-//! - [`wait_until`] / [`wait_for_ok`] poll a condition every few milliseconds,
-//!   always bounded by a deadline: no test synchronizes on a fixed sleep.
+//! - [`wait_until`] / [`wait_for_ok`] poll a condition every few milliseconds
+//!   ([`dtc_harness::wait::poll`]), always bounded by a deadline: no test
+//!   synchronizes on a fixed sleep.
 //!
 //! Every RPC the harness makes carries a per-call timeout ([`request`]).
 //!
@@ -45,7 +49,8 @@
 //! - [`testbed`]: coordinators + ledgers + a client, with a supervisor that
 //!   restarts crashed processes and a fault timeline.
 //! - [`bank`], [`checker`], [`nemesis`], [`report`]: the Jepsen-style bank
-//!   workload, its checker, the seeded fault schedule and the run report.
+//!   workload's clients, the final-state reading for dtc-harness's checker,
+//!   the seeded fault schedule and the run report.
 
 pub mod bank;
 pub mod checker;
