@@ -209,11 +209,8 @@ pub fn claim_data_dir(dir: &Path, id: u64, cluster: &str) -> Result<(), ConfigEr
                 node_id: id,
             };
             let json = serde_json::to_vec_pretty(&identity).map_err(|e| bad(e.to_string()))?;
-            // Write-then-rename so a crash never leaves a half-written identity.
-            let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-            std::fs::write(&tmp, json)
-                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-                .and_then(|_| std::fs::rename(&tmp, &path))
+            // Whole or not at all: a crash never leaves a half-written identity.
+            dtc_util::fs::create_atomically(&path, |tmp| std::fs::write(tmp, json))
                 .map_err(|e| bad(e.to_string()))
         }
         Err(e) => Err(bad(e.to_string())),

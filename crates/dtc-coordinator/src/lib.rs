@@ -29,8 +29,6 @@
 
 pub mod channels;
 pub mod config;
-#[cfg(feature = "failpoints")]
-mod crash;
 pub mod metrics;
 pub mod network;
 pub mod node;

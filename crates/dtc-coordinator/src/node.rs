@@ -516,7 +516,7 @@ async fn expire_outcomes(shared: Arc<Shared>) {
         }
         // In slices: a backlog (after an outage, or a shorter retention)
         // must not become one huge write that stalls every apply behind it.
-        let now_ms = runtime::wall_ms();
+        let now_ms = dtc_util::wall_ms();
         let mut total = 0u64;
         loop {
             let cmd = Command::ExpireAtMost {

@@ -11,7 +11,6 @@
 
 use crate::metrics::KindLabel;
 use crate::node::Shared;
-use backon::BackoffBuilder;
 use dtc_core::{
     Action, Command, CommandResult, Event, Outcome, RequestDigest, TxnDriver, TxnId, TxnRecord,
 };
@@ -210,7 +209,7 @@ impl DriverTask {
                         participants,
                         digest,
                         timeout_ms,
-                        at_ms: wall_ms(),
+                        at_ms: dtc_util::wall_ms(),
                     },
                     digest,
                     &tx,
@@ -351,11 +350,7 @@ impl DriverTask {
             } => {
                 // Crash point: no prepare has left; `Begin` is replicating
                 // (it may or may not commit).
-                fail::fail_point!(
-                    "coordinator.prepare.before_send",
-                    crate::crash::armed_for(txn_id.as_str()),
-                    |_| crate::crash::crash("coordinator.prepare.before_send")
-                );
+                dtc_util::crash_point!("coordinator.prepare.before_send", txn = txn_id.as_str());
                 let payload = payloads.get(&participant).cloned().unwrap_or_default();
                 tokio::spawn(async move {
                     let deadline = Instant::now() + Duration::from_millis(remaining_ms);
@@ -377,26 +372,26 @@ impl DriverTask {
                 // Crash point: prepares were sent (and answered), the
                 // decision is not proposed yet. Only drivers of new requests
                 // (they hold payloads), not takeover drivers.
-                fail::fail_point!(
-                    "coordinator.decision.before_propose",
-                    !payloads.is_empty() && crate::crash::armed_for(txn_id.as_str()),
-                    |_| crate::crash::crash("coordinator.decision.before_propose")
-                );
+                if !payloads.is_empty() {
+                    dtc_util::crash_point!(
+                        "coordinator.decision.before_propose",
+                        txn = txn_id.as_str()
+                    );
+                }
                 tokio::spawn(async move {
                     let cmd = Command::Decide {
                         txn_id,
                         outcome,
                         phase2,
-                        at_ms: wall_ms(),
+                        at_ms: dtc_util::wall_ms(),
                     };
                     let input = match shared.propose(cmd).await {
                         Ok(CommandResult::Decided { record }) => {
                             // Crash point: the decision is committed and
                             // applied; no participant has heard it.
-                            fail::fail_point!(
+                            dtc_util::crash_point!(
                                 "coordinator.decision.before_phase2",
-                                crate::crash::armed_for(record.txn_id.as_str()),
-                                |_| crate::crash::crash("coordinator.decision.before_phase2")
+                                txn = record.txn_id.as_str()
                             );
                             Input::Core(Event::DecisionApplied { record })
                         }
@@ -425,7 +420,7 @@ impl DriverTask {
                 tokio::spawn(async move {
                     let cmd = Command::Complete {
                         txn_id,
-                        at_ms: wall_ms(),
+                        at_ms: dtc_util::wall_ms(),
                     };
                     let input = match shared.propose(cmd).await {
                         Ok(_) => Input::Core(Event::CompleteApplied),
@@ -442,22 +437,9 @@ impl DriverTask {
     }
 }
 
-/// Milliseconds since the Unix epoch: the leader's wall clock, written into
-/// entries for display and retention (never read inside apply).
-pub fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
+/// Retry delays for calls to participants and for takeover.
 fn backoff() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(20))
-        .with_max_delay(Duration::from_secs(2))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    dtc_util::backoff(Duration::from_millis(20), Duration::from_secs(2))
 }
 
 fn participant_client(
@@ -645,9 +627,7 @@ pub async fn take_over(shared: Arc<Shared>, term: u64, cancel: CancellationToken
         let reader = shared.reader.clone();
         let why = match tokio::task::spawn_blocking(move || {
             // Crash point: a new leader dies while reading the pending index.
-            fail::fail_point!("coordinator.takeover.scan", |_| crate::crash::crash(
-                "coordinator.takeover.scan"
-            ));
+            dtc_util::crash_point!("coordinator.takeover.scan");
             reader.pending()
         })
         .await

@@ -356,11 +356,7 @@ impl CoordinatorService {
         }
         // Crash point: the decision is committed (and normally acknowledged
         // by every participant); the client has not been answered.
-        fail::fail_point!(
-            "coordinator.reply.before_client",
-            crate::crash::armed_for(txn_id.as_str()),
-            |_| crate::crash::crash("coordinator.reply.before_client")
-        );
+        dtc_util::crash_point!("coordinator.reply.before_client", txn = txn_id.as_str());
         Ok(execute_response(&txn_id, &outcome))
     }
 }
@@ -531,7 +527,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let (meta, _, msg) = request.into_parts();
         dtc_core::validate_participant_name(&msg.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let uri = crate::channels::to_uri(&msg.endpoint);
+        let uri = dtc_util::endpoint_uri(&msg.endpoint);
         let valid = uri
             .parse::<tonic::codegen::http::Uri>()
             .ok()
@@ -639,7 +635,7 @@ impl pb::in_doubt_server::InDoubt for InDoubtService {
                             "unknown to the coordinator when a participant asked (presumed abort)",
                         ),
                         phase2: vec![],
-                        at_ms: crate::runtime::wall_ms(),
+                        at_ms: dtc_util::wall_ms(),
                     })
                     .await
                     .map_err(|e| Status::unavailable(format!("cannot record the outcome: {e}")))?;

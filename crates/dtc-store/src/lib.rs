@@ -77,8 +77,6 @@
 //!
 //! [redb]: https://docs.rs/redb
 
-#[cfg(feature = "failpoints")]
-mod crash;
 mod error;
 pub mod files;
 mod log_store;

@@ -424,9 +424,7 @@ fn apply_batch(
                     let mut each = Vec::with_capacity(cmds.len());
                     for (i, cmd) in cmds.iter().enumerate() {
                         if i > 0 {
-                            fail::fail_point!("store.apply.mid_batch", |_| {
-                                crate::crash::crash("store.apply.mid_batch")
-                            });
+                            dtc_util::crash_point!("store.apply.mid_batch");
                         }
                         each.push(
                             dtc_core::apply(&mut tables, cmd).map_err(|e| (entry.log_id, e))?,
@@ -656,9 +654,7 @@ fn install_snapshot_sync(
         old
     };
     // Crash point: the snapshot is written but not committed.
-    fail::fail_point!("store.snapshot.install", |_| crate::crash::crash(
-        "store.snapshot.install"
-    ));
+    dtc_util::crash_point!("store.snapshot.install");
     txn.commit()?;
     mark.reset(meta.last_log_id);
     if let Some(old) = old {
