@@ -77,6 +77,7 @@
 //!
 //! [redb]: https://docs.rs/redb
 
+mod durable;
 mod error;
 pub mod files;
 mod log_store;
