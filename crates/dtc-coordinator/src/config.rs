@@ -30,7 +30,7 @@ pub struct NodeConfig {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and purge the log) after this many applied entries,
     /// stretched by 10 % per node id so that the nodes build at different
-    /// times (see `node::staggered_snapshot_every`).
+    /// times (see `raft::staggered_snapshot_every`).
     pub snapshot_every: u64,
     pub limits: Limits,
     /// Transactions driven at once on the leader; past it `Execute` gets
