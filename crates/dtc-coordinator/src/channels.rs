@@ -21,22 +21,13 @@ pub struct BadEndpoint {
     source: tonic::transport::Error,
 }
 
-/// `host:port` becomes `http://host:port`; URLs are kept.
-pub fn to_uri(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 impl Channels {
     pub fn get(&self, addr: &str) -> Result<Channel, BadEndpoint> {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let endpoint = Endpoint::from_shared(to_uri(addr))
+        let endpoint = Endpoint::from_shared(dtc_util::endpoint_uri(addr))
             .map_err(|source| BadEndpoint {
                 addr: addr.to_string(),
                 source,

@@ -30,7 +30,7 @@ pub struct NodeConfig {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and purge the log) after this many applied entries,
     /// stretched by 10 % per node id so that the nodes build at different
-    /// times (see `node::staggered_snapshot_every`).
+    /// times (see `raft::staggered_snapshot_every`).
     pub snapshot_every: u64,
     pub limits: Limits,
     /// Transactions driven at once on the leader; past it `Execute` gets
@@ -209,11 +209,8 @@ pub fn claim_data_dir(dir: &Path, id: u64, cluster: &str) -> Result<(), ConfigEr
                 node_id: id,
             };
             let json = serde_json::to_vec_pretty(&identity).map_err(|e| bad(e.to_string()))?;
-            // Write-then-rename so a crash never leaves a half-written identity.
-            let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-            std::fs::write(&tmp, json)
-                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-                .and_then(|_| std::fs::rename(&tmp, &path))
+            // Whole or not at all: a crash never leaves a half-written identity.
+            dtc_util::fs::create_atomically(&path, |tmp| std::fs::write(tmp, json))
                 .map_err(|e| bad(e.to_string()))
         }
         Err(e) => Err(bad(e.to_string())),

@@ -1,7 +1,7 @@
 //! Protocol vocabulary: votes, outcomes, the validated transaction request and
 //! the limits that bound it.
 
-use crate::txn_id::{InvalidTxnId, TxnId, is_id_char};
+use crate::txn_id::{TxnId, is_id_char};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -83,8 +83,6 @@ pub enum ValidationError {
     DuplicateParticipant(String),
     #[error("invalid participant name {name:?}: {why}")]
     BadParticipantName { name: String, why: &'static str },
-    #[error(transparent)]
-    BadTxnId(#[from] InvalidTxnId),
     #[error("payload for participant {participant:?} is {size} bytes, over the limit of {limit}")]
     PayloadTooLarge {
         participant: String,

@@ -60,31 +60,5 @@ pub enum StoreError {
     Task(String),
 }
 
-/// redb has one error type per operation; they all fold into `redb::Error`.
-macro_rules! from_redb {
-    ($($t:ty),* $(,)?) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::Redb(e.into())
-            }
-        }
-    )*};
-}
-
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError,
-);
-
-impl From<crate::files::CreateError> for StoreError {
-    fn from(e: crate::files::CreateError) -> Self {
-        match e {
-            crate::files::CreateError::Redb(e) => StoreError::Redb(e.into()),
-            crate::files::CreateError::Io { path, source } => StoreError::Io { path, source },
-        }
-    }
-}
+// redb has one error type per operation; they all fold into `redb::Error`.
+dtc_util::from_redb!(StoreError, StoreError::Redb);

@@ -77,8 +77,7 @@
 //!
 //! [redb]: https://docs.rs/redb
 
-#[cfg(feature = "failpoints")]
-mod crash;
+mod durable;
 mod error;
 pub mod files;
 mod log_store;

@@ -48,15 +48,7 @@ impl LogStore {
         let mut builder = redb::Builder::new();
         builder.set_cache_size(LOG_CACHE_BYTES);
         let db = crate::files::create_database(&builder, path)?;
-        crate::tables::init(&db, path, LOG_META, |txn| {
-            txn.open_table(LOGS)?;
-            Ok(())
-        })?;
-        Ok(LogStore {
-            db: Arc::new(db),
-            covered_by: None,
-            committed: Arc::default(),
-        })
+        Self::from_database(db, path)
     }
 
     /// Opens (creating if empty) a log database on a custom redb storage
@@ -65,7 +57,12 @@ impl LogStore {
         let db = redb::Builder::new()
             .set_cache_size(LOG_CACHE_BYTES)
             .create_with_backend(backend)?;
-        crate::tables::init(&db, Path::new("<storage backend>"), LOG_META, |txn| {
+        Self::from_database(db, Path::new("<storage backend>"))
+    }
+
+    /// Creates the tables of a new file, checks the format of an old one.
+    fn from_database(db: redb::Database, path: &Path) -> Result<Self, StoreError> {
+        crate::tables::init(&db, path, LOG_META, |txn| {
             txn.open_table(LOGS)?;
             Ok(())
         })?;

@@ -1,6 +1,6 @@
 //! Read-only queries on the applied state, for the coordinator.
 
-use crate::state_machine::{DurableMark, make_durable};
+use crate::durable::{DurableMark, make_durable};
 use crate::tables::{
     COMPLETED, LAST_APPLIED_KEY, MEMBERSHIP_KEY, PARTICIPANTS, PENDING, SM_META, TXNS, decode,
     get_meta, stored_id,

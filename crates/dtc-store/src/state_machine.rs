@@ -1,5 +1,6 @@
 //! The transaction state machine and its snapshots, in `state.redb`.
 
+use crate::durable::DurableMark;
 use crate::reader::StateReader;
 use crate::snapshot_file::{self, Item, SnapshotDir, SnapshotFile};
 use crate::tables::{
@@ -15,8 +16,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table};
 use serde::{Deserialize, Serialize};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 type Meta = SnapshotMeta<NodeId, BasicNode>;
 
@@ -34,102 +34,6 @@ pub struct StateMachineStore {
 /// only by clients retrying an id or listing history, and may come from disk.
 /// Bounds the node's memory whatever the history (redb's default is 1 GiB).
 pub const STATE_CACHE_BYTES: usize = 64 * 1024 * 1024;
-
-/// An apply commit is synced at least this often...
-const SYNC_EVERY: Duration = Duration::from_millis(200);
-/// ...and at least every this many entries, so that the entries re-applied
-/// after a crash (from the synced log) stay few, and the pages freed by
-/// unsynced commits (redb reuses them only after a synced one) stay few.
-const SYNC_EVERY_ENTRIES: u64 = 512;
-
-/// What part of the applied state is known to be on disk.
-///
-/// Applies commit with `Durability::None`: the Raft log is synced before an
-/// entry can commit, and openraft re-applies the committed entries past the
-/// state machine's `last_applied` at start-up, so an apply lost in a crash is
-/// re-created, never lost. The one thing that must wait for the sync is a log
-/// purge, which [`crate::LogStore::purge_covered_by`] keeps at or below
-/// [`DurableMark::get`].
-#[derive(Debug)]
-pub(crate) struct DurableMark {
-    state: Mutex<MarkState>,
-}
-
-#[derive(Debug)]
-struct MarkState {
-    /// Last applied entry covered by a synced commit.
-    applied: Option<LogId>,
-    last_sync: Instant,
-    entries_since_sync: u64,
-}
-
-impl DurableMark {
-    fn new(applied: Option<LogId>) -> Self {
-        DurableMark {
-            state: Mutex::new(MarkState {
-                applied,
-                last_sync: Instant::now(),
-                entries_since_sync: 0,
-            }),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, MarkState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn get(&self) -> Option<LogId> {
-        self.lock().applied
-    }
-
-    /// Whether the next apply of `entries` entries should be synced.
-    fn sync_due(&self, entries: u64) -> bool {
-        let s = self.lock();
-        s.entries_since_sync + entries >= SYNC_EVERY_ENTRIES || s.last_sync.elapsed() >= SYNC_EVERY
-    }
-
-    /// Records a commit: a synced one moves the durable position to `at`.
-    fn committed(&self, at: Option<LogId>, entries: u64, synced: bool) {
-        let mut s = self.lock();
-        if synced {
-            if at > s.applied || at.is_none() {
-                s.applied = at;
-            }
-            s.last_sync = Instant::now();
-            s.entries_since_sync = 0;
-        } else {
-            s.entries_since_sync += entries;
-        }
-    }
-
-    /// After a snapshot install the applied position may move backwards or
-    /// anywhere: it is exactly the snapshot's, and synced.
-    fn reset(&self, at: Option<LogId>) {
-        let mut s = self.lock();
-        s.applied = at;
-        s.last_sync = Instant::now();
-        s.entries_since_sync = 0;
-    }
-}
-
-/// One synced commit that makes every earlier unsynced apply durable;
-/// returns the applied position it covers.
-pub(crate) fn make_durable(db: &Database, mark: &DurableMark) -> Result<Option<LogId>, StoreError> {
-    let txn = crate::tables::begin_synced(db)?;
-    let applied = {
-        // Rewrite the position rather than commit nothing, so that the
-        // commit is a real one whatever redb does with empty transactions.
-        let mut meta = txn.open_table(SM_META)?;
-        let applied: Option<LogId> = get_meta(&meta, "meta", LAST_APPLIED_KEY)?;
-        if let Some(a) = &applied {
-            meta.insert(LAST_APPLIED_KEY, encode("last_applied", a)?.as_slice())?;
-        }
-        applied
-    };
-    txn.commit()?;
-    mark.committed(applied, 0, true);
-    Ok(applied)
-}
 
 impl std::fmt::Debug for StateMachineStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -424,9 +328,7 @@ fn apply_batch(
                     let mut each = Vec::with_capacity(cmds.len());
                     for (i, cmd) in cmds.iter().enumerate() {
                         if i > 0 {
-                            fail::fail_point!("store.apply.mid_batch", |_| {
-                                crate::crash::crash("store.apply.mid_batch")
-                            });
+                            dtc_util::crash_point!("store.apply.mid_batch");
                         }
                         each.push(
                             dtc_core::apply(&mut tables, cmd).map_err(|e| (entry.log_id, e))?,
@@ -656,9 +558,7 @@ fn install_snapshot_sync(
         old
     };
     // Crash point: the snapshot is written but not committed.
-    fail::fail_point!("store.snapshot.install", |_| crate::crash::crash(
-        "store.snapshot.install"
-    ));
+    dtc_util::crash_point!("store.snapshot.install");
     txn.commit()?;
     mark.reset(meta.last_log_id);
     if let Some(old) = old {

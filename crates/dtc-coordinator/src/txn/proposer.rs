@@ -42,7 +42,29 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// state-machine worker spends on one entry).
 pub const MAX_BATCH_COMMANDS: usize = 2048;
 
-type Reply = oneshot::Sender<Result<CommandResult, String>>;
+/// Why a proposal has no result: in every case this node cannot decide now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    /// Raft refused the write: this node is not the leader (openraft's
+    /// forward-to-leader error, with the leader it knows of), or a
+    /// membership change is in the way.
+    #[error("{0}")]
+    Refused(String),
+    /// Raft has stopped for good (a storage error, or shutdown).
+    #[error("{0}")]
+    Fatal(String),
+    /// Raft dropped the write without an answer (shutting down).
+    #[error("Raft dropped the write (shutting down)")]
+    Dropped,
+    /// The proposer task is gone (the node is stopping).
+    #[error("the proposer has stopped")]
+    Stopped,
+    /// Apply returned a result that does not fit the batch (a bug).
+    #[error("a batch of {count} commands applied as {result}")]
+    WrongResults { count: usize, result: String },
+}
+
+type Reply = oneshot::Sender<Result<CommandResult, ProposeError>>;
 
 /// Handle to the proposer task. Cheap to clone.
 #[derive(Clone)]
@@ -62,7 +84,7 @@ impl Proposer {
 
     /// Proposes one command and returns what applying it produced. Any error
     /// means this node cannot decide now (not leader, or Raft stopped).
-    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, String> {
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ProposeError> {
         self.submit(cmd).await
     }
 
@@ -72,15 +94,15 @@ impl Proposer {
     pub fn submit(
         &self,
         cmd: Command,
-    ) -> impl std::future::Future<Output = Result<CommandResult, String>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<CommandResult, ProposeError>> + Send + 'static
+    {
         let (tx, rx) = oneshot::channel();
         let queued = self.queue.send((cmd, tx)).is_ok();
         async move {
             if !queued {
-                return Err("the proposer has stopped".to_string());
+                return Err(ProposeError::Stopped);
             }
-            rx.await
-                .unwrap_or_else(|_| Err("the proposer dropped the command (Raft stopped)".into()))
+            rx.await.unwrap_or(Err(ProposeError::Dropped))
         }
     }
 }
@@ -118,10 +140,10 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<(Command, R
         tokio::spawn(async move {
             let _slot = slot;
             let result = match submitted {
-                Err(fatal) => Err(fatal.to_string()),
+                Err(fatal) => Err(ProposeError::Fatal(fatal.to_string())),
                 Ok(rx) => match rx.await {
-                    Err(_) => Err("Raft dropped the write (shutting down)".to_string()),
-                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(ProposeError::Dropped),
+                    Ok(Err(e)) => Err(ProposeError::Refused(e.to_string())),
                     Ok(Ok(resp)) => Ok(resp.data),
                 },
             };
@@ -131,7 +153,7 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<(Command, R
 }
 
 /// Hands each caller its own result (or the batch's error).
-fn deliver(result: Result<CommandResult, String>, replies: Vec<Reply>, count: usize) {
+fn deliver(result: Result<CommandResult, ProposeError>, replies: Vec<Reply>, count: usize) {
     match result {
         Ok(CommandResult::Batch(results)) if count > 1 && results.len() == count => {
             for (reply, r) in replies.into_iter().zip(results) {
@@ -145,7 +167,10 @@ fn deliver(result: Result<CommandResult, String>, replies: Vec<Reply>, count: us
         }
         Ok(other) => {
             // Cannot happen: apply returns one result per command.
-            let why = format!("a batch of {count} commands applied as {other:?}");
+            let why = ProposeError::WrongResults {
+                count,
+                result: format!("{other:?}"),
+            };
             error!(%why, "proposer: apply returned the wrong number of results");
             for reply in replies {
                 let _ = reply.send(Err(why.clone()));

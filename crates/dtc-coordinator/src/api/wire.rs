@@ -1,0 +1,149 @@
+//! Wire mapping: proto messages to core types and back, and the runtime's
+//! errors as gRPC statuses.
+//!
+//! Uses the error types of [`crate::txn`] only.
+
+use crate::txn::execute::ExecuteError;
+use crate::txn::outcome::QueryError;
+use dtc_core::{Outcome, Phase, TxnId, TxnRecord, TxnRequest};
+use dtc_proto::v1 as pb;
+use tonic::Status;
+
+/// The one place a wire id becomes a [`TxnId`]: an invalid one is the
+/// client's mistake.
+pub fn txn_id(id: String) -> Result<TxnId, Status> {
+    TxnId::new(id).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// An `ExecuteRequest` as a validated request. An empty id gets a fresh
+/// UUID, which the caller must forward with the request so the leader runs
+/// it under the same id.
+pub fn txn_request(
+    msg: &pb::ExecuteRequest,
+    limits: &dtc_core::Limits,
+) -> Result<TxnRequest, Status> {
+    let id = if msg.txn_id.is_empty() {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        msg.txn_id.clone()
+    };
+    let branches = msg
+        .branches
+        .iter()
+        .map(|b| (b.participant.clone(), b.payload.clone()))
+        .collect();
+    TxnRequest::validate(txn_id(id)?, branches, msg.timeout_ms, limits)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+pub fn store_error(e: dtc_store::StoreError) -> Status {
+    Status::internal(format!("state read failed: {e}"))
+}
+
+impl From<ExecuteError> for Status {
+    fn from(e: ExecuteError) -> Status {
+        match e {
+            ExecuteError::NotRegistered(_)
+            | ExecuteError::RunningWithOtherRequest(_)
+            | ExecuteError::ExistsWithOtherRequest(_)
+            | ExecuteError::Rejected(_) => Status::failed_precondition(e.to_string()),
+            ExecuteError::Busy(_) => Status::resource_exhausted(e.to_string()),
+            ExecuteError::LeadershipLost(_) => Status::unavailable(e.to_string()),
+            ExecuteError::Store(e) => store_error(e),
+        }
+    }
+}
+
+impl From<QueryError> for Status {
+    fn from(e: QueryError) -> Status {
+        match e {
+            QueryError::Store(e) => store_error(e),
+            QueryError::Propose(_) => Status::unavailable(e.to_string()),
+            QueryError::Unexpected(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+pub fn execute_response(txn_id: &TxnId, outcome: &Outcome) -> pb::ExecuteResponse {
+    pb::ExecuteResponse {
+        txn_id: txn_id.to_string(),
+        outcome: pb::Outcome::from(outcome) as i32,
+        reason: outcome.reason().to_string(),
+    }
+}
+
+pub fn outcome_response(outcome: Option<&Outcome>) -> pb::QueryOutcomeResponse {
+    match outcome {
+        Some(o) => pb::QueryOutcomeResponse {
+            outcome: pb::Outcome::from(o) as i32,
+            reason: o.reason().to_string(),
+        },
+        None => pb::QueryOutcomeResponse {
+            outcome: pb::Outcome::Unspecified as i32,
+            reason: "not decided yet; ask again later".into(),
+        },
+    }
+}
+
+pub fn txn_info(r: &TxnRecord) -> pb::TransactionInfo {
+    let (state, reason, decided, completed, awaiting) = match &r.phase {
+        Phase::Preparing => (pb::TxnState::Preparing, String::new(), 0, 0, vec![]),
+        Phase::Decided {
+            outcome,
+            awaiting,
+            decided_ms,
+        } => (
+            if outcome.is_commit() {
+                pb::TxnState::Committing
+            } else {
+                pb::TxnState::Aborting
+            },
+            outcome.reason().to_string(),
+            *decided_ms,
+            0,
+            awaiting.clone(),
+        ),
+        Phase::Completed {
+            outcome,
+            decided_ms,
+            completed_ms,
+        } => (
+            if outcome.is_commit() {
+                pb::TxnState::Committed
+            } else {
+                pb::TxnState::Aborted
+            },
+            outcome.reason().to_string(),
+            *decided_ms,
+            *completed_ms,
+            vec![],
+        ),
+    };
+    pb::TransactionInfo {
+        txn_id: r.txn_id.to_string(),
+        state: state as i32,
+        participants: r.participants.clone(),
+        reason,
+        created_at_ms: r.created_ms,
+        decided_at_ms: decided,
+        completed_at_ms: completed,
+        timeout_ms: r.timeout_ms,
+        awaiting_ack: awaiting,
+    }
+}
+
+/// Whether `endpoint` is a usable participant address; returns it as a URI.
+pub fn participant_endpoint(endpoint: &str) -> Result<String, Status> {
+    let uri = dtc_util::endpoint_uri(endpoint);
+    let valid = uri
+        .parse::<tonic::codegen::http::Uri>()
+        .ok()
+        .is_some_and(|u| u.host().is_some() && u.port_u16().is_some());
+    if valid {
+        Ok(uri)
+    } else {
+        Err(Status::invalid_argument(format!(
+            "endpoint {endpoint:?} is not a valid http://HOST:PORT address"
+        )))
+    }
+}

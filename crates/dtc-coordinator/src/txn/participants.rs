@@ -1,0 +1,209 @@
+//! Calls from the leader to participants: `Prepare` until a vote or the
+//! deadline, and the decision until it is acknowledged.
+//!
+//! The participant's endpoint is looked up in the replicated registry on
+//! every attempt: a participant that re-registered on a new endpoint is
+//! reached there on the next retry (corner case 15).
+//!
+//! Uses [`super::shared`] (the registry reader, channels, metrics, config).
+
+use super::shared::Shared;
+use crate::channels::BadEndpoint;
+use dtc_core::{Outcome, TxnId, Vote};
+use dtc_proto::v1::{
+    AbortRequest, CommitRequest, PrepareRequest, participant_client::ParticipantClient,
+};
+use std::time::{Duration, Instant};
+use tracing::{debug, error, warn};
+
+/// Why a call to a participant failed without an answer to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("participant {0} is not registered")]
+    NotRegistered(String),
+    #[error("registry read failed: {0}")]
+    Registry(#[from] dtc_store::StoreError),
+    #[error(transparent)]
+    Endpoint(#[from] BadEndpoint),
+    /// The participant answered with an error status.
+    #[error("{code}: {message}")]
+    Status { code: tonic::Code, message: String },
+}
+
+impl CallError {
+    fn code(&self) -> tonic::Code {
+        match self {
+            CallError::Status { code, .. } => *code,
+            _ => tonic::Code::Unavailable,
+        }
+    }
+}
+
+impl From<tonic::Status> for CallError {
+    fn from(s: tonic::Status) -> Self {
+        CallError::Status {
+            code: s.code(),
+            message: s.message().to_string(),
+        }
+    }
+}
+
+/// Why `Prepare` produced no vote.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// No answer before the deadline (the driver's deadline tick decides).
+    #[error("no answer before the deadline")]
+    Deadline,
+    /// The call failed without a vote: an error status, or an unregistered
+    /// participant. Aborts the transaction.
+    #[error(transparent)]
+    Failed(#[from] CallError),
+}
+
+/// Retry delays for calls to participants and for takeover.
+pub fn backoff() -> impl Iterator<Item = Duration> {
+    dtc_util::backoff(Duration::from_millis(20), Duration::from_secs(2))
+}
+
+fn client(
+    shared: &Shared,
+    participant: &str,
+) -> Result<ParticipantClient<tonic::transport::Channel>, CallError> {
+    let endpoint = shared
+        .reader
+        .participant(participant)?
+        .ok_or_else(|| CallError::NotRegistered(participant.to_string()))?;
+    let channel = shared.channels.get(&endpoint)?;
+    Ok(ParticipantClient::new(channel)
+        .max_decoding_message_size(dtc_proto::wire::MAX_MESSAGE_BYTES))
+}
+
+fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        // INTERNAL is what tonic reports for a connection torn down mid-call.
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
+    )
+}
+
+/// Sends `Prepare` until an answer arrives or the deadline passes; transport
+/// failures are retried.
+pub async fn send_prepare(
+    shared: &Shared,
+    txn_id: &TxnId,
+    participant: &str,
+    payload: Vec<u8>,
+    deadline: Instant,
+) -> Result<Vote, PrepareError> {
+    let mut delays = backoff();
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(PrepareError::Deadline);
+        }
+        let mut client = client(shared, participant)?;
+        let mut req = tonic::Request::new(PrepareRequest {
+            txn_id: txn_id.to_string(),
+            participant: participant.to_string(),
+            payload: payload.clone(),
+            remaining_ms: remaining.as_millis().min(u32::MAX as u128) as u32,
+        });
+        req.set_timeout(remaining);
+        let sent = Instant::now();
+        match client.prepare(req).await {
+            Ok(resp) => {
+                shared.metrics.prepared(participant, sent.elapsed());
+                return Ok(dtc_proto::vote_from_wire(&resp.into_inner()));
+            }
+            Err(status) if is_transient(&status) => {
+                shared.metrics.retry("prepare");
+                debug!(%txn_id, participant, %status, "prepare failed; retrying");
+            }
+            Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                return Err(PrepareError::Deadline);
+            }
+            Err(status) => return Err(CallError::from(status).into()),
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(1));
+        tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// One attempt to deliver the decision.
+async fn decide_once(
+    shared: &Shared,
+    txn_id: &TxnId,
+    participant: &str,
+    outcome: &Outcome,
+) -> Result<(), CallError> {
+    let mut client = client(shared, participant)?;
+    match outcome {
+        Outcome::Commit => {
+            let mut req = tonic::Request::new(CommitRequest {
+                txn_id: txn_id.to_string(),
+                participant: participant.to_string(),
+            });
+            req.set_timeout(shared.config.rpc_timeout);
+            client.commit(req).await?;
+        }
+        Outcome::Abort { reason } => {
+            let mut req = tonic::Request::new(AbortRequest {
+                txn_id: txn_id.to_string(),
+                participant: participant.to_string(),
+                reason: reason.clone(),
+            });
+            req.set_timeout(shared.config.rpc_timeout);
+            client.abort(req).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends the decision until the participant acknowledges. Never gives up:
+/// a prepared participant holds locks until it hears (corner case 9); the
+/// caller's cancellation stops it when leadership moves.
+pub async fn send_decision(shared: &Shared, txn_id: &TxnId, participant: &str, outcome: &Outcome) {
+    let mut delays = backoff();
+    let mut attempt: u64 = 0;
+    loop {
+        attempt += 1;
+        let Err(e) = decide_once(shared, txn_id, participant, outcome).await else {
+            return;
+        };
+        shared.metrics.retry("decision");
+        let code = e.code();
+        let msg = match &e {
+            CallError::Status { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        let loud = matches!(
+            code,
+            tonic::Code::NotFound | tonic::Code::FailedPrecondition | tonic::Code::DataLoss
+        );
+        if loud {
+            // A participant that cannot apply a decided outcome (for a
+            // commit: it lost its log) needs an operator. Keep retrying.
+            error!(
+                %txn_id,
+                participant,
+                ?code,
+                msg,
+                attempt,
+                "participant refuses the decision; operator attention needed"
+            );
+        } else if attempt.is_power_of_two() {
+            warn!(
+                %txn_id,
+                participant,
+                ?code,
+                msg,
+                attempt,
+                "decision not acknowledged yet; retrying"
+            );
+        }
+        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
+    }
+}

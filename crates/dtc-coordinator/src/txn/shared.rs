@@ -1,0 +1,105 @@
+//! The state the services, the drivers and the leadership watcher share.
+//!
+//! Uses the layers below it only: [`crate::config`], [`crate::channels`],
+//! [`crate::metrics`], the [`Proposer`] and the [`DriverRegistry`].
+
+use super::proposer::{ProposeError, Proposer};
+use super::registry::DriverRegistry;
+use crate::channels::Channels;
+use crate::config::NodeConfig;
+use crate::metrics::CoordinatorMetrics;
+use dtc_core::{Command, CommandResult};
+use dtc_store::{StateReader, TypeConfig};
+use openraft::Raft;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+/// This node's leadership, as the driver runtime sees it.
+#[derive(Debug, Clone)]
+pub enum Leadership {
+    NotLeader,
+    Leader {
+        term: u64,
+        /// Cancelled when the term ends for this node.
+        cancel: CancellationToken,
+        /// Takeover finished: every pending transaction has a driver.
+        ready: bool,
+    },
+}
+
+/// State shared by the services, the drivers and the leadership watcher.
+pub struct Shared {
+    pub config: NodeConfig,
+    pub raft: Raft<TypeConfig>,
+    /// Packs proposals into batched log entries (see [`super::proposer`]).
+    pub proposer: Proposer,
+    pub reader: StateReader,
+    /// Channels to peers and participants, by address.
+    pub channels: Channels,
+    /// Running drivers by transaction id (leader only).
+    pub drivers: DriverRegistry,
+    pub leadership: watch::Sender<Leadership>,
+    /// Bounds transactions in flight (new ones; takeover is never refused).
+    pub in_flight: Arc<Semaphore>,
+    /// Monotonic origin for driver deadlines.
+    started: Instant,
+    pub metrics: CoordinatorMetrics,
+}
+
+impl Shared {
+    pub fn new(
+        config: NodeConfig,
+        raft: Raft<TypeConfig>,
+        reader: StateReader,
+        channels: Channels,
+    ) -> Shared {
+        Shared {
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            config,
+            proposer: Proposer::spawn(raft.clone()),
+            raft,
+            reader,
+            channels,
+            drivers: DriverRegistry::default(),
+            leadership: watch::channel(Leadership::NotLeader).0,
+            started: Instant::now(),
+            metrics: Default::default(),
+        }
+    }
+
+    /// Monotonic milliseconds since the node started: the driver's clock.
+    pub fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Proposes a command through Raft and returns what apply produced.
+    /// Any error means this node cannot decide now (not leader, or stopped).
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ProposeError> {
+        self.proposer.propose(cmd).await
+    }
+
+    /// Takeover of `term` finished: transactions may be served.
+    pub fn mark_ready(&self, term: u64) {
+        self.leadership.send_modify(|l| {
+            if let Leadership::Leader { term: t, ready, .. } = l
+                && *t == term
+            {
+                *ready = true;
+            }
+        });
+    }
+
+    /// True while this node leads and has finished takeover.
+    pub fn is_ready_leader(&self) -> bool {
+        matches!(
+            &*self.leadership.borrow(),
+            Leadership::Leader { ready: true, .. }
+        )
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.config.id
+    }
+}
