@@ -8,6 +8,7 @@ use crate::api::health::watch_health;
 use crate::api::{CoordinatorService, InDoubtService};
 use crate::channels::Channels;
 use crate::config::{ConfigError, NodeConfig, claim_data_dir};
+use crate::raft::RaftStartError;
 use crate::raft::transport::RaftService;
 use crate::txn::{Leadership, Shared, expiry, takeover};
 use dtc_proto::v1::{
@@ -27,7 +28,15 @@ pub enum NodeError {
     #[error("cannot open the store: {0}")]
     Store(#[from] dtc_store::StoreError),
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[from] RaftStartError),
+    /// openraft stopped for good (a storage error); the restarted node
+    /// recovers from what is on disk.
+    #[error("raft stopped: {0}; restart the node (it recovers from what is on disk)")]
+    RaftStopped(openraft::error::Fatal<u64>),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server task: {0}")]
+    ServerTask(#[from] tokio::task::JoinError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -37,12 +46,6 @@ pub enum NodeError {
     Serve(#[from] tonic::transport::Error),
     #[error("{0}")]
     Metrics(std::io::Error),
-}
-
-impl From<crate::raft::StartError> for NodeError {
-    fn from(e: crate::raft::StartError) -> Self {
-        NodeError::Raft(e.to_string())
-    }
 }
 
 /// Runs a node until `shutdown` resolves.
@@ -94,9 +97,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .to_vec(),
         descriptor_sets: Vec::new(),
     };
-    let reflection_error = |e| NodeError::Raft(format!("reflection: {e}"));
-    let reflection = dtc_proto::reflection::v1(&listed).map_err(reflection_error)?;
-    let reflection_v1alpha = dtc_proto::reflection::v1alpha(&listed).map_err(reflection_error)?;
+    let reflection = dtc_proto::reflection::v1(&listed)?;
+    let reflection_v1alpha = dtc_proto::reflection::v1alpha(&listed)?;
 
     let max_msg =
         shared.config.limits.max_payload_bytes * shared.config.limits.max_branches + 1024 * 1024;
@@ -163,10 +165,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         async move {
             loop {
                 if let Err(fatal) = &m.borrow_and_update().running_state {
-                    return fatal.to_string();
+                    return fatal.clone();
                 }
                 if m.changed().await.is_err() {
-                    return "raft stopped".to_string();
+                    return openraft::error::Fatal::Stopped;
                 }
             }
         }
@@ -201,13 +203,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         Err(e) => warn!("syncing the state machine at shutdown: {e}"),
     }
     if let Some(why) = fatal {
-        return Err(NodeError::Raft(format!(
-            "raft stopped: {why}; restart the node (it recovers from what is on disk)"
-        )));
+        return Err(NodeError::RaftStopped(why));
     }
     match serve_result {
         Some(Ok(Err(e))) => Err(NodeError::Serve(e)),
-        Some(Err(e)) => Err(NodeError::Raft(format!("server task: {e}"))),
+        Some(Err(e)) => Err(NodeError::ServerTask(e)),
         _ => Ok(()),
     }
 }
