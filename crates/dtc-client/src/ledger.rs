@@ -116,7 +116,7 @@ impl Client {
         check_target("balance", (participant, account))?;
         let mut ledger = self.ledger_client(participant).await?;
         let until = Instant::now() + self.config().call_deadline;
-        let mut backoff = crate::Backoff::new(self.config().min_backoff, self.config().max_backoff);
+        let mut backoff = dtc_util::backoff(self.config().min_backoff, self.config().max_backoff);
         loop {
             let req = with_timeout(
                 pb::BalanceRequest {
@@ -138,7 +138,7 @@ impl Client {
                     return Err(ClientError::InvalidArgument(s.message().to_string()));
                 }
                 Err(s) => {
-                    let delay = backoff.next_delay();
+                    let delay = backoff.next().unwrap_or(self.config().max_backoff);
                     if crate::classify(&s) != crate::Retry::Ambiguous
                         || Instant::now() + delay >= until
                     {

@@ -149,43 +149,11 @@ pub fn leader_hint(status: &Status) -> Option<String> {
     (!addr.is_empty()).then(|| addr.to_string())
 }
 
-fn to_uri(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 /// A request with a per-call deadline (sent as `grpc-timeout`).
 pub(crate) fn with_timeout<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.set_timeout(timeout);
     req
-}
-
-/// Exponential back-off with jitter: `d` then up to `2d`, capped.
-pub(crate) struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        Backoff { next: min, max }
-    }
-
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // Jitter without a random-number dependency: the clock's nanoseconds.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let frac = f64::from(nanos % 1000) / 1000.0;
-        base + base.mul_f64(frac * 0.5)
-    }
 }
 
 impl Client {
@@ -207,7 +175,7 @@ impl Client {
             return Err(ClientError::Config("no coordinator address given".into()));
         }
         for a in &addrs {
-            let uri: tonic::codegen::http::Uri = to_uri(a)
+            let uri: tonic::codegen::http::Uri = dtc_util::endpoint_uri(a)
                 .parse()
                 .map_err(|e| ClientError::Config(format!("coordinator address {a:?}: {e}")))?;
             if uri.host().is_none() || uri.port_u16().is_none() {
@@ -246,7 +214,7 @@ impl Client {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(to_uri(addr))
+        let ch = Endpoint::from_shared(dtc_util::endpoint_uri(addr))
             .map_err(|e| ClientError::Config(format!("address {addr:?}: {e}")))?
             .connect_timeout(self.inner.config.connect_timeout)
             .tcp_nodelay(true)
@@ -295,7 +263,7 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let config = &self.inner.config;
-        let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+        let mut backoff = dtc_util::backoff(config.min_backoff, config.max_backoff);
         let mut target = self.first_target();
         let mut ambiguous = false;
         let mut attempt = 0u32;
@@ -339,7 +307,7 @@ impl Client {
                     }
                 }
             }
-            let delay = backoff.next_delay();
+            let delay = backoff.next().unwrap_or(config.max_backoff);
             if Instant::now() + delay >= until {
                 return (Err(status), ambiguous);
             }
@@ -359,6 +327,7 @@ impl Client {
 
     /// One transaction's state (NOT_FOUND if unknown or past retention).
     pub async fn get_transaction(&self, txn_id: &str) -> Result<TxnStatus, ClientError> {
+        dtc_core::TxnId::new(txn_id).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let (until, per_call) = self.call_deadline();
         let req = pb::GetTransactionRequest {
             txn_id: txn_id.to_string(),
@@ -523,13 +492,5 @@ mod tests {
             Err(ClientError::Config(_))
         ));
         assert!(Client::connect(vec!["127.0.0.1:1".into()]).is_ok());
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(40));
-        let d: Vec<Duration> = (0..5).map(|_| b.next_delay()).collect();
-        assert!(d[0] >= Duration::from_millis(10) && d[0] <= Duration::from_millis(15));
-        assert!(d[4] >= Duration::from_millis(40) && d[4] <= Duration::from_millis(60));
     }
 }

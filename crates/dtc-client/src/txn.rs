@@ -56,9 +56,16 @@ impl TxnBuilder {
     }
 
     /// The idempotency key. Generated (uuid v4) when not set; set it to
-    /// retry a transaction whose outcome is unknown.
+    /// retry a transaction whose outcome is unknown. It must be a valid
+    /// [`dtc_core::TxnId`] (1..=128 bytes of `A-Za-z0-9._:-`); `execute`
+    /// refuses another with INVALID_ARGUMENT before sending anything.
     pub fn id(mut self, txn_id: impl Into<String>) -> Self {
-        self.id = Some(txn_id.into());
+        let txn_id = txn_id.into();
+        if let Err(e) = dtc_core::TxnId::new(txn_id.as_str()) {
+            self.error
+                .get_or_insert(ClientError::InvalidArgument(e.to_string()));
+        }
+        self.id = Some(txn_id);
         self
     }
 

@@ -304,6 +304,17 @@ async fn ledger_helpers_refuse_bad_amounts_before_calling_anyone() {
             .await
             .unwrap_err();
         assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
+        // An id outside the one rule for transaction ids is refused here.
+        let e = client
+            .transaction()
+            .branch("a", vec![1])
+            .id("no spaces allowed")
+            .execute()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
+        let e = client.get_transaction("no/slashes").await.unwrap_err();
+        assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
         assert!(node.0.seen.lock().unwrap().is_empty());
         let e = client.get_transaction("nope").await.unwrap_err();
         assert!(matches!(e, ClientError::NotFound(_)), "{e:?}");

@@ -75,21 +75,8 @@ pub enum LedgerError {
     InvalidAccount(String, String),
 }
 
-macro_rules! from_redb {
-    ($($t:ty),* $(,)?) => {$(
-        impl From<$t> for LedgerError {
-            fn from(e: $t) -> Self {
-                LedgerError::Storage(e.into())
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-);
+// redb has one error type per operation; they all fold into `redb::Error`.
+dtc_util::from_redb!(LedgerError, LedgerError::Storage);
 
 /// Checks an account name: 1..=128 bytes, no control characters.
 pub fn validate_account(account: &str) -> Result<(), LedgerError> {
@@ -457,7 +444,10 @@ impl pb::ledger_server::Ledger for LedgerService {
 /// A ledger participant named `name` with its data in `data_dir`
 /// (`participant.redb`): the participant builder, with the `Ledger` service
 /// added, and the ledger itself (for direct reads). Configure coordinators
-/// etc. on the builder, then `start` it. Blocking (opens the file).
+/// etc. on the builder, then `start` it. Blocking (opens the file). The
+/// builder keeps the default disk reserve on `data_dir`
+/// ([`dtc_participant::DEFAULT_DISK_RESERVE_BYTES`]; set another with
+/// `disk_reserve`).
 pub fn participant(
     name: &str,
     data_dir: &Path,
@@ -466,6 +456,7 @@ pub fn participant(
     let ledger = Ledger::new(db.clone())?;
     let service = LedgerService::new(ledger.clone(), ParticipantLog::new(db.clone()));
     let builder = ParticipantServer::builder(name, db, ledger.clone())
+        .disk_reserve(data_dir, dtc_participant::DEFAULT_DISK_RESERVE_BYTES)
         .routes(service.routes())
         .reflect(pb::ledger_server::SERVICE_NAME, None);
     Ok((builder, ledger))

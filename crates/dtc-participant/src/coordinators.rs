@@ -2,8 +2,6 @@
 //! given node, tried in turn, and the registration loop.
 
 use crate::ParticipantError;
-use crate::server::to_uri;
-use backon::BackoffBuilder;
 use dtc_proto::v1 as pb;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +21,7 @@ impl Coordinators {
     pub(crate) fn new(addrs: &[String], rpc_timeout: Duration) -> Result<Self, ParticipantError> {
         let mut nodes = Vec::new();
         for addr in addrs {
-            let endpoint = Endpoint::from_shared(to_uri(addr))
+            let endpoint = Endpoint::from_shared(dtc_util::endpoint_uri(addr))
                 .map_err(|e| {
                     ParticipantError::Config(format!("coordinator address {addr:?}: {e}"))
                 })?
@@ -61,15 +59,6 @@ impl Coordinators {
     }
 }
 
-pub(crate) fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
 /// How often a registered participant checks that the cluster still has its
 /// endpoint (a delayed registration from an earlier incarnation may land
 /// after the current one and point the registry at a dead address).
@@ -86,7 +75,7 @@ pub(crate) async fn register_loop(
     registered: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
-    let mut delays = backoff(Duration::from_secs(5));
+    let mut delays = dtc_util::backoff(Duration::from_millis(100), Duration::from_secs(5));
     let mut attempt: u64 = 0;
     loop {
         attempt += 1;

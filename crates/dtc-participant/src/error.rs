@@ -37,6 +37,12 @@ pub enum ParticipantError {
         source: std::io::Error,
     },
 
+    /// A write or sync of the participant's file failed while serving; the
+    /// participant refused every call from then on (see
+    /// [`crate::RunningParticipant::storage_failed`]).
+    #[error("participant storage failed: {0}; restart the participant")]
+    Failed(String),
+
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -46,22 +52,5 @@ pub enum ParticipantError {
     Task(String),
 }
 
-/// redb has one error type per operation; they all fold into `redb::Error`.
-macro_rules! from_redb {
-    ($($t:ty),* $(,)?) => {$(
-        impl From<$t> for ParticipantError {
-            fn from(e: $t) -> Self {
-                ParticipantError::Storage(e.into())
-            }
-        }
-    )*};
-}
-
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError,
-);
+// redb has one error type per operation; they all fold into `redb::Error`.
+dtc_util::from_redb!(ParticipantError, ParticipantError::Storage);

@@ -20,7 +20,7 @@
 //!  registration: RegisterParticipant(name, endpoint) at start, retried
 //! ```
 //!
-//! The rules it enforces (shared/CORNER-CASES.md, participant cases):
+//! The rules it enforces (docs/design.md §10, the participant corner cases):
 //!
 //! - **Log before vote (19).** The record and the application's reservations
 //!   commit in one redb transaction and are synced before the vote is sent.
@@ -85,8 +85,7 @@
 
 mod coordinators;
 pub mod counters;
-#[cfg(feature = "failpoints")]
-mod crash;
+mod disk;
 mod error;
 pub mod log;
 mod metrics;
@@ -96,6 +95,7 @@ mod server;
 mod service;
 mod writer;
 
+pub use disk::DEFAULT_DISK_RESERVE_BYTES;
 pub use error::ParticipantError;
 pub use log::{LogRecord, ParticipantLog, TxnState};
 pub use resolver::InDoubtPass;

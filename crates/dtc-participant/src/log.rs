@@ -71,13 +71,6 @@ pub struct LogRecord {
     pub updated_at_ms: u64,
 }
 
-pub(crate) fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 pub(crate) fn decode(key: &str, bytes: &[u8]) -> Result<LogRecord, ParticipantError> {
     postcard::from_bytes(bytes).map_err(|source| ParticipantError::Corrupt {
         key: key.to_string(),

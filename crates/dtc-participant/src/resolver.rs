@@ -91,7 +91,7 @@ impl Resolver {
                 return pass;
             }
         };
-        let now = crate::log::wall_ms();
+        let now = dtc_util::wall_ms();
         let min_age_ms = min_age.as_millis() as u64;
         let ids: Vec<String> = prepared
             .into_iter()

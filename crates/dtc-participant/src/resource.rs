@@ -38,25 +38,21 @@ impl ResourceError {
     pub fn new(msg: impl Into<String>) -> Self {
         ResourceError(msg.into())
     }
+
+    /// A failure of the participant's database.
+    pub fn storage(e: redb::Error) -> Self {
+        ResourceError(format!("storage: {e}"))
+    }
 }
 
-macro_rules! from_redb {
-    ($($t:ty),* $(,)?) => {$(
-        impl From<$t> for ResourceError {
-            fn from(e: $t) -> Self {
-                ResourceError(format!("storage: {e}"))
-            }
-        }
-    )*};
-}
+// Every redb error reaches a resource as a transient storage failure.
+dtc_util::from_redb!(ResourceError, ResourceError::storage);
 
-from_redb!(
-    redb::Error,
-    redb::TableError,
-    redb::StorageError,
-    redb::TransactionError,
-    redb::CommitError,
-);
+impl From<redb::Error> for ResourceError {
+    fn from(e: redb::Error) -> Self {
+        ResourceError::storage(e)
+    }
+}
 
 /// A transaction that voted prepared and has no decision yet, as handed to
 /// [`Resource::recover`].

@@ -35,9 +35,17 @@ pub fn open_database(dir: &Path) -> Result<Arc<Database>, ParticipantError> {
         source,
     })?;
     let path = dir.join(DATABASE_FILE);
-    if !path.exists() {
-        create_atomically(&path)?;
-    }
+    // `Database::create` interrupted by a crash leaves a file without its
+    // magic number that redb then refuses to open: build it aside and rename.
+    dtc_util::fs::create_atomically(&path, |tmp| Database::create(tmp).map(drop)).map_err(|e| {
+        match e {
+            dtc_util::fs::AtomicError::Fill(e) => ParticipantError::from(e),
+            dtc_util::fs::AtomicError::Io { path, source } => ParticipantError::Io {
+                what: format!("cannot create {}", path.display()),
+                source,
+            },
+        }
+    })?;
     let db = redb::Builder::new()
         .set_cache_size(DATABASE_CACHE_BYTES)
         .create(path)?;
@@ -50,35 +58,6 @@ pub fn open_database(dir: &Path) -> Result<Arc<Database>, ParticipantError> {
 /// its history. Applications with large tables of their own in the same
 /// file may want more: open the file themselves with `redb::Builder`.
 pub const DATABASE_CACHE_BYTES: usize = 64 * 1024 * 1024;
-
-/// Builds a new database under a temporary name and renames it into place
-/// (syncing file and directory), because `Database::create` interrupted by a
-/// crash leaves a file without its magic number that redb then refuses to
-/// open. The same technique as `dtc_store::files`.
-fn create_atomically(path: &Path) -> Result<(), ParticipantError> {
-    let tmp = path.with_extension("redb.creating");
-    let io = |what: &str| {
-        let what = format!("{what} {}", tmp.display());
-        move |source| ParticipantError::Io { what, source }
-    };
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io("cannot remove the leftover")(e));
-        }
-        _ => {}
-    }
-    drop(Database::create(&tmp)?);
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io("cannot sync"))?;
-    std::fs::rename(&tmp, path).map_err(io("cannot rename"))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("cannot sync the directory of"))?;
-    }
-    Ok(())
-}
 
 /// Opens (creating if empty) a participant database on a custom redb storage
 /// backend instead of `<dir>/participant.redb`, e.g. a simulated disk for
@@ -117,6 +96,7 @@ impl ParticipantServer {
             lock_wait: Duration::ZERO,
             max_queued: DEFAULT_MAX_QUEUED,
             metrics_listen: None,
+            disk_reserve: None,
             routes: None,
             listed: dtc_proto::reflection::Listed {
                 services: vec![
@@ -143,6 +123,7 @@ pub struct ParticipantBuilder {
     lock_wait: Duration,
     max_queued: usize,
     metrics_listen: Option<std::net::SocketAddr>,
+    disk_reserve: Option<crate::disk::DiskReserve>,
     routes: Option<Routes>,
     /// What server reflection lists (see [`ParticipantBuilder::reflect`]).
     listed: dtc_proto::reflection::Listed,
@@ -239,6 +220,21 @@ impl ParticipantBuilder {
     /// port, logged as "metrics listening"): prepares by vote and their
     /// duration, decisions, and the transactions in doubt. Not served unless
     /// set; docs/operations.md lists the metrics.
+    /// Keeps `bytes` free on the filesystem holding `dir` (the directory of
+    /// the database) for the decisions of prepared transactions: while less
+    /// is free, new prepares vote abort with a reason naming the disk, and
+    /// they are accepted again once space returns. Without it, a full disk
+    /// fails a write, and the participant stops serving until restarted
+    /// ([`RunningParticipant::storage_failed`]). `dtc participant` keeps
+    /// [`crate::DEFAULT_DISK_RESERVE_BYTES`].
+    pub fn disk_reserve(mut self, dir: impl Into<std::path::PathBuf>, bytes: u64) -> Self {
+        self.disk_reserve = Some(crate::disk::DiskReserve {
+            dir: dir.into(),
+            bytes,
+        });
+        self
+    }
+
     pub fn metrics_listen(mut self, addr: std::net::SocketAddr) -> Self {
         self.metrics_listen = Some(addr);
         self
@@ -282,7 +278,7 @@ impl ParticipantBuilder {
         let coordinators = Arc::new(Coordinators::new(&self.coordinators, self.rpc_timeout)?);
         let register = self.register && !coordinators.is_empty();
         let endpoint = match &self.advertise {
-            Some(e) => Some(to_uri(e)),
+            Some(e) => Some(dtc_util::endpoint_uri(e)),
             None if local_addr.ip().is_unspecified() => None,
             None => Some(format!("http://{local_addr}")),
         };
@@ -309,6 +305,7 @@ impl ParticipantBuilder {
             self.resource.clone(),
             self.lock_wait,
             self.max_queued,
+            self.disk_reserve.clone(),
         )?);
         let plog = ParticipantLog::new(self.db.clone());
         let cancel = CancellationToken::new();
@@ -317,6 +314,21 @@ impl ParticipantBuilder {
         health_reporter
             .set_serving::<pb::participant_server::ParticipantServer<ParticipantService>>()
             .await;
+        // A participant whose storage failed answers nothing OK any more: it
+        // says so, so that a supervisor or load balancer stops sending it work.
+        let health_task = {
+            let writer = writer.clone();
+            let reporter = health_reporter.clone();
+            tokio::spawn(async move {
+                writer.failed().await;
+                reporter
+                    .set_not_serving::<pb::participant_server::ParticipantServer<ParticipantService>>()
+                    .await;
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            })
+        };
         let metrics = Arc::new(crate::metrics::ParticipantMetrics::default());
         let mut metrics_addr = None;
         if let Some(addr) = self.metrics_listen {
@@ -374,7 +386,7 @@ impl ParticipantBuilder {
         );
 
         let (registered_tx, registered) = watch::channel(false);
-        let mut tasks = Vec::new();
+        let mut tasks = vec![health_task];
         if register && let Some(endpoint) = endpoint.clone() {
             tasks.push(tokio::spawn(crate::coordinators::register_loop(
                 self.name.clone(),
@@ -428,8 +440,13 @@ impl ParticipantBuilder {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ParticipantError> {
         let mut running = self.start(listener).await?;
+        let writer = running.writer.clone();
         tokio::select! {
             _ = shutdown => {}
+            why = writer.failed() => {
+                running.shutdown().await;
+                return Err(ParticipantError::Failed(why));
+            }
             r = running.server_done() => {
                 if let Err(e) = &r {
                     error!(error = %e, "participant server failed");
@@ -440,15 +457,6 @@ impl ParticipantBuilder {
         }
         running.shutdown().await;
         Ok(())
-    }
-}
-
-/// `host:port` becomes `http://host:port`; URLs are kept.
-pub(crate) fn to_uri(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
     }
 }
 
@@ -539,6 +547,14 @@ impl RunningParticipant {
     /// its age (what the start-up pass does).
     pub async fn resolve_in_doubt(&self) -> InDoubtPass {
         self.resolver.pass(Duration::ZERO).await
+    }
+
+    /// Resolves (with the reason) if a write or sync of the participant's
+    /// file fails. From then on every call is refused and health says
+    /// NOT_SERVING; the process should exit and be restarted, which recovers
+    /// from what is durable. Pending forever while storage works.
+    pub async fn storage_failed(&self) -> String {
+        self.writer.failed().await
     }
 
     async fn server_done(&mut self) -> Result<(), ParticipantError> {

@@ -8,9 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
-/// Longest transaction id accepted (the coordinator allows 128 bytes).
-const MAX_TXN_ID: usize = 1024;
-
 pub(crate) struct ParticipantService {
     pub(crate) name: String,
     pub(crate) writer: Arc<Writer>,
@@ -50,15 +47,8 @@ impl ParticipantService {
                 self.name
             )));
         }
-        if txn_id.is_empty() {
-            return Err(Status::invalid_argument("txn_id must not be empty"));
-        }
-        if txn_id.len() > MAX_TXN_ID {
-            return Err(Status::invalid_argument(format!(
-                "txn_id is {} bytes, more than {MAX_TXN_ID}",
-                txn_id.len()
-            )));
-        }
+        // The coordinator's rule: nothing it could send is refused here.
+        dtc_core::TxnId::new(txn_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(())
     }
 }
@@ -80,11 +70,7 @@ impl pb::participant_server::Participant for ParticipantService {
             .await
             .map_err(status_of)?;
         // Crash point: the vote is logged and synced but not sent.
-        fail::fail_point!(
-            "participant.prepare.before_reply",
-            crate::crash::armed_for(&msg.txn_id),
-            |_| crate::crash::crash("participant.prepare.before_reply")
-        );
+        dtc_util::crash_point!("participant.prepare.before_reply", txn = &msg.txn_id);
         let (vote, reason) = match vote {
             Vote::Prepared => (pb::Vote::Prepared, String::new()),
             Vote::ReadOnly => (pb::Vote::ReadOnly, String::new()),
@@ -117,21 +103,13 @@ impl pb::participant_server::Participant for ParticipantService {
         self.check(&msg.participant, &msg.txn_id)?;
         // Crash points: the decision arrived and is not handled yet; then,
         // it is applied and synced but not acknowledged.
-        fail::fail_point!(
-            "participant.decision.on_receipt",
-            crate::crash::armed_for(&msg.txn_id),
-            |_| crate::crash::crash("participant.decision.on_receipt")
-        );
+        dtc_util::crash_point!("participant.decision.on_receipt", txn = &msg.txn_id);
         self.writer
             .commit(msg.txn_id.clone())
             .await
             .map_err(status_of)?;
         self.decided("commit");
-        fail::fail_point!(
-            "participant.decision.before_ack",
-            crate::crash::armed_for(&msg.txn_id),
-            |_| crate::crash::crash("participant.decision.before_ack")
-        );
+        dtc_util::crash_point!("participant.decision.before_ack", txn = &msg.txn_id);
         Ok(Response::new(pb::CommitResponse {}))
     }
 
@@ -141,21 +119,13 @@ impl pb::participant_server::Participant for ParticipantService {
     ) -> Result<Response<pb::AbortResponse>, Status> {
         let msg = request.into_inner();
         self.check(&msg.participant, &msg.txn_id)?;
-        fail::fail_point!(
-            "participant.decision.on_receipt",
-            crate::crash::armed_for(&msg.txn_id),
-            |_| crate::crash::crash("participant.decision.on_receipt")
-        );
+        dtc_util::crash_point!("participant.decision.on_receipt", txn = &msg.txn_id);
         self.writer
             .abort(msg.txn_id.clone(), msg.reason)
             .await
             .map_err(status_of)?;
         self.decided("abort");
-        fail::fail_point!(
-            "participant.decision.before_ack",
-            crate::crash::armed_for(&msg.txn_id),
-            |_| crate::crash::crash("participant.decision.before_ack")
-        );
+        dtc_util::crash_point!("participant.decision.before_ack", txn = &msg.txn_id);
         Ok(Response::new(pb::AbortResponse {}))
     }
 }

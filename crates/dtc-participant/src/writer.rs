@@ -25,6 +25,7 @@
 //! A parked prepare has written nothing and holds nothing, so a wait never
 //! makes another branch of this participant wait (docs/design.md §12).
 
+use crate::disk::DiskReserve;
 use crate::log::{self, LogRecord, TxnState};
 use crate::{ParticipantError, Resource, ResourceError, Vote};
 use redb::{Database, Durability, WriteTransaction};
@@ -33,7 +34,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 /// Most operations made durable by one sync.
@@ -72,22 +73,8 @@ impl From<ParticipantError> for OpError {
     }
 }
 
-macro_rules! storage_err {
-    ($($t:ty),* $(,)?) => {$(
-        impl From<$t> for OpError {
-            fn from(e: $t) -> Self {
-                OpError::Storage(e.to_string())
-            }
-        }
-    )*};
-}
-storage_err!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError,
-);
+// redb's errors reach a caller as a storage failure, with redb's message.
+dtc_util::from_redb!(OpError, |e: redb::Error| OpError::Storage(e.to_string()));
 
 /// The answer to an operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +109,9 @@ pub(crate) struct Writer {
     ops: Mutex<Option<mpsc::SyncSender<Op>>>,
     /// Capacity of `ops`, for the overload message.
     queue: usize,
+    /// `Some(why)` once a write or sync failed: the writer refuses every
+    /// operation from then on, until the process restarts.
+    failed: watch::Receiver<Option<String>>,
     crashed: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -133,12 +123,14 @@ impl Writer {
         resource: Arc<dyn Resource>,
         lock_wait: Duration,
         queue: usize,
+        reserve: Option<DiskReserve>,
     ) -> Result<Writer, ParticipantError> {
         // Bounded: past it a call is refused (RESOURCE_EXHAUSTED) instead of
         // queueing memory and latency without limit.
         let queue = queue.max(1);
         let (tx, rx) = mpsc::sync_channel(queue);
         let crashed = Arc::new(AtomicBool::new(false));
+        let (failed, failed_rx) = watch::channel(None);
         let worker = Worker {
             name: name.clone(),
             db,
@@ -149,6 +141,8 @@ impl Writer {
             lock_wait,
             parked: VecDeque::new(),
             decided: false,
+            reserve,
+            failed,
         };
         let thread = std::thread::Builder::new()
             .name(format!("dtc-participant-writer-{name}"))
@@ -160,9 +154,25 @@ impl Writer {
         Ok(Writer {
             ops: Mutex::new(Some(tx)),
             queue,
+            failed: failed_rx,
             crashed,
             thread: Mutex::new(Some(thread)),
         })
+    }
+
+    /// Waits until a write or sync fails for good, and returns why.
+    pub(crate) async fn failed(&self) -> String {
+        let mut rx = self.failed.clone();
+        let why = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .map(|why| why.clone().unwrap_or_default());
+        match why {
+            Some(why) => why,
+            // The worker is gone without failing: never.
+            None => std::future::pending().await,
+        }
     }
 
     async fn submit(&self, make: impl FnOnce(Reply) -> Op) -> Result<Answer, OpError> {
@@ -270,6 +280,10 @@ struct Worker {
     parked: VecDeque<Parked>,
     /// A commit or abort changed something since the parked prepares last ran.
     decided: bool,
+    /// New prepares vote abort while the disk is below this reserve.
+    reserve: Option<DiskReserve>,
+    /// Where the worker says it is poisoned (read by the server: health, exit).
+    failed: watch::Sender<Option<String>>,
 }
 
 /// A prepare the resource found busy, waiting (see the module docs).
@@ -419,9 +433,7 @@ impl Worker {
                 && self.poisoned.is_none()
                 && let Err(e) = self.sync()
             {
-                error!(participant = %self.name, error = %e,
-                    "syncing the participant log failed; refusing every further operation until restart");
-                self.poisoned = Some(format!("sync failed: {e}"));
+                self.poison(format!("sync failed: {e}"));
             }
             if let Some(why) = &self.poisoned {
                 // Nothing written since the last good sync may be answered.
@@ -456,9 +468,21 @@ impl Worker {
 
     fn commit(&mut self, tx: WriteTransaction) -> Result<(), OpError> {
         tx.commit().map_err(|e| {
-            self.poisoned = Some(format!("commit failed: {e}"));
+            self.poison(format!("commit failed: {e}"));
             OpError::Storage(e.to_string())
         })
+    }
+
+    /// A write or sync failed: what it covered may be lost, and redb
+    /// refuses the open file from now on. Nothing more is answered OK; the
+    /// server reports NOT_SERVING and the process should restart (recovery
+    /// then starts from what is durable). A sync is never retried: the pages
+    /// it covered may already be gone.
+    fn poison(&mut self, why: String) {
+        error!(participant = %self.name, error = %why,
+            "participant storage failed; refusing every further operation until restart");
+        self.failed.send_replace(Some(why.clone()));
+        self.poisoned = Some(why);
     }
 
     /// Writes `record` in a fresh transaction (after the resource's changes
@@ -586,7 +610,7 @@ impl Worker {
             debug!(participant = %self.name, txn_id, ?vote, "duplicate prepare answered from the log");
             return Ok(Prepared::Answer(Answer::Vote(vote), false));
         }
-        let now_ms = log::wall_ms();
+        let now_ms = dtc_util::wall_ms();
         let refuse = |reason: String| LogRecord {
             state: TxnState::Aborted,
             payload: payload.to_vec(),
@@ -607,6 +631,12 @@ impl Worker {
                 Answer::Vote(Vote::Abort(rec.reason)),
                 true,
             ));
+        }
+        if let Some(reason) = self.reserve.as_ref().and_then(DiskReserve::refusal) {
+            drop(tx);
+            warn!(participant = %self.name, txn_id, %reason, "voting abort");
+            self.record_alone(txn_id, &refuse(reason.clone()))?;
+            return Ok(Prepared::Answer(Answer::Vote(Vote::Abort(reason)), true));
         }
         let vote = guarded(|| self.resource.prepare(&tx, txn_id, payload));
         if self.crashed() {
@@ -713,7 +743,7 @@ impl Worker {
                 }
                 let done = LogRecord {
                     state: TxnState::Committed,
-                    updated_at_ms: log::wall_ms(),
+                    updated_at_ms: dtc_util::wall_ms(),
                     ..rec
                 };
                 log::put_in(&tx, txn_id, &done)?;
@@ -734,7 +764,7 @@ impl Worker {
                 payload: Vec::new(),
                 reason: reason.to_string(),
                 voted_prepared: false,
-                updated_at_ms: log::wall_ms(),
+                updated_at_ms: dtc_util::wall_ms(),
             };
             log::put_in(&tx, txn_id, &rec)?;
             self.commit(tx)?;
@@ -769,7 +799,7 @@ impl Worker {
                 let done = LogRecord {
                     state: TxnState::Aborted,
                     reason: reason.to_string(),
-                    updated_at_ms: log::wall_ms(),
+                    updated_at_ms: dtc_util::wall_ms(),
                     ..rec
                 };
                 log::put_in(&tx, txn_id, &done)?;

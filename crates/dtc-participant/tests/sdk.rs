@@ -129,18 +129,7 @@ async fn start_on(
     dir: &Path,
     resource: Arc<TestResource>,
 ) -> (RunningParticipant, ParticipantClient<Channel>) {
-    let db = dtc_participant::open_database(dir).expect("open the database");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running = ParticipantServer::builder(NAME, db, resource)
-        .start(listener)
-        .await
-        .expect("start the participant");
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", running.local_addr()))
-            .unwrap()
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
-    (running, ParticipantClient::new(channel))
+    start_with(dir, resource, None).await
 }
 
 impl Harness {
@@ -435,6 +424,14 @@ async fn calls_for_another_participant_name_or_without_an_id_are_refused() {
             .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
         let e = h.prepare("", b"x", T).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        // The coordinator's rule for ids, and only it: a space is refused,
+        // 128 bytes pass, 129 do not.
+        let e = h.prepare("has space", b"x", T).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("not allowed"), "{e:?}");
+        h.prepare(&"a".repeat(128), b"x", T).await.unwrap();
+        let e = h.prepare(&"a".repeat(129), b"x", T).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
     })
     .await
@@ -790,4 +787,313 @@ async fn calls_past_the_writer_queue_bound_are_refused_not_queued() {
         running.shutdown().await;
     })
     .await
+}
+
+/// A size-limited tmpfs mounted for one test (the disk-full tests need a
+/// filesystem that really fills); unmounted when dropped. `None`, with the
+/// reason printed, where mounting is not allowed (not root).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk { dir }),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a {size} tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn free(&self) -> u64 {
+        let s = nix::sys::statvfs::statvfs(self.path()).unwrap();
+        #[allow(clippy::useless_conversion)]
+        let free = u64::from(s.blocks_available()) * u64::from(s.fragment_size());
+        free
+    }
+
+    /// Writes a ballast file until at most `left` bytes are free (all of
+    /// it, to ENOSPC, with `left` = 0).
+    fn fill_until(&self, left: u64) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join("ballast"))
+            .unwrap();
+        let chunk = vec![0xa5u8; 64 * 1024];
+        while self.free() > left {
+            let n = (self.free() - left).min(chunk.len() as u64) as usize;
+            if f.write_all(&chunk[..n.max(1)]).is_err() {
+                break; // full
+            }
+            let _ = f.sync_all();
+        }
+    }
+
+    fn free_the_ballast(&self) {
+        std::fs::remove_file(self.path().join("ballast")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+async fn start_with(
+    dir: &Path,
+    resource: Arc<TestResource>,
+    reserve: Option<u64>,
+) -> (RunningParticipant, ParticipantClient<Channel>) {
+    let db = dtc_participant::open_database(dir).expect("open the database");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut builder = ParticipantServer::builder(NAME, db, resource);
+    if let Some(bytes) = reserve {
+        builder = builder.disk_reserve(dir, bytes);
+    }
+    let running = builder
+        .start(listener)
+        .await
+        .expect("start the participant");
+    let client = ParticipantClient::new(client_channel(&running));
+    (running, client)
+}
+
+async fn start_with_reserve(
+    dir: &Path,
+    reserve: Option<u64>,
+) -> (
+    RunningParticipant,
+    ParticipantClient<Channel>,
+    Arc<TestResource>,
+) {
+    let resource = Arc::new(TestResource::default());
+    let (running, client) = start_with(dir, resource.clone(), reserve).await;
+    (running, client, resource)
+}
+
+fn client_channel(running: &RunningParticipant) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", running.local_addr()))
+        .unwrap()
+        .timeout(Duration::from_secs(10))
+        .connect_lazy()
+}
+
+fn prepare_req(txn: &str, payload: &[u8]) -> pb::PrepareRequest {
+    pb::PrepareRequest {
+        txn_id: txn.into(),
+        participant: NAME.into(),
+        payload: payload.to_vec(),
+        remaining_ms: T,
+    }
+}
+
+fn commit_req(txn: &str) -> pb::CommitRequest {
+    pb::CommitRequest {
+        txn_id: txn.into(),
+        participant: NAME.into(),
+    }
+}
+
+#[tokio::test]
+async fn below_the_disk_reserve_prepares_vote_abort_decisions_still_commit_and_space_returning_ends_it()
+ {
+    let Some(disk) = SmallDisk::mount("16m") else {
+        return;
+    };
+    bounded(async {
+        const RESERVE: u64 = 4 * 1024 * 1024;
+        let (running, mut client, resource) = start_with_reserve(disk.path(), Some(RESERVE)).await;
+        let vote = client
+            .prepare(prepare_req("before", b"x"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(vote.vote, pb::Vote::Prepared as i32, "{vote:?}");
+
+        disk.fill_until(RESERVE / 2);
+        let vote = client
+            .prepare(prepare_req("while-full", b"x"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(vote.vote, pb::Vote::Abort as i32, "{vote:?}");
+        assert!(
+            vote.reason.contains("disk nearly full")
+                && vote.reason.contains(&disk.path().display().to_string()),
+            "the reason names the disk: {}",
+            vote.reason
+        );
+        assert_eq!(
+            resource.count("while-full", "prepare"),
+            0,
+            "the resource is not asked"
+        );
+        // The transaction prepared before the disk filled still commits.
+        client.commit(commit_req("before")).await.unwrap();
+        assert_eq!(
+            running.log().get("before").unwrap().map(|r| r.state),
+            Some(TxnState::Committed)
+        );
+
+        // Space comes back: prepares are accepted again, with no restart.
+        disk.free_the_ballast();
+        let vote = client
+            .prepare(prepare_req("after", b"x"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(vote.vote, pb::Vote::Prepared as i32, "{vote:?}");
+        client.commit(commit_req("after")).await.unwrap();
+        running.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_write_stops_the_participant_which_recovers_what_was_durable_on_restart() {
+    let Some(disk) = SmallDisk::mount("16m") else {
+        return;
+    };
+    bounded(async {
+        // No reserve: the disk fills to ENOSPC under a prepare.
+        let (running, mut client, _) = start_with_reserve(disk.path(), None).await;
+        let vote = client
+            .prepare(prepare_req("durable", b"x"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(vote.vote, pb::Vote::Prepared as i32, "{vote:?}");
+        disk.fill_until(0);
+        // Large payloads, so that a write needs pages the disk no longer has.
+        let big = vec![7u8; 512 * 1024];
+        let mut refused = None;
+        for i in 0..64 {
+            match client
+                .prepare(prepare_req(&format!("fill-{i}"), &big))
+                .await
+            {
+                Ok(r) => assert_ne!(
+                    r.get_ref().vote,
+                    pb::Vote::Prepared as i32,
+                    "nothing is voted prepared once the disk is full"
+                ),
+                Err(status) => {
+                    refused = Some(status);
+                    break;
+                }
+            }
+        }
+        let status = refused.expect("a prepare on a full disk fails");
+        assert!(status.message().contains("storage"), "{status:?}");
+        let why = tokio::time::timeout(Duration::from_secs(5), running.storage_failed())
+            .await
+            .expect("the participant reports its storage failure");
+        assert!(!why.is_empty());
+        let mut health =
+            tonic_health::pb::health_client::HealthClient::new(client_channel(&running));
+        for service in ["", "dtc.v1.Participant"] {
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            assert_eq!(
+                status,
+                tonic_health::pb::health_check_response::ServingStatus::NotServing as i32,
+                "health of {service:?} after the storage failure"
+            );
+        }
+        // Everything after the failure is refused, even what would fit.
+        let err = client.commit(commit_req("durable")).await.unwrap_err();
+        assert!(err.message().contains("restart"), "{err:?}");
+        running.shutdown().await;
+
+        // Space returns and the process restarts: what was durable is back.
+        disk.free_the_ballast();
+        let (running, mut client, resource) = start_with_reserve(disk.path(), None).await;
+        assert_eq!(
+            running.log().get("durable").unwrap().map(|r| r.state),
+            Some(TxnState::Prepared)
+        );
+        assert_eq!(resource.recovered.lock().unwrap().len(), 1);
+        client.commit(commit_req("durable")).await.unwrap();
+        running.shutdown().await;
+    })
+    .await;
+}
+
+/// The participant log's table, as the SDK lays it out (what a damaged disk
+/// or another program could leave in it).
+const LOG_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("dtc_participant_log");
+const PREPARED_TABLE: TableDefinition<&str, ()> = TableDefinition::new("dtc_participant_prepared");
+
+#[tokio::test]
+async fn a_damaged_log_record_is_an_error_naming_it_never_a_panic_or_a_rewrite() {
+    bounded(async {
+        let mut h = Harness::start().await;
+        assert_eq!(
+            h.prepare("ok", b"x", T).await.unwrap().0,
+            pb::Vote::Prepared
+        );
+        h.running.take().unwrap().shutdown().await;
+        // Garbage where a prepared record should be, and one that is cut short.
+        let garbage: &[u8] = &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        {
+            let db =
+                redb::Database::open(h.dir.path().join(dtc_participant::DATABASE_FILE)).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut log = tx.open_table(LOG_TABLE).unwrap();
+                log.insert("damaged", garbage).unwrap();
+                let whole = log.get("ok").unwrap().unwrap().value().to_vec();
+                log.insert("cut", &whole[..whole.len() / 2]).unwrap();
+                let mut prepared = tx.open_table(PREPARED_TABLE).unwrap();
+                prepared.insert("damaged", ()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        // Start-up reads every prepared record: it refuses, naming the record.
+        let db = dtc_participant::open_database(h.dir.path()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = ParticipantServer::builder(NAME, db.clone(), Arc::new(TestResource::default()))
+            .start(listener)
+            .await
+            .expect_err("a damaged prepared record stops the start");
+        assert!(err.to_string().contains("damaged"), "{err}");
+        // A read of either damaged record is an error; nothing was rewritten.
+        let log = dtc_participant::ParticipantLog::new(db.clone());
+        assert!(log.get("damaged").is_err());
+        assert!(log.get("cut").is_err());
+        let tx = db.begin_read().unwrap();
+        let table = tx.open_table(LOG_TABLE).unwrap();
+        assert_eq!(table.get("damaged").unwrap().unwrap().value(), garbage);
+    })
+    .await;
 }
