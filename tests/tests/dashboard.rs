@@ -65,12 +65,18 @@ fn every_dashboard_query_names_a_registered_metric() {
     let mut used = BTreeSet::new();
     for panel in panels {
         let title = panel["title"].as_str().unwrap_or("?");
-        let targets = panel["targets"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let targets = panel["targets"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         assert!(!targets.is_empty(), "panel {title:?} has no query");
         for t in targets {
             let expr = t["expr"].as_str().unwrap_or_default();
             let names = metrics_in(expr);
-            assert!(!names.is_empty(), "panel {title:?}: {expr:?} names no dtc metric");
+            assert!(
+                !names.is_empty(),
+                "panel {title:?}: {expr:?} names no dtc metric"
+            );
             for name in names {
                 assert!(
                     registered.contains(&name),
@@ -88,6 +94,9 @@ fn every_dashboard_query_names_a_registered_metric() {
         "dtc_is_leader",
         "dtc_last_takeover_seconds",
     ] {
-        assert!(used.contains(needed), "the dashboard does not show {needed}");
+        assert!(
+            used.contains(needed),
+            "the dashboard does not show {needed}"
+        );
     }
 }

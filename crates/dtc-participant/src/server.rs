@@ -362,7 +362,7 @@ impl ParticipantBuilder {
             writer: writer.clone(),
             metrics,
         })
-        .max_decoding_message_size(64 * 1024 * 1024);
+        .max_decoding_message_size(dtc_proto::wire::MAX_MESSAGE_BYTES);
         let reflection_error = |e: tonic_reflection::server::Error| {
             ParticipantError::Config(format!("reflection: {e}"))
         };
