@@ -50,6 +50,9 @@ pub struct NodeConfig {
     /// the disk) so that the decisions of those in flight can still be
     /// written (docs/design.md §3). 0 turns the check off.
     pub disk_reserve_bytes: u64,
+    /// On shutdown, how long a leader waits for the transactions it runs to
+    /// be decided (and the answers to reach their clients) before it stops.
+    pub shutdown_grace: Duration,
 }
 
 impl NodeConfig {
@@ -80,6 +83,8 @@ impl NodeConfig {
             rpc_timeout: Duration::from_secs(2),
             metrics_listen: None,
             disk_reserve_bytes: dtc_util::disk::DEFAULT_RESERVE_BYTES,
+            // Below `docker stop`'s 10 s before SIGKILL.
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 

@@ -152,7 +152,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
 
     let watcher = tokio::spawn(takeover::follow_leadership(shared.clone()));
-    let health = tokio::spawn(watch_health(shared.clone(), health_reporter));
+    let health = tokio::spawn(watch_health(shared.clone(), health_reporter.clone()));
     let expirer = tokio::spawn(expiry::expire_outcomes(shared.clone()));
 
     // openraft stops for good on a storage error (a full disk, a failed
@@ -174,17 +174,31 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
     };
     let mut fatal = None;
+    let mut serving = serving;
+    let mut asked_to_stop = false;
     let serve_result = tokio::select! {
-        _ = shutdown => None,
-        r = serving => Some(r),
+        _ = shutdown => {
+            asked_to_stop = true;
+            None
+        }
+        r = &mut serving => Some(r),
         why = raft_stopped => {
             error!(error = %why, "raft stopped for good; exiting so that a supervisor restarts this node");
             fatal = Some(why);
             None
         }
     };
+    if asked_to_stop {
+        health.abort();
+        hand_over(&shared, &health_reporter).await;
+    }
     info!("shutting down");
     stop.cancel();
+    if asked_to_stop {
+        // Calls in flight (answers of the transactions just decided) finish;
+        // new connections are refused.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut serving).await;
+    }
     watcher.abort();
     health.abort();
     expirer.abort();
@@ -209,5 +223,47 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         Some(Ok(Err(e))) => Err(NodeError::Serve(e)),
         Some(Err(e)) => Err(NodeError::ServerTask(e)),
         _ => Ok(()),
+    }
+}
+
+/// A graceful stop: no new transaction starts here, health says NOT_SERVING
+/// (load balancers move clients away), and a leader waits, at most
+/// `shutdown_grace`, until every transaction it runs is decided, so that
+/// its clients get their outcomes from it. Then Raft stops, and the
+/// followers elect a leader after their election timeout; the new leader
+/// finishes phase 2 of what this one decided (the pending index), and
+/// clients that were waiting retry there with the same ids.
+async fn hand_over(shared: &Shared, health: &tonic_health::server::HealthReporter) {
+    shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    health
+        .set_not_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
+    let started = std::time::Instant::now();
+    let grace = shared.config.shutdown_grace;
+    let undecided = shared.drivers.undecided();
+    if undecided == 0 {
+        return;
+    }
+    info!(
+        undecided,
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: waiting for the transactions in flight to be decided"
+    );
+    while shared.drivers.undecided() > 0 && started.elapsed() < grace {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let left = shared.drivers.undecided();
+    if left > 0 {
+        warn!(
+            left,
+            "shutdown grace over with transactions undecided; the next leader aborts them"
+        );
+    } else {
+        info!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "every transaction in flight is decided"
+        );
     }
 }

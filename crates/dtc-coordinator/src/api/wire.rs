@@ -50,7 +50,9 @@ impl From<ExecuteError> for Status {
             ExecuteError::Busy(_) | ExecuteError::DiskFull(_) => {
                 Status::resource_exhausted(e.to_string())
             }
-            ExecuteError::LeadershipLost(_) => Status::unavailable(e.to_string()),
+            ExecuteError::LeadershipLost(_) | ExecuteError::ShuttingDown => {
+                Status::unavailable(e.to_string())
+            }
             ExecuteError::Store(e) => store_error(e),
         }
     }

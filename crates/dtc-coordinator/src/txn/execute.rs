@@ -28,6 +28,10 @@ pub enum ExecuteError {
     /// The leader's disk is below its reserve (the message names it).
     #[error("{0}; retry later")]
     DiskFull(String),
+    #[error(
+        "this node is shutting down and starts no new transaction; retry (another node will lead)"
+    )]
+    ShuttingDown,
     #[error("leadership changed while transaction {0} ran; retry with the same txn_id")]
     LeadershipLost(TxnId),
     #[error("state read failed: {0}")]
@@ -67,6 +71,9 @@ pub async fn execute(
             // (cannot happen once ready, but resuming is always safe).
             driver::spawn(shared, &mut entries, Start::Resume(record), cancel)
         } else {
+            if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(ExecuteError::ShuttingDown);
+            }
             let reserve = dtc_util::disk::Reserve {
                 dir: shared.config.data_dir.clone(),
                 bytes: shared.config.disk_reserve_bytes,
