@@ -275,7 +275,7 @@ impl Client {
                 Err(e) => return (Err(Status::invalid_argument(e.to_string())), ambiguous),
             };
             let client = CoordinatorClient::new(channel)
-                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_decoding_message_size(dtc_proto::wire::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(usize::MAX);
             let status = match call(client, per_call.min(left).max(Duration::from_millis(1))).await
             {

@@ -45,6 +45,14 @@ pub struct NodeConfig {
     pub rpc_timeout: Duration,
     /// Where to serve Prometheus metrics at `/metrics` (none: not served).
     pub metrics_listen: Option<SocketAddr>,
+    /// Bytes kept free on the data directory's filesystem: while less is
+    /// free, the leader refuses new transactions (RESOURCE_EXHAUSTED naming
+    /// the disk) so that the decisions of those in flight can still be
+    /// written (docs/design.md §3). 0 turns the check off.
+    pub disk_reserve_bytes: u64,
+    /// On shutdown, how long a leader waits for the transactions it runs to
+    /// be decided (and the answers to reach their clients) before it stops.
+    pub shutdown_grace: Duration,
 }
 
 impl NodeConfig {
@@ -74,6 +82,9 @@ impl NodeConfig {
             ack_wait: Duration::from_secs(1),
             rpc_timeout: Duration::from_secs(2),
             metrics_listen: None,
+            disk_reserve_bytes: dtc_util::disk::DEFAULT_RESERVE_BYTES,
+            // Below `docker stop`'s 10 s before SIGKILL.
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 

@@ -57,3 +57,4 @@ mod txn;
 
 pub use config::{ConfigError, NodeConfig, parse_peers};
 pub use node::{NodeError, run};
+pub use raft::RaftStartError;

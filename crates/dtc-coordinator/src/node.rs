@@ -8,6 +8,7 @@ use crate::api::health::watch_health;
 use crate::api::{CoordinatorService, InDoubtService};
 use crate::channels::Channels;
 use crate::config::{ConfigError, NodeConfig, claim_data_dir};
+use crate::raft::RaftStartError;
 use crate::raft::transport::RaftService;
 use crate::txn::{Leadership, Shared, expiry, takeover};
 use dtc_proto::v1::{
@@ -27,7 +28,15 @@ pub enum NodeError {
     #[error("cannot open the store: {0}")]
     Store(#[from] dtc_store::StoreError),
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[from] RaftStartError),
+    /// openraft stopped for good (a storage error); the restarted node
+    /// recovers from what is on disk.
+    #[error("raft stopped: {0}; restart the node (it recovers from what is on disk)")]
+    RaftStopped(openraft::error::Fatal<u64>),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server task: {0}")]
+    ServerTask(#[from] tokio::task::JoinError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -37,12 +46,6 @@ pub enum NodeError {
     Serve(#[from] tonic::transport::Error),
     #[error("{0}")]
     Metrics(std::io::Error),
-}
-
-impl From<crate::raft::StartError> for NodeError {
-    fn from(e: crate::raft::StartError) -> Self {
-        NodeError::Raft(e.to_string())
-    }
 }
 
 /// Runs a node until `shutdown` resolves.
@@ -94,9 +97,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .to_vec(),
         descriptor_sets: Vec::new(),
     };
-    let reflection_error = |e| NodeError::Raft(format!("reflection: {e}"));
-    let reflection = dtc_proto::reflection::v1(&listed).map_err(reflection_error)?;
-    let reflection_v1alpha = dtc_proto::reflection::v1alpha(&listed).map_err(reflection_error)?;
+    let reflection = dtc_proto::reflection::v1(&listed)?;
+    let reflection_v1alpha = dtc_proto::reflection::v1alpha(&listed)?;
 
     let max_msg =
         shared.config.limits.max_payload_bytes * shared.config.limits.max_branches + 1024 * 1024;
@@ -150,7 +152,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
 
     let watcher = tokio::spawn(takeover::follow_leadership(shared.clone()));
-    let health = tokio::spawn(watch_health(shared.clone(), health_reporter));
+    let health = tokio::spawn(watch_health(shared.clone(), health_reporter.clone()));
     let expirer = tokio::spawn(expiry::expire_outcomes(shared.clone()));
 
     // openraft stops for good on a storage error (a full disk, a failed
@@ -163,26 +165,40 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         async move {
             loop {
                 if let Err(fatal) = &m.borrow_and_update().running_state {
-                    return fatal.to_string();
+                    return fatal.clone();
                 }
                 if m.changed().await.is_err() {
-                    return "raft stopped".to_string();
+                    return openraft::error::Fatal::Stopped;
                 }
             }
         }
     };
     let mut fatal = None;
+    let mut serving = serving;
+    let mut asked_to_stop = false;
     let serve_result = tokio::select! {
-        _ = shutdown => None,
-        r = serving => Some(r),
+        _ = shutdown => {
+            asked_to_stop = true;
+            None
+        }
+        r = &mut serving => Some(r),
         why = raft_stopped => {
             error!(error = %why, "raft stopped for good; exiting so that a supervisor restarts this node");
             fatal = Some(why);
             None
         }
     };
+    if asked_to_stop {
+        health.abort();
+        hand_over(&shared, &health_reporter).await;
+    }
     info!("shutting down");
     stop.cancel();
+    if asked_to_stop {
+        // Calls in flight (answers of the transactions just decided) finish;
+        // new connections are refused.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), &mut serving).await;
+    }
     watcher.abort();
     health.abort();
     expirer.abort();
@@ -201,13 +217,53 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         Err(e) => warn!("syncing the state machine at shutdown: {e}"),
     }
     if let Some(why) = fatal {
-        return Err(NodeError::Raft(format!(
-            "raft stopped: {why}; restart the node (it recovers from what is on disk)"
-        )));
+        return Err(NodeError::RaftStopped(why));
     }
     match serve_result {
         Some(Ok(Err(e))) => Err(NodeError::Serve(e)),
-        Some(Err(e)) => Err(NodeError::Raft(format!("server task: {e}"))),
+        Some(Err(e)) => Err(NodeError::ServerTask(e)),
         _ => Ok(()),
+    }
+}
+
+/// A graceful stop: no new transaction starts here, health says NOT_SERVING
+/// (load balancers move clients away), and a leader waits, at most
+/// `shutdown_grace`, until every transaction it runs is decided, so that
+/// its clients get their outcomes from it. Then Raft stops, and the
+/// followers elect a leader after their election timeout; the new leader
+/// finishes phase 2 of what this one decided (the pending index), and
+/// clients that were waiting retry there with the same ids.
+async fn hand_over(shared: &Shared, health: &tonic_health::server::HealthReporter) {
+    shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    health
+        .set_not_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
+    let started = std::time::Instant::now();
+    let grace = shared.config.shutdown_grace;
+    let undecided = shared.drivers.undecided();
+    if undecided == 0 {
+        return;
+    }
+    info!(
+        undecided,
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: waiting for the transactions in flight to be decided"
+    );
+    while shared.drivers.undecided() > 0 && started.elapsed() < grace {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let left = shared.drivers.undecided();
+    if left > 0 {
+        warn!(
+            left,
+            "shutdown grace over with transactions undecided; the next leader aborts them"
+        );
+    } else {
+        info!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "every transaction in flight is decided"
+        );
     }
 }

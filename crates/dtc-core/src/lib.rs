@@ -9,7 +9,7 @@
 //! - [`txn_id`]: [`TxnId`], the transaction id and its one validation rule.
 //! - [`types`]: votes, outcomes, limits and the validated request.
 //! - [`command`]: the commands replicated through Raft ([`Command`]) and their
-//!   deterministic [`apply`](command::apply) onto any [`ApplyStore`]
+//!   deterministic [`apply`] onto any [`ApplyStore`]
 //!   (redb in `dtc-store`, [`MemStore`] in tests).
 //! - [`driver`]: the per-transaction state machine the leader runs
 //!   ([`TxnDriver`]): it takes events (votes, applied decisions,

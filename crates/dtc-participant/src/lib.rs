@@ -85,7 +85,6 @@
 
 mod coordinators;
 pub mod counters;
-mod disk;
 mod error;
 pub mod log;
 mod metrics;
@@ -95,7 +94,7 @@ mod server;
 mod service;
 mod writer;
 
-pub use disk::DEFAULT_DISK_RESERVE_BYTES;
+pub use dtc_util::disk::DEFAULT_RESERVE_BYTES as DEFAULT_DISK_RESERVE_BYTES;
 pub use error::ParticipantError;
 pub use log::{LogRecord, ParticipantLog, TxnState};
 pub use resolver::InDoubtPass;

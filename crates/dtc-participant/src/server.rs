@@ -123,7 +123,7 @@ pub struct ParticipantBuilder {
     lock_wait: Duration,
     max_queued: usize,
     metrics_listen: Option<std::net::SocketAddr>,
-    disk_reserve: Option<crate::disk::DiskReserve>,
+    disk_reserve: Option<dtc_util::disk::Reserve>,
     routes: Option<Routes>,
     /// What server reflection lists (see [`ParticipantBuilder::reflect`]).
     listed: dtc_proto::reflection::Listed,
@@ -226,11 +226,12 @@ impl ParticipantBuilder {
     /// they are accepted again once space returns. Without it, a full disk
     /// fails a write, and the participant stops serving until restarted
     /// ([`RunningParticipant::storage_failed`]). `dtc participant` keeps
-    /// [`crate::DEFAULT_DISK_RESERVE_BYTES`].
+    /// [`crate::DEFAULT_DISK_RESERVE_BYTES`] (64 MiB).
     pub fn disk_reserve(mut self, dir: impl Into<std::path::PathBuf>, bytes: u64) -> Self {
-        self.disk_reserve = Some(crate::disk::DiskReserve {
+        self.disk_reserve = Some(dtc_util::disk::Reserve {
             dir: dir.into(),
             bytes,
+            kept_for: "decisions of prepared transactions",
         });
         self
     }
@@ -362,7 +363,7 @@ impl ParticipantBuilder {
             writer: writer.clone(),
             metrics,
         })
-        .max_decoding_message_size(64 * 1024 * 1024);
+        .max_decoding_message_size(dtc_proto::wire::MAX_MESSAGE_BYTES);
         let reflection_error = |e: tonic_reflection::server::Error| {
             ParticipantError::Config(format!("reflection: {e}"))
         };

@@ -25,9 +25,9 @@
 //! A parked prepare has written nothing and holds nothing, so a wait never
 //! makes another branch of this participant wait (docs/design.md §12).
 
-use crate::disk::DiskReserve;
 use crate::log::{self, LogRecord, TxnState};
 use crate::{ParticipantError, Resource, ResourceError, Vote};
+use dtc_util::disk::Reserve as DiskReserve;
 use redb::{Database, Durability, WriteTransaction};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;

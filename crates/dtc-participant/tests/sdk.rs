@@ -824,10 +824,7 @@ impl SmallDisk {
     }
 
     fn free(&self) -> u64 {
-        let s = nix::sys::statvfs::statvfs(self.path()).unwrap();
-        #[allow(clippy::useless_conversion)]
-        let free = u64::from(s.blocks_available()) * u64::from(s.fragment_size());
-        free
+        dtc_util::disk::free_bytes(self.path()).unwrap()
     }
 
     /// Writes a ballast file until at most `left` bytes are free (all of

@@ -9,6 +9,8 @@
 //!   ages. Never used to order events or to decide an outcome.
 //! - [`backoff`]: the exponential back-off with jitter every retry loop uses
 //!   (built on `backon`).
+//! - [`disk::Reserve`]: refuse new work while a data directory's disk is
+//!   nearly full, so that what was accepted can still be written.
 //! - [`fs::create_atomically`]: a file that appears whole or not at all
 //!   (write a temporary file, sync, rename, sync the directory).
 //! - [`from_redb!`]: folds redb's per-operation error types into one
@@ -17,6 +19,7 @@
 //!   empty unless the `fail/failpoints` feature is on.
 
 pub mod crash;
+pub mod disk;
 pub mod fs;
 
 use std::time::Duration;

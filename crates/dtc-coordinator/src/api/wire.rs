@@ -47,8 +47,12 @@ impl From<ExecuteError> for Status {
             | ExecuteError::RunningWithOtherRequest(_)
             | ExecuteError::ExistsWithOtherRequest(_)
             | ExecuteError::Rejected(_) => Status::failed_precondition(e.to_string()),
-            ExecuteError::Busy(_) => Status::resource_exhausted(e.to_string()),
-            ExecuteError::LeadershipLost(_) => Status::unavailable(e.to_string()),
+            ExecuteError::Busy(_) | ExecuteError::DiskFull(_) => {
+                Status::resource_exhausted(e.to_string())
+            }
+            ExecuteError::LeadershipLost(_) | ExecuteError::ShuttingDown => {
+                Status::unavailable(e.to_string())
+            }
             ExecuteError::Store(e) => store_error(e),
         }
     }

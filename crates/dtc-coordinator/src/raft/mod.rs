@@ -17,7 +17,7 @@ use transport::NetworkFactory;
 
 /// Why the Raft node could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum RaftStartError {
     #[error("invalid Raft configuration: {0}")]
     Config(#[from] openraft::ConfigError),
     #[error(transparent)]
@@ -46,7 +46,7 @@ pub async fn start(
     channels: &Channels,
     log_store: LogStore,
     state_machine: StateMachineStore,
-) -> Result<Raft<TypeConfig>, StartError> {
+) -> Result<Raft<TypeConfig>, RaftStartError> {
     let raft_config = openraft::Config {
         cluster_name: config.cluster.clone(),
         heartbeat_interval: config.heartbeat_ms,
@@ -86,7 +86,7 @@ pub async fn form_cluster(
     raft: &Raft<TypeConfig>,
     config: &NodeConfig,
     channels: &Channels,
-) -> Result<(), StartError> {
+) -> Result<(), RaftStartError> {
     if raft.is_initialized().await? || peers_already_formed(config, channels).await {
         return Ok(());
     }

@@ -25,6 +25,13 @@ pub enum ExecuteError {
     Rejected(String),
     #[error("{0} transactions in flight, the configured maximum; retry later")]
     Busy(usize),
+    /// The leader's disk is below its reserve (the message names it).
+    #[error("{0}; retry later")]
+    DiskFull(String),
+    #[error(
+        "this node is shutting down and starts no new transaction; retry (another node will lead)"
+    )]
+    ShuttingDown,
     #[error("leadership changed while transaction {0} ran; retry with the same txn_id")]
     LeadershipLost(TxnId),
     #[error("state read failed: {0}")]
@@ -64,6 +71,17 @@ pub async fn execute(
             // (cannot happen once ready, but resuming is always safe).
             driver::spawn(shared, &mut entries, Start::Resume(record), cancel)
         } else {
+            if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(ExecuteError::ShuttingDown);
+            }
+            let reserve = dtc_util::disk::Reserve {
+                dir: shared.config.data_dir.clone(),
+                bytes: shared.config.disk_reserve_bytes,
+                kept_for: "the decisions of transactions in flight",
+            };
+            if let Some(why) = reserve.refusal() {
+                return Err(ExecuteError::DiskFull(why));
+            }
             let permit = shared
                 .in_flight
                 .clone()

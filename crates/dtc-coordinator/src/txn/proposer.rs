@@ -23,8 +23,9 @@
 //! and (in `dtc-store`) made durable whole or not at all.
 
 use dtc_core::{Command, CommandResult};
-use dtc_store::TypeConfig;
-use openraft::Raft;
+use dtc_store::{NodeId, TypeConfig};
+use openraft::error::{ClientWriteError, Fatal};
+use openraft::{BasicNode, Raft};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::error;
@@ -48,11 +49,11 @@ pub enum ProposeError {
     /// Raft refused the write: this node is not the leader (openraft's
     /// forward-to-leader error, with the leader it knows of), or a
     /// membership change is in the way.
-    #[error("{0}")]
-    Refused(String),
+    #[error(transparent)]
+    Refused(#[from] ClientWriteError<NodeId, BasicNode>),
     /// Raft has stopped for good (a storage error, or shutdown).
-    #[error("{0}")]
-    Fatal(String),
+    #[error(transparent)]
+    Fatal(#[from] Fatal<NodeId>),
     /// Raft dropped the write without an answer (shutting down).
     #[error("Raft dropped the write (shutting down)")]
     Dropped,
@@ -140,10 +141,10 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<(Command, R
         tokio::spawn(async move {
             let _slot = slot;
             let result = match submitted {
-                Err(fatal) => Err(ProposeError::Fatal(fatal.to_string())),
+                Err(fatal) => Err(ProposeError::Fatal(fatal)),
                 Ok(rx) => match rx.await {
                     Err(_) => Err(ProposeError::Dropped),
-                    Ok(Err(e)) => Err(ProposeError::Refused(e.to_string())),
+                    Ok(Err(e)) => Err(ProposeError::Refused(e)),
                     Ok(Ok(resp)) => Ok(resp.data),
                 },
             };

@@ -63,6 +63,18 @@ impl DriverRegistry {
         }
     }
 
+    /// How many registered transactions have no applied outcome yet.
+    pub fn undecided(&self) -> usize {
+        self.lock()
+            .map
+            .values()
+            .filter(|h| {
+                let s = h.status.borrow();
+                s.outcome.is_none() && !s.stopped && s.rejected.is_none()
+            })
+            .count()
+    }
+
     /// Forgets every entry (leadership changed: the old term's drivers are
     /// cancelled and no new caller may join them).
     pub fn clear(&self) {

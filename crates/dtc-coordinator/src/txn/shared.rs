@@ -12,6 +12,7 @@ use dtc_core::{Command, CommandResult};
 use dtc_store::{StateReader, TypeConfig};
 use openraft::Raft;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,8 @@ pub struct Shared {
     pub leadership: watch::Sender<Leadership>,
     /// Bounds transactions in flight (new ones; takeover is never refused).
     pub in_flight: Arc<Semaphore>,
+    /// The node is shutting down: no new transaction starts here.
+    pub draining: AtomicBool,
     /// Monotonic origin for driver deadlines.
     started: Instant,
     pub metrics: CoordinatorMetrics,
@@ -63,6 +66,7 @@ impl Shared {
             reader,
             channels,
             drivers: DriverRegistry::default(),
+            draining: AtomicBool::new(false),
             leadership: watch::channel(Leadership::NotLeader).0,
             started: Instant::now(),
             metrics: Default::default(),
