@@ -31,17 +31,15 @@
 //! carries the txn id: the outcome is unknown, and retrying later with the
 //! same id (or [`Client::get_transaction`]) finds it.
 //!
-//! Ledger helpers ([`Client::deposit`], [`Client::transfer`],
-//! [`Client::balance`]) build `dtc.v1.LedgerPayload` branches for
-//! `dtc-ledger` participants and read balances from the participant itself
-//! (its endpoint comes from the cluster's participant registry).
+//! The client knows nothing of any participant's payloads: the sample
+//! ledger's transfers and balance reads are `dtc_ledger::LedgerClient`,
+//! built on [`TxnBuilder`] and [`Client::participant_channel`] (a channel to
+//! any registered participant, found through the cluster's registry).
 
 mod error;
-mod ledger;
 mod txn;
 
 pub use error::ClientError;
-pub use ledger::{AccountBalance, ledger_payload};
 pub use txn::{TxnBuilder, TxnOutcome, TxnState, TxnStatus};
 
 use dtc_proto::v1 as pb;
@@ -126,6 +124,13 @@ pub(crate) enum Retry {
     Overloaded,
     /// No answer, or no leader: the request may or may not have run.
     Ambiguous,
+}
+
+/// Whether a call that failed with `status` may succeed if sent again (the
+/// node was unreachable, overloaded, or answered before it knew): what the
+/// SDK itself retries.
+pub fn is_retryable(status: &Status) -> bool {
+    classify(status) != Retry::Never
 }
 
 pub(crate) fn classify(status: &Status) -> Retry {
@@ -419,6 +424,14 @@ impl Client {
             })
             .await;
         r.map_err(|s| ClientError::from_status(s, None))
+    }
+
+    /// A channel to participant `name` at its registered endpoint, for
+    /// calling the participant's own services (a ledger's `Ledger.Balance`,
+    /// say). Connects lazily; cached by endpoint.
+    pub async fn participant_channel(&self, name: &str) -> Result<Channel, ClientError> {
+        let endpoint = self.participant_endpoint(name).await?;
+        self.channel(&endpoint)
     }
 
     /// The registered endpoint of participant `name`. Asks the nodes in turn

@@ -84,7 +84,10 @@ impl TxnBuilder {
         self
     }
 
-    pub(crate) fn fail(mut self, e: ClientError) -> Self {
+    /// Makes [`TxnBuilder::execute`] return `e` without sending anything:
+    /// for helpers that check their arguments while they build a transaction
+    /// (the first error is kept).
+    pub fn fail(mut self, e: ClientError) -> Self {
         self.error.get_or_insert(e);
         self
     }

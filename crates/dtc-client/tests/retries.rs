@@ -280,26 +280,16 @@ async fn no_answer_before_the_deadline_reports_the_txn_id_as_outcome_unknown() {
 }
 
 #[tokio::test]
-async fn ledger_helpers_refuse_bad_amounts_before_calling_anyone() {
+async fn a_builder_failed_while_building_sends_nothing() {
     bounded(async {
         let (node, addr) = start_node(vec![Reply::Commit]).await;
         let client = Client::with_config(vec![addr], fast()).unwrap();
-        for amount in [0, -5] {
-            let e = client
-                .transfer(("a", "x"), ("b", "y"), amount)
-                .execute()
-                .await
-                .unwrap_err();
-            assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
-            let e = client
-                .deposit(("a", "x"), amount)
-                .execute()
-                .await
-                .unwrap_err();
-            assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
-        }
         let e = client
-            .transfer(("a", "x"), ("a", "x"), 5)
+            .transaction()
+            .branch("a", vec![1])
+            .fail(ClientError::InvalidArgument(
+                "amount must be positive".into(),
+            ))
             .execute()
             .await
             .unwrap_err();

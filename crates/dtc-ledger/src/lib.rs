@@ -34,6 +34,10 @@
 //! transactions from the participant log, for checkers (e.g. "the sum of
 //! balances equals the sum of committed deltas").
 
+mod client;
+
+pub use client::LedgerClient;
+
 use dtc_participant::counters::{Counter, Counters, Refusal};
 use dtc_participant::redb::{self, Database};
 use dtc_participant::{

@@ -887,3 +887,37 @@ async fn registration_is_retried_until_the_coordinators_accept_it() {
     })
     .await
 }
+
+#[tokio::test]
+async fn ledger_transactions_with_bad_arguments_fail_before_anything_is_sent() {
+    use dtc_client::{Client, ClientError};
+    use dtc_ledger::LedgerClient as _;
+    // Nothing listens here: any call that were sent would be UNAVAILABLE.
+    let client = Client::connect(vec!["127.0.0.1:1".into()]).unwrap();
+    let invalid = |e: ClientError| assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
+    for amount in [0, -5] {
+        invalid(
+            client
+                .transfer(("a", "x"), ("b", "y"), amount)
+                .execute()
+                .await
+                .unwrap_err(),
+        );
+        invalid(
+            client
+                .deposit(("a", "x"), amount)
+                .execute()
+                .await
+                .unwrap_err(),
+        );
+    }
+    invalid(
+        client
+            .transfer(("a", "x"), ("a", "x"), 5)
+            .execute()
+            .await
+            .unwrap_err(),
+    );
+    invalid(client.deposit(("a", "\n"), 5).execute().await.unwrap_err());
+    invalid(client.deposit(("", "x"), 5).execute().await.unwrap_err());
+}
