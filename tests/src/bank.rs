@@ -14,6 +14,7 @@ pub use dtc_harness::history::{
 
 use crate::testbed::Testbed;
 use crate::{client_for, request};
+use dtc_ledger::LedgerClient;
 use dtc_proto::v1 as pb;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -97,7 +97,7 @@ async fn isolated_leader_is_replaced_and_decides_nothing() {
             .map(|b| {
                 let entries: Vec<(&str, i64)> =
                     b.entries.iter().map(|(a, d)| (a.as_str(), *d)).collect();
-                (b.participant, dtc_client::ledger_payload(&entries))
+                (b.participant, dtc_ledger::payload(&entries))
             })
             .collect::<Vec<_>>();
         let branches: Vec<(&str, &[u8])> = payloads

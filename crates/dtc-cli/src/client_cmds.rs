@@ -6,6 +6,7 @@
 //! outcome is unknown (the message names the txn id to retry with).
 
 use dtc_client::{Client, ClientError, TxnOutcome, TxnStatus};
+use dtc_ledger::LedgerClient;
 use serde_json::json;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -7,6 +7,7 @@ mod common;
 use common::wait_for;
 use dtc_client::{Client, ClientConfig, TxnState};
 use dtc_harness::{ClusterSpec, LocalCluster};
+use dtc_ledger::LedgerClient;
 use dtc_proto::v1 as pb;
 use std::collections::BTreeSet;
 use std::process::Command;

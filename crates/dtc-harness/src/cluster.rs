@@ -23,6 +23,7 @@ use crate::wait::{Check, poll};
 use anyhow::{Context, Result, bail};
 use dtc_client::proto::ClusterStatusResponse;
 use dtc_client::{Client, ClientConfig};
+use dtc_ledger::LedgerClient;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -34,7 +34,7 @@
 //! - [`checker`]: the one checker of a bank run (the demo's and the
 //!   failover suite's): conservation of money and one outcome per
 //!   transaction at the coordinators, every ledger and the client.
-//!   `demo_check` reads the demo's final state through the client SDK.
+//!   `demo::check` reads the demo's final state through the client SDK.
 //! - [`demo`] and [`report`]: `dtc demo`'s schedule (SIGKILL the leader at
 //!   1/3, a ledger at 2/3), progress output and summary.
 //! - [`up`]: `dtc up`, the demo's cluster left running until Ctrl-C.
@@ -49,7 +49,6 @@ pub mod bank;
 pub mod checker;
 pub mod cluster;
 pub mod demo;
-mod demo_check;
 pub mod history;
 pub mod metrics;
 pub mod ports;

@@ -12,6 +12,7 @@
 //! time (`--max-secs`) and in requests. See `--help` and docs/performance.md.
 
 use dtc_client::{Client as SdkClient, ClientConfig};
+use dtc_ledger::LedgerClient;
 use dtc_tests::v1 as pb;
 use dtc_tests::{
     Client, Cluster, DtcProcess, TestParticipant, channel_for, execute_request, free_port,

@@ -10,14 +10,15 @@
 //!                                   +--> counts, failover, in doubt --> Summary
 //! ```
 
+use super::{DemoOptions, Scenario};
 use crate::bank::{AbortKind, Shared, balances};
 use crate::checker::{AtCluster, FinalState, at_cluster, at_participant, check as check_history};
 use crate::cluster::LEDGERS;
-use crate::demo::{DemoOptions, Scenario};
 use crate::history::{Op, OpKind, OpResult};
 use crate::report::{Agreement, InDoubt, Summary, Transfers};
 use dtc_client::proto::AuditEntry;
 use dtc_client::{Client, TxnState, TxnStatus};
+use dtc_ledger::LedgerClient;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;

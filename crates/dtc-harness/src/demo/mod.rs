@@ -27,15 +27,17 @@
 //! Exit status 0 only if every check passed; 1 otherwise (the directory with
 //! the data and every child's log is then kept and named), 130 on Ctrl-C.
 
+mod check;
+
 use crate::bank::{
     AbortKind, Shared, Stats, Workload, balances, prepared_at, worker, workload_client,
 };
 use crate::cluster::{ClusterSpec, LEDGERS, Leader, LocalCluster, POLL, leader_of};
-use crate::demo_check::{Measured, check};
 use crate::history::History;
 use crate::process::{indent, tail_filtered};
 use crate::report::{LeaderFailover, LedgerCrash, Summary, count, ms, preview, print_text, round3};
 use anyhow::{Context, Result, anyhow};
+use check::{Measured, check};
 use dtc_client::Client;
 use dtc_util::wall_ms;
 use std::collections::BTreeSet;
