@@ -167,6 +167,18 @@ struct CoordinatorArgs {
     /// given. docs/operations.md lists the metrics.
     #[arg(long, env = "DTC_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Keep this much free on the data directory's filesystem: below it, the
+    /// leader refuses new transactions (RESOURCE_EXHAUSTED naming the disk)
+    /// so that those in flight can still be decided. 0: no reserve.
+    #[arg(long, env = "DTC_DISK_RESERVE_MB", value_name = "MIB",
+          default_value_t = dtc_util::disk::DEFAULT_RESERVE_BYTES >> 20)]
+    disk_reserve_mb: u64,
+    /// On SIGTERM/SIGINT: start no new transaction here, and if leading,
+    /// wait at most this long for the transactions in flight to be decided
+    /// and answered before stopping (then the others elect a leader).
+    #[arg(long, env = "DTC_SHUTDOWN_GRACE_SECS", value_name = "SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=600))]
+    shutdown_grace_secs: u64,
     /// Log lines as `text` or `json` (one object per line); which events
     /// is set by the DTC_LOG filter (default info).
     #[arg(long, value_enum, default_value = "text", env = "DTC_LOG_FORMAT")]
@@ -319,6 +331,8 @@ fn main() -> ExitCode {
             config.limits.default_timeout_ms = args.default_timeout_ms;
             config.snapshot_every = args.snapshot_every;
             config.metrics_listen = args.metrics_listen;
+            config.disk_reserve_bytes = args.disk_reserve_mb.saturating_mul(1 << 20);
+            config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
             // Once, as the node will run it (flags, environment and
             // defaults resolved). There are no secrets in it to leave out.
             tracing::info!(config = ?config, "effective configuration");

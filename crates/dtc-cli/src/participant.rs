@@ -50,6 +50,12 @@ pub struct ParticipantArgs {
     /// free port, logged at start). docs/operations.md lists the metrics.
     #[arg(long, env = "DTC_METRICS_LISTEN", value_name = "HOST:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Keep this much free on the data directory's filesystem: below it, new
+    /// prepares vote abort (naming the disk) so that the decisions of
+    /// prepared transactions can still be written. 0: no reserve.
+    #[arg(long, env = "DTC_DISK_RESERVE_MB", value_name = "MIB",
+          default_value_t = dtc_participant::DEFAULT_DISK_RESERVE_BYTES >> 20)]
+    disk_reserve_mb: u64,
     /// Log lines as `text` or `json` (one object per line); which events
     /// is set by the DTC_LOG filter (default info).
     #[arg(long, value_enum, default_value = "text", env = "DTC_LOG_FORMAT")]
@@ -92,7 +98,8 @@ pub async fn run(
         .coordinators(args.coordinators.clone())
         .in_doubt_interval(Duration::from_millis(args.in_doubt_interval_ms.max(10)))
         .lock_wait(Duration::from_millis(args.lock_wait_ms))
-        .max_queued(usize::try_from(args.max_queued_ops).unwrap_or(usize::MAX));
+        .max_queued(usize::try_from(args.max_queued_ops).unwrap_or(usize::MAX))
+        .disk_reserve(&args.data_dir, args.disk_reserve_mb.saturating_mul(1 << 20));
     if let Some(addr) = args.metrics_listen {
         builder = builder.metrics_listen(addr);
     }
@@ -133,7 +140,18 @@ pub async fn run(
             running.local_addr()
         );
     }
-    shutdown.await;
+    // A participant whose storage failed refuses everything until it
+    // restarts: exit non-zero so that a supervisor restarts it.
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        why = running.storage_failed() => Some(why),
+    };
     running.shutdown().await;
-    ExitCode::SUCCESS
+    match failed {
+        None => ExitCode::SUCCESS,
+        Some(why) => {
+            eprintln!("dtc participant: storage failed: {why}; exiting so that it restarts");
+            ExitCode::FAILURE
+        }
+    }
 }
