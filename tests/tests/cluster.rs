@@ -1627,3 +1627,130 @@ async fn health_follows_the_quorum() {
     })
     .await;
 }
+
+/// `docker stop` (SIGTERM) of the leader loses no transaction: the leader
+/// stops starting new ones (UNAVAILABLE, so clients go elsewhere), waits for
+/// the one it runs to be decided, answers it, and exits 0; the others elect
+/// a leader that serves the retried new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_of_the_leader_finishes_what_it_runs_and_exits_cleanly() {
+    let cluster = Cluster::start(3);
+    // The leader's exit is the point of the test, not a crash.
+    cluster.expect_crashes(true);
+    let alpha = TestParticipant::start("alpha").await;
+    let beta = TestParticipant::start("beta").await;
+    bounded(secs(120), async {
+        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let others: Vec<u64> = cluster
+            .ids()
+            .into_iter()
+            .filter(|id| *id != leader)
+            .collect();
+        alpha.hold_prepares();
+        let in_flight = {
+            let mut c = cluster.client(leader);
+            let req = execute_request("in-flight", &[("alpha", b"a"), ("beta", b"b")], 20_000);
+            tokio::spawn(async move { c.execute(request(req, secs(30))).await })
+        };
+        alpha
+            .wait_for("in-flight", secs(15), "a Prepare", |r| r.prepares >= 1)
+            .await;
+        let pid = cluster.pid(leader).expect("the leader runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+
+        // It says so first (health), then refuses new work while it waits
+        // for the held transaction.
+        wait_for_ok(secs(10), "the leader to say NOT_SERVING", || {
+            let channel = dtc_tests::channel_for(cluster.addr(leader));
+            async move {
+                use tonic_health::pb::health_check_response::ServingStatus;
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let r = health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: "dtc.v1.Coordinator".into(),
+                    })
+                    .await;
+                match r {
+                    Ok(r) if r.get_ref().status == ServingStatus::NotServing as i32 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
+        let refused = cluster
+            .execute(
+                leader,
+                execute_request("while-stopping", &[("alpha", b"a")], 5000),
+                secs(5),
+            )
+            .await
+            .expect_err("a stopping leader starts no new transaction");
+        assert!(refused.message().contains("shutting down"), "{refused:?}");
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert!(
+            alpha.record("while-stopping").is_none(),
+            "a refused transaction reached a participant"
+        );
+
+        alpha.release_prepares();
+        let answer = in_flight
+            .await
+            .unwrap()
+            .expect("the stopping leader answers what it ran")
+            .into_inner();
+        assert_eq!(answer.outcome(), pb::Outcome::Committed, "{answer:?}");
+        let status = cluster.wait_exit(leader, secs(15)).await;
+        assert!(status.success(), "the leader exited {status}, not 0");
+
+        // The others take over and serve the refused transaction's retry.
+        let r = cluster
+            .execute_retrying(
+                &others,
+                execute_request("while-stopping", &[("alpha", b"a")], 5000),
+                secs(30),
+            )
+            .await
+            .expect("the new leader serves the retry");
+        assert_eq!(r.outcome(), pb::Outcome::Committed, "{r:?}");
+        for p in [&alpha, &beta] {
+            p.wait_state("in-flight", BranchState::Committed, secs(15))
+                .await;
+        }
+        assert_no_violations(&[&alpha, &beta]);
+    })
+    .await;
+}
+
+/// A leader whose disk is below its reserve refuses new transactions with
+/// RESOURCE_EXHAUSTED naming the disk, before any participant is asked.
+/// (A reserve larger than any disk stands in for a full one; the
+/// participant's reserve is tested on a real, filling tmpfs in
+/// dtc-participant's sdk tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_below_its_disk_reserve_refuses_new_transactions_naming_the_disk() {
+    let cluster = Cluster::start_with(3, &["--disk-reserve-mb", "1000000000"]);
+    let alpha = TestParticipant::start("alpha").await;
+    bounded(secs(60), async {
+        let leader = setup(&cluster, &[&alpha]).await;
+        let refused = cluster
+            .execute(
+                leader,
+                execute_request("on-a-full-disk", &[("alpha", b"a")], 5000),
+                secs(5),
+            )
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(
+            refused.message().contains("disk nearly full")
+                && refused.message().contains(&format!("node-{leader}")),
+            "the message names the disk: {refused:?}"
+        );
+        assert!(alpha.record("on-a-full-disk").is_none());
+    })
+    .await;
+}
