@@ -140,8 +140,14 @@ pub(crate) fn put_in(
 pub(crate) fn prepared_in(
     tx: &redb::WriteTransaction,
 ) -> Result<Vec<(String, LogRecord)>, ParticipantError> {
-    let index = tx.open_table(PREPARED)?;
-    let log = tx.open_table(LOG)?;
+    prepared_rows(&tx.open_table(PREPARED)?, &tx.open_table(LOG)?)
+}
+
+/// The records the prepared index names, from a read or a write transaction.
+fn prepared_rows(
+    index: &impl ReadableTable<&'static str, ()>,
+    log: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<(String, LogRecord)>, ParticipantError> {
     let mut out = Vec::new();
     for row in index.iter()? {
         let (k, _) = row?;
@@ -213,15 +219,7 @@ impl ParticipantLog {
             | (_, Err(redb::TableError::TableDoesNotExist(_))) => return Ok(vec![]),
             (Err(e), _) | (_, Err(e)) => return Err(e.into()),
         };
-        let mut out = Vec::new();
-        for row in index.iter()? {
-            let (k, _) = row?;
-            let id = k.value().to_string();
-            if let Some(v) = log.get(id.as_str())? {
-                out.push((id.clone(), decode(&id, v.value())?));
-            }
-        }
-        Ok(out)
+        prepared_rows(&index, &log)
     }
 
     /// Up to `limit` records with ids strictly after `after`, in id order.
