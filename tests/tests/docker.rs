@@ -3,9 +3,10 @@
 //! three coordinators and two ledgers as containers (each its own host on
 //! the project's network), and the host's `dtc` CLI drives them through the
 //! ports compose publishes on 127.0.0.1. Faults come from Docker itself:
-//! `docker kill` of the leader, `docker network disconnect` of a coordinator,
-//! and a ledger killed and started again while it holds prepared (in-doubt)
-//! transactions.
+//! `docker kill` of the leader, `docker stop` of the leader under load (it
+//! finishes what it runs, exits 0, and no transfer fails), `docker network
+//! disconnect` of a coordinator, and a ledger killed and started again while
+//! it holds prepared (in-doubt) transactions.
 //!
 //! Without a Docker engine (or docker-compose) the test prints that it is
 //! skipped and passes, unless DTC_REQUIRE_DOCKER=1 (set by .ci/run when an
@@ -379,6 +380,37 @@ fn compose_cluster_survives_leader_kill_partition_and_ledger_restart() {
         "leader {old} killed, {new} took over, {old} caught up after {:?}",
         started.elapsed()
     );
+
+    // docker stop (SIGTERM, then SIGKILL after 10 s) of the leader while
+    // transfers run: it finishes what it runs and exits 0 within its grace,
+    // and no transfer fails (the ones it refused went to the new leader).
+    let old = project.leader().expect("a leader");
+    let stopped = project.container(&format!("coord-{old}"));
+    let transfers: Vec<_> = (0..4)
+        .map(|i| {
+            project
+                .transfer_cmd(ACCOUNTS[i % 2], ACCOUNTS[(i + 1) % 2], 1)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn dtc transfer")
+        })
+        .collect();
+    must(Command::new("docker").args(["stop", "-t", "10", &stopped]));
+    for child in transfers {
+        let o = child.wait_with_output().expect("wait for dtc transfer");
+        assert!(
+            o.status.success(),
+            "a transfer failed while the leader stopped: {}",
+            text(&o)
+        );
+    }
+    let exit =
+        must(Command::new("docker").args(["inspect", "-f", "{{.State.ExitCode}}", &stopped]));
+    assert_eq!(exit.trim(), "0", "the stopped leader's exit code");
+    assert_eq!(project.settled_total(Duration::from_secs(30)), total);
+    must(Command::new("docker").args(["start", &stopped]));
+    project.wait_converged(Duration::from_secs(60), "the stopped leader to catch up");
 
     // docker network disconnect a coordinator (a follower if the leader
     // stays put, else whichever): the other two keep committing; reconnected
