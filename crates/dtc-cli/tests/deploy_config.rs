@@ -302,3 +302,31 @@ fn every_server_flag_can_come_from_a_dtc_variable() {
         }
     }
 }
+
+/// A wrong `--coordinators` (nothing listens) fails within seconds, names
+/// every address and exits 3, instead of retrying until the deadline.
+#[test]
+fn a_transfer_with_only_unreachable_coordinators_fails_fast_naming_them() {
+    let ports = [free_port(), free_port()];
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let started = Instant::now();
+    let o = run(dtc().args([
+        "transfer",
+        "--coordinators",
+        &addrs.join(","),
+        "--from",
+        "bank-a/alice",
+        "--to",
+        "bank-b/bob",
+        "--amount",
+        "5",
+    ]));
+    let took = started.elapsed();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(took < Duration::from_secs(5), "took {took:?}: {}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    for a in &addrs {
+        assert!(stderr.contains(a.as_str()), "{a} not named: {}", text(&o));
+    }
+    assert!(stderr.contains("nothing was sent"), "{}", text(&o));
+}

@@ -26,6 +26,11 @@ pub enum ClientError {
         txn_id: Option<String>,
         message: String,
     },
+    /// No coordinator accepted a connection (each address with why), for
+    /// `ClientConfig::unreachable_after`. The request was sent nowhere: a
+    /// transaction did not run.
+    #[error("no coordinator reachable ({}); nothing was sent", .0.iter().map(|(a, e)| format!("{a}: {e}")).collect::<Vec<_>>().join("; "))]
+    Unreachable(Vec<(String, String)>),
     /// No participant of that name is registered.
     #[error("participant {0:?} is not registered with the coordinators")]
     UnknownParticipant(String),

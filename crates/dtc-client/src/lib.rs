@@ -75,6 +75,11 @@ pub struct ClientConfig {
     /// Back-off between attempts: from `min_backoff`, doubling, at most `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// How long every coordinator may refuse connections (or fail to
+    /// connect) before a call gives up with [`ClientError::Unreachable`]
+    /// instead of retrying until its deadline (default 2 s). A request that
+    /// reached no coordinator ran nowhere, so there is no outcome to wait for.
+    pub unreachable_after: Duration,
 }
 
 impl Default for ClientConfig {
@@ -86,6 +91,7 @@ impl Default for ClientConfig {
             assumed_txn_timeout: Duration::from_secs(5),
             min_backoff: Duration::from_millis(25),
             max_backoff: Duration::from_secs(1),
+            unreachable_after: Duration::from_secs(2),
         }
     }
 }
@@ -131,6 +137,27 @@ pub(crate) enum Retry {
 /// SDK itself retries.
 pub fn is_retryable(status: &Status) -> bool {
     classify(status) != Retry::Never
+}
+
+/// Whether a failed call never reached a node: the connection itself could
+/// not be made (refused, timed out, no route, a name that does not
+/// resolve). Such a request was not sent, so it ran nowhere.
+fn not_connected(status: &Status) -> Option<String> {
+    if status.code() != Code::Unavailable {
+        return None;
+    }
+    let mut source = std::error::Error::source(status);
+    let mut connect = false;
+    let mut last = None;
+    while let Some(e) = source {
+        let text = e.to_string();
+        connect |= text.contains("connect error") || text.contains("dns error");
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            last = Some(io.to_string());
+        }
+        source = e.source();
+    }
+    connect.then(|| last.unwrap_or_else(|| status.message().to_string()))
 }
 
 pub(crate) fn classify(status: &Status) -> Retry {
@@ -256,13 +283,14 @@ impl Client {
     /// Calls a coordinator until it answers, a non-retryable status comes
     /// back, or `until` passes. `call` gets a client and the per-call timeout.
     /// Returns the answer or the last status, and whether any attempt ended
-    /// ambiguously (the request may have run).
+    /// ambiguously (the request may have run); or [`ClientError::Unreachable`]
+    /// when no configured node accepted a connection for `unreachable_after`.
     pub(crate) async fn retrying<T, F, Fut>(
         &self,
         until: Instant,
         per_call: Duration,
         mut call: F,
-    ) -> (Result<T, Status>, bool)
+    ) -> Result<(Result<T, Status>, bool), ClientError>
     where
         F: FnMut(CoordinatorClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -272,12 +300,16 @@ impl Client {
         let mut target = self.first_target();
         let mut ambiguous = false;
         let mut attempt = 0u32;
+        let started = Instant::now();
+        // Why each address could not be connected to, until some node answers.
+        let mut unreachable: std::collections::BTreeMap<String, String> = Default::default();
+        let mut reached = false;
         loop {
             attempt += 1;
             let left = until.saturating_duration_since(Instant::now());
             let channel = match self.channel(&target) {
                 Ok(c) => c,
-                Err(e) => return (Err(Status::invalid_argument(e.to_string())), ambiguous),
+                Err(e) => return Ok((Err(Status::invalid_argument(e.to_string())), ambiguous)),
             };
             let client = CoordinatorClient::new(channel)
                 .max_decoding_message_size(dtc_proto::wire::MAX_MESSAGE_BYTES)
@@ -286,17 +318,31 @@ impl Client {
             {
                 Ok(resp) => {
                     self.prefer(Some(target));
-                    return (Ok(resp.into_inner()), ambiguous);
+                    return Ok((Ok(resp.into_inner()), ambiguous));
                 }
                 Err(s) => s,
             };
+            let refused = not_connected(&status);
+            match &refused {
+                Some(why) => {
+                    unreachable.insert(target.clone(), why.clone());
+                }
+                None => reached = true,
+            }
+            if !reached
+                && started.elapsed() >= config.unreachable_after
+                && self.inner.addrs.iter().all(|a| unreachable.contains_key(a))
+            {
+                return Err(ClientError::Unreachable(unreachable.into_iter().collect()));
+            }
             let kind = classify(&status);
             debug!(attempt, %target, code = ?status.code(), msg = status.message(), "coordinator call failed");
             match kind {
-                Retry::Never => return (Err(status), ambiguous),
+                Retry::Never => return Ok((Err(status), ambiguous)),
                 Retry::Overloaded => {}
                 Retry::Ambiguous => {
-                    ambiguous = true;
+                    // A request that could not even connect was not sent.
+                    ambiguous |= refused.is_none();
                     match leader_hint(&status) {
                         Some(hint) if hint != target => target = hint,
                         _ => {
@@ -314,7 +360,7 @@ impl Client {
             }
             let delay = backoff.next().unwrap_or(config.max_backoff);
             if Instant::now() + delay >= until {
-                return (Err(status), ambiguous);
+                return Ok((Err(status), ambiguous));
             }
             tokio::time::sleep(delay).await;
         }
@@ -342,7 +388,7 @@ impl Client {
                 let req = req.clone();
                 async move { c.get_transaction(with_timeout(req, t)).await }
             })
-            .await;
+            .await?;
         let resp = r.map_err(|s| ClientError::from_status(s, None))?;
         resp.transaction
             .map(TxnStatus::from)
@@ -370,7 +416,7 @@ impl Client {
                 let req = req.clone();
                 async move { c.list_transactions(with_timeout(req, t)).await }
             })
-            .await;
+            .await?;
         let resp = r.map_err(|s| ClientError::from_status(s, None))?;
         let next = (!resp.next_after_txn_id.is_empty()).then_some(resp.next_after_txn_id);
         Ok((
@@ -410,7 +456,7 @@ impl Client {
                 let req = req.clone();
                 async move { c.register_participant(with_timeout(req, t)).await }
             })
-            .await;
+            .await?;
         r.map(|_| ()).map_err(|s| ClientError::from_status(s, None))
     }
 
@@ -422,7 +468,7 @@ impl Client {
                 c.cluster_status(with_timeout(pb::ClusterStatusRequest {}, t))
                     .await
             })
-            .await;
+            .await?;
         r.map_err(|s| ClientError::from_status(s, None))
     }
 

@@ -145,7 +145,7 @@ impl TxnBuilder {
                 let req = req.clone();
                 async move { c.execute(with_timeout(req, t)).await }
             })
-            .await;
+            .await?;
         match result {
             Ok(resp) => match pb::Outcome::try_from(resp.outcome) {
                 Ok(pb::Outcome::Committed) => Ok(TxnOutcome {

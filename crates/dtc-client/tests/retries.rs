@@ -311,3 +311,48 @@ async fn a_builder_failed_while_building_sends_nothing() {
     })
     .await
 }
+
+#[tokio::test]
+async fn when_every_coordinator_refuses_the_connection_it_fails_fast_naming_each_address() {
+    bounded(async {
+        // Nothing listens on these ports.
+        let dead: Vec<String> = (0..2)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let client = Client::with_config(dead.clone(), ClientConfig::default()).unwrap();
+        let started = std::time::Instant::now();
+        let e = client
+            .transaction()
+            .branch("p", vec![])
+            .id("never-sent")
+            .deadline(Duration::from_secs(25))
+            .execute()
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        let ClientError::Unreachable(tried) = &e else {
+            panic!("expected Unreachable, got {e:?}");
+        };
+        assert!(
+            took < Duration::from_secs(5),
+            "took {took:?}, not a few seconds"
+        );
+        for addr in &dead {
+            assert!(
+                tried.iter().any(|(a, _)| a == addr) && e.to_string().contains(addr.as_str()),
+                "{addr} is not named: {e}"
+            );
+        }
+        assert!(!e.is_outcome_unknown(), "nothing was sent: {e:?}");
+        // The same for the other calls.
+        let e = client.cluster_status().await.unwrap_err();
+        assert!(matches!(e, ClientError::Unreachable(_)), "{e:?}");
+    })
+    .await
+}

@@ -175,7 +175,15 @@ pub async fn worker(idx: usize, client: Client, shared: Arc<Shared>, w: Arc<Work
             match result {
                 Ok(o) if o.committed => break OpResult::Committed,
                 Ok(o) => break OpResult::Aborted { reason: o.reason },
-                Err(e) if e.is_outcome_unknown() || matches!(e, ClientError::Overloaded(_)) => {
+                // Unreachable says this call sent nothing, but an earlier
+                // attempt with the same id may have run: keep asking.
+                Err(e)
+                    if e.is_outcome_unknown()
+                        || matches!(
+                            e,
+                            ClientError::Overloaded(_) | ClientError::Unreachable(_)
+                        ) =>
+                {
                     if !retried {
                         retried = true;
                         shared.stats.retrying.fetch_add(1, Relaxed);
@@ -232,6 +240,7 @@ pub fn workload_client(cluster: &LocalCluster) -> Result<Client> {
             assumed_txn_timeout: PREPARE_TIMEOUT,
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(250),
+            ..ClientConfig::default()
         },
     )
     .context("cannot make a client")
