@@ -1754,3 +1754,59 @@ async fn a_leader_below_its_disk_reserve_refuses_new_transactions_naming_the_dis
     })
     .await;
 }
+
+/// The Raft port refuses what does not come from a member: another
+/// cluster's message, bytes that do not decode, and a well-formed vote
+/// request from a node id outside the membership with a much higher term
+/// (which, accepted, would make the leader step down). The cluster keeps
+/// its leader and term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rogue_and_malformed_raft_messages_are_refused_and_change_nothing() {
+    use dtc_tests::v1::raft_transport_client::RaftTransportClient;
+    let cluster = Cluster::start(3);
+    bounded(secs(60), async {
+        let leader = cluster.wait_for_stable_leader(secs(30)).await;
+        let term = cluster.status(leader).await.expect("status").term;
+        let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+        let mut raft = RaftTransportClient::new(dtc_tests::channel_for(cluster.addr(follower)));
+        let msg = |cluster: &str, data: Vec<u8>| pb::RaftMessage {
+            cluster: cluster.into(),
+            data,
+        };
+        let rogue_vote = postcard::to_stdvec(&openraft::raft::VoteRequest::<u64> {
+            vote: openraft::Vote::new(term + 100, 99),
+            last_log_id: None,
+        })
+        .unwrap();
+
+        let e = raft
+            .vote(msg("another", rogue_vote.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        let garbage = vec![0xff; 40];
+        let e = raft.vote(msg("dtc", garbage.clone())).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let e = raft
+            .append_entries(msg("dtc", garbage.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let e = raft
+            .install_snapshot(msg("dtc", garbage))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let e = raft.vote(msg("dtc", rogue_vote)).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("node 99"), "{e:?}");
+
+        let after = cluster.wait_for_stable_leader(secs(10)).await;
+        assert_eq!(after, leader, "the leader changed");
+        for id in cluster.ids() {
+            let s = cluster.status(id).await.expect("status");
+            assert_eq!(s.term, term, "node {id}'s term moved");
+        }
+    })
+    .await;
+}

@@ -165,6 +165,26 @@ impl RaftService {
             .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
     }
 
+    /// Refuses a message whose sender (the node its vote names) is not in
+    /// this node's membership: a stray or rogue process that knows the
+    /// cluster name must not make members step down with a higher term. A
+    /// node with no membership yet (first start, or waiting to be added)
+    /// accepts, or the cluster could never form.
+    fn check_sender(&self, vote: &openraft::Vote<NodeId>) -> Result<(), Status> {
+        let Some(sender) = vote.leader_id().voted_for() else {
+            return Ok(());
+        };
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        if membership.nodes().next().is_none() || membership.get_node(&sender).is_some() {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "raft message from node {sender}, which is not a member of this cluster"
+        )))
+    }
+
     fn encode<T: Serialize>(&self, value: &T) -> Result<Response<RaftMessage>, Status> {
         let data = postcard::to_stdvec(value)
             .map_err(|e| Status::internal(format!("cannot encode raft reply: {e}")))?;
@@ -182,12 +202,14 @@ impl dtc_proto::v1::raft_transport_server::RaftTransport for RaftService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let req: AppendEntriesRequest<TypeConfig> = self.decode(request.into_inner())?;
+        self.check_sender(&req.vote)?;
         let result = self.raft.append_entries(req).await;
         self.encode(&result)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let req: VoteRequest<NodeId> = self.decode(request.into_inner())?;
+        self.check_sender(&req.vote)?;
         let result = self.raft.vote(req).await;
         self.encode(&result)
     }
@@ -197,6 +219,7 @@ impl dtc_proto::v1::raft_transport_server::RaftTransport for RaftService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let req: InstallSnapshotRequest<TypeConfig> = self.decode(request.into_inner())?;
+        self.check_sender(&req.vote)?;
         let result = self.raft.install_snapshot(req).await;
         self.encode(&result)
     }
