@@ -171,7 +171,7 @@ impl Testbed {
             })
             .collect();
         let client = dtc_client::Client::with_config(
-            coordinators.iter().map(|(_, a)| a.to_string()).collect(),
+            coordinators.iter().map(|(_, a)| a.to_string()),
             dtc_client::ClientConfig {
                 retry_budget: Duration::from_secs(20),
                 call_deadline: Duration::from_secs(5),

@@ -58,6 +58,10 @@ pub use dtc_proto::v1 as proto;
 /// Metadata key of the leader hint on UNAVAILABLE answers: `ID=ADDR`.
 pub use dtc_proto::wire::LEADER_HINT_HEADER;
 
+/// The environment variable [`Client::from_env`] reads (and the `dtc` CLI's
+/// `--coordinators` falls back to).
+pub const COORDINATORS_VAR: &str = "DTC_COORDINATORS";
+
 /// Tunables of a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -192,15 +196,38 @@ impl Client {
     /// A client for the cluster whose nodes are `addrs` (`HOST:PORT` or
     /// URLs; any subset of the members will do). Connections are made
     /// lazily, so this succeeds while the cluster is down.
-    pub fn connect(addrs: Vec<String>) -> Result<Client, ClientError> {
+    pub fn connect<I, S>(addrs: I) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         Client::with_config(addrs, ClientConfig::default())
     }
 
+    /// A client for the nodes listed in `DTC_COORDINATORS` (comma
+    /// separated, as the `dtc` CLI reads it), with default tunables.
+    pub fn from_env() -> Result<Client, ClientError> {
+        Client::from_list(std::env::var(COORDINATORS_VAR).ok().as_deref())
+    }
+
+    fn from_list(list: Option<&str>) -> Result<Client, ClientError> {
+        match list.map(str::trim).filter(|l| !l.is_empty()) {
+            Some(list) => Client::connect(list.split(',')),
+            None => Err(ClientError::Config(format!(
+                "{COORDINATORS_VAR} is not set: give the coordinators as HOST:PORT,HOST:PORT,..."
+            ))),
+        }
+    }
+
     /// [`connect`](Self::connect) with explicit tunables.
-    pub fn with_config(addrs: Vec<String>, config: ClientConfig) -> Result<Client, ClientError> {
+    pub fn with_config<I, S>(addrs: I, config: ClientConfig) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         let addrs: Vec<String> = addrs
             .into_iter()
-            .map(|a| a.trim().to_string())
+            .map(|a| a.into().trim().to_string())
             .filter(|a| !a.is_empty())
             .collect();
         if addrs.is_empty() {
@@ -543,13 +570,29 @@ mod tests {
     #[test]
     fn bad_addresses_are_refused_at_connect() {
         assert!(matches!(
-            Client::connect(vec![]),
+            Client::connect(Vec::<String>::new()),
             Err(ClientError::Config(_))
         ));
         assert!(matches!(
-            Client::connect(vec!["no port".into()]),
+            Client::connect(["no port"]),
             Err(ClientError::Config(_))
         ));
-        assert!(Client::connect(vec!["127.0.0.1:1".into()]).is_ok());
+        assert!(Client::connect(["127.0.0.1:1"]).is_ok());
+    }
+
+    #[test]
+    fn the_coordinator_list_comes_from_a_comma_separated_variable() {
+        let c = Client::from_list(Some(" 127.0.0.1:7001, 127.0.0.1:7002 ")).unwrap();
+        assert_eq!(c.addrs(), ["127.0.0.1:7001", "127.0.0.1:7002"]);
+        for missing in [None, Some(""), Some("  ")] {
+            let e = Client::from_list(missing).unwrap_err();
+            assert!(e.to_string().contains(COORDINATORS_VAR), "{e}");
+        }
+        assert!(matches!(
+            Client::from_list(Some("nohost")),
+            Err(ClientError::Config(_))
+        ));
+        // Any iterator of strings will do.
+        assert!(Client::connect(["127.0.0.1:1"]).is_ok());
     }
 }

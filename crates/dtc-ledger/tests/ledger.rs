@@ -893,7 +893,7 @@ async fn ledger_transactions_with_bad_arguments_fail_before_anything_is_sent() {
     use dtc_client::{Client, ClientError};
     use dtc_ledger::LedgerClient as _;
     // Nothing listens here: any call that were sent would be UNAVAILABLE.
-    let client = Client::connect(vec!["127.0.0.1:1".into()]).unwrap();
+    let client = Client::connect(["127.0.0.1:1"]).unwrap();
     let invalid = |e: ClientError| assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
     for amount in [0, -5] {
         invalid(
