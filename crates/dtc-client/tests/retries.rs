@@ -110,6 +110,19 @@ fn fast() -> ClientConfig {
     }
 }
 
+/// Loopback addresses nothing listens on (bound, then released).
+fn dead_addrs(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(30), f)
         .await
@@ -254,16 +267,7 @@ async fn only_overload_until_the_deadline_means_nothing_ran() {
 #[tokio::test]
 async fn no_answer_before_the_deadline_reports_the_txn_id_as_outcome_unknown() {
     bounded(async {
-        // Nothing listens on these ports.
-        let dead: Vec<String> = (0..2)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+        let dead = dead_addrs(2);
         let client = Client::with_config(dead, fast()).unwrap();
         let e = client
             .transaction()
@@ -315,16 +319,7 @@ async fn a_builder_failed_while_building_sends_nothing() {
 #[tokio::test]
 async fn when_every_coordinator_refuses_the_connection_it_fails_fast_naming_each_address() {
     bounded(async {
-        // Nothing listens on these ports.
-        let dead: Vec<String> = (0..2)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+        let dead = dead_addrs(2);
         let client = Client::with_config(dead.clone(), ClientConfig::default()).unwrap();
         let started = std::time::Instant::now();
         let e = client
