@@ -242,19 +242,21 @@ async fn hand_over(shared: &Shared, health: &tonic_health::server::HealthReporte
         .await;
     let started = std::time::Instant::now();
     let grace = shared.config.shutdown_grace;
+    // No new transaction starts now, so these are all there will be.
     let undecided = shared.drivers.undecided();
-    if undecided == 0 {
+    if undecided.is_empty() {
         return;
     }
     info!(
-        undecided,
+        undecided = undecided.len(),
         grace_ms = grace.as_millis() as u64,
         "shutting down: waiting for the transactions in flight to be decided"
     );
-    while shared.drivers.undecided() > 0 && started.elapsed() < grace {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let left = shared.drivers.undecided();
+    let settled = undecided.into_iter().map(|mut status| async move {
+        let _ = status.wait_for(|s| s.is_settled()).await;
+    });
+    let _ = tokio::time::timeout(grace, futures::future::join_all(settled)).await;
+    let left = shared.drivers.undecided().len();
     if left > 0 {
         warn!(
             left,

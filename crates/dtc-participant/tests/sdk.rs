@@ -743,11 +743,7 @@ async fn calls_past_the_writer_queue_bound_are_refused_not_queued() {
             .start(listener)
             .await
             .unwrap();
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", running.local_addr()))
-                .unwrap()
-                .connect_lazy();
-        let client = ParticipantClient::new(channel);
+        let client = ParticipantClient::new(client_channel(&running));
         let call = |txn: &str, payload: &[u8]| {
             let mut c = client.clone();
             let req = pb::PrepareRequest {

@@ -74,12 +74,7 @@ pub async fn execute(
             if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(ExecuteError::ShuttingDown);
             }
-            let reserve = dtc_util::disk::Reserve {
-                dir: shared.config.data_dir.clone(),
-                bytes: shared.config.disk_reserve_bytes,
-                kept_for: "the decisions of transactions in flight",
-            };
-            if let Some(why) = reserve.refusal() {
+            if let Some(why) = shared.disk_reserve.refusal() {
                 return Err(ExecuteError::DiskFull(why));
             }
             let permit = shared
@@ -103,7 +98,7 @@ pub async fn execute(
     };
     let mut status = handle.status;
     let decided = status
-        .wait_for(|s| s.outcome.is_some() || s.stopped || s.rejected.is_some())
+        .wait_for(DriverStatus::is_settled)
         .await
         .map(|s| s.clone())
         .unwrap_or(DriverStatus {

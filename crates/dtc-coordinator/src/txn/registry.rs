@@ -33,6 +33,14 @@ pub struct DriverStatus {
     pub rejected: Option<String>,
 }
 
+impl DriverStatus {
+    /// Nothing more will happen to it that a caller waits for: decided,
+    /// stopped, or refused.
+    pub fn is_settled(&self) -> bool {
+        self.outcome.is_some() || self.stopped || self.rejected.is_some()
+    }
+}
+
 /// A registered transaction, as seen by callers that join it.
 #[derive(Clone)]
 pub struct DriverHandle {
@@ -63,16 +71,15 @@ impl DriverRegistry {
         }
     }
 
-    /// How many registered transactions have no applied outcome yet.
-    pub fn undecided(&self) -> usize {
+    /// The status of every registered transaction that has no applied
+    /// outcome yet, to wait on.
+    pub fn undecided(&self) -> Vec<watch::Receiver<DriverStatus>> {
         self.lock()
             .map
             .values()
-            .filter(|h| {
-                let s = h.status.borrow();
-                s.outcome.is_none() && !s.stopped && s.rejected.is_none()
-            })
-            .count()
+            .filter(|h| !h.status.borrow().is_settled())
+            .map(|h| h.status.clone())
+            .collect()
     }
 
     /// Forgets every entry (leadership changed: the old term's drivers are

@@ -46,6 +46,9 @@ pub struct Shared {
     pub in_flight: Arc<Semaphore>,
     /// The node is shutting down: no new transaction starts here.
     pub draining: AtomicBool,
+    /// Free space kept on the data directory; checked (one statvfs) before
+    /// each new transaction.
+    pub disk_reserve: dtc_util::disk::Reserve,
     /// Monotonic origin for driver deadlines.
     started: Instant,
     pub metrics: CoordinatorMetrics,
@@ -60,6 +63,11 @@ impl Shared {
     ) -> Shared {
         Shared {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            disk_reserve: dtc_util::disk::Reserve {
+                dir: config.data_dir.clone(),
+                bytes: config.disk_reserve_bytes,
+                kept_for: "the decisions of transactions in flight",
+            },
             config,
             proposer: Proposer::spawn(raft.clone()),
             raft,
