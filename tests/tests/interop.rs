@@ -329,6 +329,7 @@ async fn python_client_transfers_through_a_follower() {
             [
                 "dtc.v1.Ledger",
                 "dtc.v1.Participant",
+                "dtc.v1.ParticipantQuery",
                 "grpc.health.v1.Health"
             ],
             "a ledger lists what it serves, and only that"

@@ -145,18 +145,15 @@ fn fail(cmd: &str, json_out: bool, e: &ClientError) -> ExitCode {
 
 fn print_outcome(json_out: bool, o: &TxnOutcome) -> ExitCode {
     if json_out {
-        let v = if o.committed {
-            json!({ "txn_id": o.txn_id, "outcome": "committed" })
-        } else {
-            json!({ "txn_id": o.txn_id, "outcome": "aborted", "reason": o.reason })
-        };
-        println!("{v}");
-    } else if o.committed {
-        println!("committed {}", o.txn_id);
+        // {"outcome": "committed"|"aborted", "txn_id": .., "reason": (aborted)}
+        println!("{}", json!(o));
     } else {
-        println!("aborted {}: {}", o.txn_id, o.reason);
+        match o {
+            TxnOutcome::Committed { txn_id } => println!("committed {txn_id}"),
+            TxnOutcome::Aborted { txn_id, reason } => println!("aborted {txn_id}: {reason}"),
+        }
     }
-    if o.committed {
+    if o.is_committed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

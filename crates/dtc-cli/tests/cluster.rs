@@ -125,7 +125,7 @@ async fn a_transfer_between_two_ledgers_commits_conserves_the_total_and_a_retrie
     tokio::time::timeout(Duration::from_secs(120), async {
         ready(&env, &client, &["bank-a", "bank-b"]).await;
         let fund = client.deposit(("bank-a", "alice"), 1000).execute().await.unwrap();
-        assert!(fund.committed, "{fund:?}");
+        assert!(fund.is_committed(), "{fund:?}");
 
         // Concurrent transfers on one pair of accounts: the ledgers lock no
         // account (escrow), and alice's 1000 covers all 16, so every one commits.
@@ -137,7 +137,7 @@ async fn a_transfer_between_two_ledgers_commits_conserves_the_total_and_a_retrie
         let mut committed = 0;
         for r in runs {
             let o = r.expect("every transfer has an outcome");
-            assert!(o.committed, "{o:?}");
+            assert!(o.is_committed(), "{o:?}");
             committed += 1;
         }
         // Every decision acknowledged: no reservation is left behind.
@@ -151,7 +151,7 @@ async fn a_transfer_between_two_ledgers_commits_conserves_the_total_and_a_retrie
         // The same id again: the recorded outcome, applied once.
         let first = client.transfer(("bank-a", "alice"), ("bank-b", "bob"), 7).id("retry-1").execute().await.unwrap();
         let again = client.transfer(("bank-a", "alice"), ("bank-b", "bob"), 7).id("retry-1").execute().await.unwrap();
-        assert!(first.committed);
+        assert!(first.is_committed());
         assert_eq!(first, again);
         assert_eq!(client.balance("bank-b", "bob").await.unwrap(), 10 * committed + 7);
         assert_eq!(client.balance("bank-a", "alice").await.unwrap() + client.balance("bank-b", "bob").await.unwrap(), 1000);
@@ -214,7 +214,7 @@ async fn transfers_survive_a_leader_kill_and_none_applies_twice() {
                 .execute()
                 .await
                 .unwrap()
-                .committed
+                .is_committed()
         );
         // Transfers run one after another in a task; the leader is killed
         // while one is in flight (right after the 8th outcome arrives).
@@ -245,8 +245,8 @@ async fn transfers_survive_a_leader_kill_and_none_applies_twice() {
         let outcomes = runner.await.expect("the transfers finish");
         let committed: BTreeSet<String> = outcomes
             .iter()
-            .filter(|o| o.committed)
-            .map(|o| o.txn_id.clone())
+            .filter(|o| o.is_committed())
+            .map(|o| o.txn_id().to_string())
             .collect();
         eprintln!(
             "killed node {killed:?}: {} of {} transfers committed",
@@ -270,8 +270,8 @@ async fn transfers_survive_a_leader_kill_and_none_applies_twice() {
             .filter(|id| id.starts_with("f-"))
             .collect();
         assert_eq!(left_ids, committed);
-        for o in outcomes.iter().filter(|o| !o.committed) {
-            let t = client.get_transaction(&o.txn_id).await.unwrap();
+        for o in outcomes.iter().filter(|o| !o.is_committed()) {
+            let t = client.get_transaction(o.txn_id()).await.unwrap();
             assert_eq!(t.state, TxnState::Aborted, "{t:?}");
         }
         killed
@@ -293,7 +293,7 @@ async fn a_participant_killed_mid_transfer_recovers_and_every_transfer_resolves(
                 .execute()
                 .await
                 .unwrap()
-                .committed
+                .is_committed()
         );
         let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
         let runner = {
@@ -323,8 +323,8 @@ async fn a_participant_killed_mid_transfer_recovers_and_every_transfer_resolves(
         let outcomes = runner.await.expect("the transfers finish");
         let committed: BTreeSet<String> = outcomes
             .iter()
-            .filter(|o| o.committed)
-            .map(|o| o.txn_id.clone())
+            .filter(|o| o.is_committed())
+            .map(|o| o.txn_id().to_string())
             .collect();
         eprintln!(
             "{} of {} transfers committed around the participant crash",

@@ -9,7 +9,7 @@
 //!   loop until an answer or the overall deadline:
 //!     Execute(txn id, branches, timeout) ─► a coordinator node (any node
 //!       forwards to the leader)
-//!     answer                         → TxnOutcome { committed, reason }
+//!     answer                         → TxnOutcome::Committed / Aborted { reason }
 //!     UNAVAILABLE + dtc-leader-hint  → next attempt goes to the hinted leader
 //!     UNAVAILABLE / DEADLINE_EXCEEDED / broken connection / INTERNAL
 //!                                    → back off, next node, SAME txn id

@@ -8,13 +8,38 @@ use std::time::{Duration, Instant};
 /// Largest prepare timeout the coordinator accepts.
 const MAX_TIMEOUT: Duration = Duration::from_millis(600_000);
 
-/// The decided outcome of a transaction.
+/// The decided outcome of a transaction: the one decision the cluster
+/// replicated for its id. (A transaction whose outcome is not known is not
+/// an outcome: it is [`ClientError::Unavailable`], carrying the id to ask
+/// about or retry with.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TxnOutcome {
-    pub txn_id: String,
-    pub committed: bool,
-    /// Why it aborted (empty when committed).
-    pub reason: String,
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum TxnOutcome {
+    /// Every branch commits (or has committed).
+    Committed { txn_id: String },
+    /// No branch commits: a participant voted abort (the reason says which
+    /// and why), a prepare timed out, or the request was refused.
+    Aborted { txn_id: String, reason: String },
+}
+
+impl TxnOutcome {
+    pub fn txn_id(&self) -> &str {
+        match self {
+            TxnOutcome::Committed { txn_id } | TxnOutcome::Aborted { txn_id, .. } => txn_id,
+        }
+    }
+
+    pub fn is_committed(&self) -> bool {
+        matches!(self, TxnOutcome::Committed { .. })
+    }
+
+    /// Why it aborted; `None` when it committed.
+    pub fn abort_reason(&self) -> Option<&str> {
+        match self {
+            TxnOutcome::Committed { .. } => None,
+            TxnOutcome::Aborted { reason, .. } => Some(reason),
+        }
+    }
 }
 
 /// Builds and runs one transaction. Errors found while building (a bad
@@ -148,14 +173,11 @@ impl TxnBuilder {
             .await?;
         match result {
             Ok(resp) => match pb::Outcome::try_from(resp.outcome) {
-                Ok(pb::Outcome::Committed) => Ok(TxnOutcome {
+                Ok(pb::Outcome::Committed) => Ok(TxnOutcome::Committed {
                     txn_id: resp.txn_id,
-                    committed: true,
-                    reason: resp.reason,
                 }),
-                Ok(pb::Outcome::Aborted) => Ok(TxnOutcome {
+                Ok(pb::Outcome::Aborted) => Ok(TxnOutcome::Aborted {
                     txn_id: resp.txn_id,
-                    committed: false,
                     reason: resp.reason,
                 }),
                 _ => Err(ClientError::Unavailable {

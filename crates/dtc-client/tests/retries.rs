@@ -2,7 +2,7 @@
 //! the txn id across retries, follows leader hints, stops on errors that
 //! retrying cannot fix, and reports an unknown outcome with the id.
 
-use dtc_client::{Client, ClientConfig, ClientError, LEADER_HINT_HEADER};
+use dtc_client::{Client, ClientConfig, ClientError, LEADER_HINT_HEADER, TxnOutcome};
 use dtc_proto::v1 as pb;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -148,7 +148,7 @@ async fn retries_reuse_the_txn_id_and_follow_the_leader_hint() {
             .execute()
             .await
             .unwrap();
-        assert!(out.committed);
+        assert!(out.is_committed());
         let seen_a = a.0.seen.lock().unwrap().clone();
         let seen_b = b.0.seen.lock().unwrap().clone();
         assert_eq!(
@@ -158,7 +158,7 @@ async fn retries_reuse_the_txn_id_and_follow_the_leader_hint() {
         );
         assert!(!seen_a.is_empty());
         assert!(
-            seen_a.iter().chain(&seen_b).all(|id| *id == out.txn_id),
+            seen_a.iter().chain(&seen_b).all(|id| *id == out.txn_id()),
             "every attempt carried the same id: {seen_a:?} {seen_b:?}"
         );
         // The next transaction goes straight to the node that answered.
@@ -187,9 +187,11 @@ async fn a_given_txn_id_is_sent_and_an_abort_is_an_outcome_not_an_error() {
             .execute()
             .await
             .unwrap();
-        assert_eq!(out.txn_id, "my-id-1");
-        assert!(!out.committed);
-        assert!(out.reason.contains("no funds"));
+        let TxnOutcome::Aborted { txn_id, reason } = out else {
+            panic!("committed: {out:?}");
+        };
+        assert_eq!(txn_id, "my-id-1");
+        assert!(reason.contains("no funds"), "{reason}");
         assert_eq!(*node.0.seen.lock().unwrap(), vec!["my-id-1".to_string()]);
     })
     .await
@@ -242,7 +244,7 @@ async fn resource_exhausted_is_retried_with_the_same_id_until_accepted() {
             .unwrap();
         let seen = node.0.seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 3);
-        assert!(seen.iter().all(|id| *id == out.txn_id));
+        assert!(seen.iter().all(|id| *id == out.txn_id()));
     })
     .await
 }

@@ -18,7 +18,7 @@ use crate::cluster::{LEDGERS, LocalCluster, account};
 use crate::history::{Account, History, Op, OpKind, OpResult, transfer_branches};
 use anyhow::{Context, Result};
 use dtc_client::proto::AuditOutcome;
-use dtc_client::{Client, ClientConfig, ClientError};
+use dtc_client::{Client, ClientConfig, ClientError, TxnOutcome};
 use dtc_ledger::{AccountBalance, LedgerClient};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -173,8 +173,8 @@ pub async fn worker(idx: usize, client: Client, shared: Arc<Shared>, w: Arc<Work
                 .execute()
                 .await;
             match result {
-                Ok(o) if o.committed => break OpResult::Committed,
-                Ok(o) => break OpResult::Aborted { reason: o.reason },
+                Ok(TxnOutcome::Committed { .. }) => break OpResult::Committed,
+                Ok(TxnOutcome::Aborted { reason, .. }) => break OpResult::Aborted { reason },
                 // Unreachable says this call sent nothing, but an earlier
                 // attempt with the same id may have run: keep asking.
                 Err(e)

@@ -183,8 +183,8 @@ impl History {
 /// Maps an SDK result to what the client learned.
 pub fn result_of(r: Result<dtc_client::TxnOutcome, dtc_client::ClientError>) -> OpResult {
     match r {
-        Ok(o) if o.committed => OpResult::Committed,
-        Ok(o) => OpResult::Aborted { reason: o.reason },
+        Ok(dtc_client::TxnOutcome::Committed { .. }) => OpResult::Committed,
+        Ok(dtc_client::TxnOutcome::Aborted { reason, .. }) => OpResult::Aborted { reason },
         Err(e) if e.is_outcome_unknown() => OpResult::Unknown {
             error: e.to_string(),
         },

@@ -61,16 +61,4 @@ pub mod wait;
 pub use cluster::{ClusterSpec, Leader, LocalCluster};
 pub use process::Process;
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        let _ = ctrl_c.await;
-        return;
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
-    }
-}
+pub use dtc_util::shutdown_signal;

@@ -41,8 +41,8 @@ pub use client::LedgerClient;
 use dtc_participant::counters::{Counter, Counters, Refusal};
 use dtc_participant::redb::{self, Database};
 use dtc_participant::{
-    ParticipantBuilder, ParticipantError, ParticipantLog, ParticipantServer, PreparedTxn, Resource,
-    ResourceError, Routes, TxnState, Vote,
+    BranchState, ParticipantBuilder, ParticipantError, ParticipantLog, ParticipantServer,
+    PreparedTxn, Resource, ResourceError, Routes, Vote,
 };
 use dtc_proto::v1 as pb;
 use prost::Message;
@@ -249,34 +249,35 @@ impl Ledger {
             .map(|(k, c)| (k, c.into()))
             .collect())
     }
-
-    /// The net deltas of a payload that prepared (commit, abort, recovery).
-    fn prepared_deltas(payload: &[u8]) -> Result<BTreeMap<String, i64>, ResourceError> {
-        let p = decode_payload(payload)
-            .map_err(|e| ResourceError::new(format!("prepared payload does not decode: {e}")))?;
-        net_deltas(&p).map_err(ResourceError)
-    }
 }
 
+/// A ledger branch payload, decoded and checked: the net delta per account.
+pub type Deltas = BTreeMap<String, i64>;
+
 impl Resource for Ledger {
+    type Payload = Deltas;
+
+    /// A `LedgerPayload` whose accounts are valid and whose deltas per
+    /// account do not overflow; anything else votes abort with the reason.
+    fn decode(&self, payload: &[u8]) -> Result<Deltas, String> {
+        let p = decode_payload(payload).map_err(|e| format!("undecodable ledger payload: {e}"))?;
+        net_deltas(&p)
+    }
+
+    fn init(&self, tx: &redb::WriteTransaction) -> Result<(), ResourceError> {
+        self.counters.create(tx)
+    }
+
     fn prepare(
         &self,
         tx: &redb::WriteTransaction,
         _txn_id: &str,
-        payload: &[u8],
+        deltas: &Deltas,
     ) -> Result<Vote, ResourceError> {
-        let p = match decode_payload(payload) {
-            Ok(p) => p,
-            Err(e) => return Ok(Vote::Abort(format!("undecodable ledger payload: {e}"))),
-        };
-        if p.entries.is_empty() {
+        if deltas.is_empty() {
             return Ok(Vote::ReadOnly);
         }
-        let deltas = match net_deltas(&p) {
-            Ok(d) => d,
-            Err(why) => return Ok(Vote::Abort(why)),
-        };
-        Ok(match self.counters.reserve(tx, &deltas)? {
+        Ok(match self.counters.reserve(tx, deltas)? {
             Ok(()) => Vote::Prepared,
             // Other transactions' decisions may make room: the lock wait applies.
             Err(r) if r.contended => Vote::Busy(refusal_reason(&r)),
@@ -288,41 +289,44 @@ impl Resource for Ledger {
         &self,
         tx: &redb::WriteTransaction,
         _txn_id: &str,
-        payload: &[u8],
+        deltas: &Deltas,
     ) -> Result<(), ResourceError> {
-        self.counters.apply(tx, &Self::prepared_deltas(payload)?)
+        self.counters.apply(tx, deltas)
     }
 
     fn abort(
         &self,
         tx: &redb::WriteTransaction,
         _txn_id: &str,
-        payload: &[u8],
+        deltas: &Deltas,
         _reason: &str,
     ) -> Result<(), ResourceError> {
-        self.counters.release(tx, &Self::prepared_deltas(payload)?)
+        self.counters.release(tx, deltas)
     }
 
     /// The reservations are rebuilt from the prepared records alone, so
     /// whatever the table held (it is written in the same transactions, so
     /// it should agree) they are exactly those of the prepared transactions.
-    /// A prepared payload that no longer decodes stops the start: its
-    /// reservation cannot be rebuilt, and serving without it could let a
-    /// debit overdraw.
+    /// A prepared payload that no longer decodes stops the start (the SDK
+    /// names it): its reservation cannot be rebuilt, and serving without it
+    /// could let a debit overdraw.
     fn recover(
         &self,
         tx: &redb::WriteTransaction,
-        prepared: &[PreparedTxn],
+        prepared: &[PreparedTxn<Deltas>],
     ) -> Result<(), ResourceError> {
-        let all = prepared
-            .iter()
-            .map(|t| {
-                Self::prepared_deltas(&t.payload).map_err(|e| {
-                    ResourceError::new(format!("prepared transaction {}: {e}", t.txn_id))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.counters.rebuild(tx, &all)
+        self.counters
+            .rebuild(tx, prepared.iter().map(|t| &t.payload))
+    }
+
+    /// `dtc query LEDGER ACCOUNT`: the account's committed balance.
+    fn query(
+        &self,
+        tx: &redb::ReadTransaction,
+        account: &str,
+    ) -> Result<Option<String>, ResourceError> {
+        validate_account(account).map_err(|e| ResourceError::invalid(e.to_string()))?;
+        Ok(self.counters.get(tx, account)?.map(|c| c.value.to_string()))
     }
 }
 
@@ -370,10 +374,10 @@ impl LedgerService {
             for (id, rec) in chunk {
                 after = Some(id.clone());
                 let outcome = match rec.state {
-                    TxnState::Committed => pb::AuditOutcome::Committed,
-                    TxnState::Aborted | TxnState::Tombstone => pb::AuditOutcome::Aborted,
-                    TxnState::Prepared if req.include_prepared => pb::AuditOutcome::Prepared,
-                    TxnState::Prepared | TxnState::ReadOnly => continue,
+                    BranchState::Committed => pb::AuditOutcome::Committed,
+                    BranchState::Aborted | BranchState::Tombstone => pb::AuditOutcome::Aborted,
+                    BranchState::Prepared if req.include_prepared => pb::AuditOutcome::Prepared,
+                    BranchState::Prepared | BranchState::ReadOnly => continue,
                 };
                 let entries = decode_payload(&rec.payload)
                     .map(|p| p.entries)

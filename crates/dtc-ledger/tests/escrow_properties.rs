@@ -125,7 +125,11 @@ impl Harness {
         }
 
         let tx = self.begin();
-        let vote = self.ledger().prepare(&tx, &id, &bytes).unwrap();
+        // As the SDK calls it: a payload that does not decode votes abort.
+        let vote = match self.ledger().decode(&bytes) {
+            Ok(deltas) => self.ledger().prepare(&tx, &id, &deltas).unwrap(),
+            Err(e) => Vote::Abort(e),
+        };
         match (&vote, &expected) {
             (Vote::Prepared, None) => {
                 tx.commit().unwrap();
@@ -161,13 +165,14 @@ impl Harness {
             .clone();
         let (bytes, net) = self.prepared.remove(&id).unwrap();
         let tx = self.begin();
+        let deltas = self.ledger().decode(&bytes).unwrap();
         if commit {
-            self.ledger().commit(&tx, &id, &bytes).unwrap();
+            self.ledger().commit(&tx, &id, &deltas).unwrap();
             for (a, d) in net {
                 *self.balances.entry(a).or_default() += d;
             }
         } else {
-            self.ledger().abort(&tx, &id, &bytes, "test").unwrap();
+            self.ledger().abort(&tx, &id, &deltas, "test").unwrap();
         }
         tx.commit().unwrap();
     }
@@ -179,12 +184,12 @@ impl Harness {
         let db = dtc_participant::open_database(self.dir.path()).unwrap();
         let ledger = Ledger::new(db.clone()).unwrap();
         self.open = Some((db, ledger));
-        let prepared: Vec<PreparedTxn> = self
+        let prepared: Vec<PreparedTxn<dtc_ledger::Deltas>> = self
             .prepared
             .iter()
             .map(|(id, (bytes, _))| PreparedTxn {
                 txn_id: id.clone(),
-                payload: bytes.clone(),
+                payload: self.ledger().decode(bytes).unwrap(),
             })
             .collect();
         let mut tx = self.db().begin_write().unwrap();

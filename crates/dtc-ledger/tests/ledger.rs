@@ -873,10 +873,10 @@ async fn registration_is_retried_until_the_coordinators_accept_it() {
         fake.0.refuse_registrations.store(3, Ordering::SeqCst);
         let b = Bank::start(Some(addr)).await;
         let running = b.running.as_ref().unwrap();
-        assert!(
-            running.wait_registered(Duration::from_secs(30)).await,
-            "never registered"
-        );
+        running
+            .wait_registered(Duration::from_secs(30))
+            .await
+            .expect("registered");
         let regs = fake.0.registrations.lock().unwrap().clone();
         assert_eq!(regs.len(), 4, "{regs:?}");
         let expected = format!("http://{}", running.local_addr());

@@ -2,7 +2,9 @@
 //! given node, tried in turn, and the registration loop.
 
 use crate::ParticipantError;
+use crate::server::Registration;
 use dtc_proto::v1 as pb;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -72,9 +74,11 @@ pub(crate) async fn register_loop(
     name: String,
     endpoint: String,
     coordinators: Arc<Coordinators>,
-    registered: watch::Sender<bool>,
+    registered: watch::Sender<Registration>,
     cancel: CancellationToken,
 ) {
+    // The last error per coordinator address, for `registration_error`.
+    let mut errors: BTreeMap<String, String> = BTreeMap::new();
     let mut delays = dtc_util::backoff(Duration::from_millis(100), Duration::from_secs(5));
     let mut attempt: u64 = 0;
     loop {
@@ -92,21 +96,27 @@ pub(crate) async fn register_loop(
         match result {
             Ok(_) => {
                 info!(participant = %name, %endpoint, via = addr, attempt, "registered with the coordinators");
-                let _ = registered.send(true);
+                errors.clear();
+                let _ = registered.send(Registration::Registered);
                 if !still_registered(&name, &endpoint, &coordinators, &cancel).await {
                     return; // cancelled
                 }
                 warn!(participant = %name, %endpoint,
                     "the cluster's registry no longer has this endpoint; registering again");
                 attempt = 0;
+                let _ = registered.send(Registration::Pending(None));
                 continue;
             }
             Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                errors.insert(addr.to_string(), describe(&s));
+                let _ = registered.send(Registration::Pending(Some(joined(&errors))));
                 // Will not fix itself; keep saying so, slowly.
                 error!(participant = %name, %endpoint, via = addr, msg = s.message(),
                     "the coordinators refuse this registration");
             }
             Err(s) => {
+                errors.insert(addr.to_string(), describe(&s));
+                let _ = registered.send(Registration::Pending(Some(joined(&errors))));
                 if attempt <= 3 || attempt.is_power_of_two() {
                     warn!(participant = %name, via = addr, attempt, code = ?s.code(), msg = s.message(),
                         "registration not accepted yet; retrying");
@@ -118,6 +128,33 @@ pub(crate) async fn register_loop(
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => return,
         }
+    }
+}
+
+/// `ADDR: error` for each coordinator that failed, in address order.
+fn joined(errors: &BTreeMap<String, String>) -> String {
+    errors
+        .iter()
+        .map(|(addr, e)| format!("{addr}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A failed call's status in a line: its code and message and, for a
+/// connection that could not be made, the operating system's reason
+/// (tonic's message alone says only "tcp connect error").
+fn describe(status: &tonic::Status) -> String {
+    let mut source = std::error::Error::source(status);
+    let mut io = None;
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<std::io::Error>() {
+            io = Some(e.to_string());
+        }
+        source = e.source();
+    }
+    match io {
+        Some(io) => format!("{:?}: {} ({io})", status.code(), status.message()),
+        None => format!("{:?}: {}", status.code(), status.message()),
     }
 }
 

@@ -25,7 +25,7 @@
 //! given a payload decoder; the crate docs show an inventory built on it.
 
 use crate::{PreparedTxn, Resource, ResourceError, Vote};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -337,24 +337,52 @@ impl Counters {
         Ok(())
     }
 
+    /// Outside two-phase commit (restocking, a correction, seeding): adds
+    /// `deltas` (net per key) to the values at once, if every key's bound
+    /// holds whichever prepared transactions commit, exactly as a prepare
+    /// followed by its commit would; otherwise changes nothing and returns
+    /// the refusal. Use it in
+    /// [`RunningParticipant::write`](crate::RunningParticipant::write) or
+    /// [`Resource::init`](crate::Resource::init).
+    pub fn adjust(
+        &self,
+        tx: &WriteTransaction,
+        deltas: &BTreeMap<String, i64>,
+    ) -> Result<Result<(), Refusal>, ResourceError> {
+        if let Err(refusal) = self.reserve(tx, deltas)? {
+            return Ok(Err(refusal));
+        }
+        self.apply(tx, deltas)?;
+        Ok(Ok(()))
+    }
+
     /// One counter as of the last commit (Blocking: a short read transaction).
     pub fn read(&self, db: &redb::Database, key: &str) -> Result<Counter, redb::Error> {
-        let tx = db.begin_read()?;
+        Ok(self.get(&db.begin_read()?, key)?.unwrap_or_default())
+    }
+
+    /// One counter in a read transaction; `None` if the key has neither a
+    /// value nor a reservation (it reads as 0).
+    pub fn get(&self, tx: &ReadTransaction, key: &str) -> Result<Option<Counter>, redb::Error> {
         let value = match tx.open_table(self.values_table()) {
-            Ok(t) => t.get(key)?.map_or(0, |v| v.value()),
-            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Ok(t) => t.get(key)?.map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(e.into()),
         };
-        let (reserved, incoming) = match tx.open_table(self.reservations_table()) {
-            Ok(t) => t.get(key)?.map_or((0, 0), |v| v.value()),
-            Err(redb::TableError::TableDoesNotExist(_)) => (0, 0),
+        let held = match tx.open_table(self.reservations_table()) {
+            Ok(t) => t.get(key)?.map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(e.into()),
         };
-        Ok(Counter {
-            value,
+        if value.is_none() && held.is_none() {
+            return Ok(None);
+        }
+        let (reserved, incoming) = held.unwrap_or((0, 0));
+        Ok(Some(Counter {
+            value: value.unwrap_or(0),
             reserved,
             incoming,
-        })
+        }))
     }
 
     /// Every counter that has a value or a reservation.
@@ -392,9 +420,10 @@ pub type Decoder = dyn Fn(&[u8]) -> Result<Vec<(String, i64)>, String> + Send + 
 
 /// A complete [`Resource`] over [`Counters`]: decode the payload, net it per
 /// key, reserve at prepare, apply at commit, release at abort, rebuild at
-/// restart. An empty payload votes read-only. A refusal that only other
-/// prepared transactions cause votes [`Vote::Busy`] (so the participant's
-/// lock wait, if any, applies); any other votes abort.
+/// restart; [`Resource::query`] answers a key's committed value. An empty
+/// payload votes read-only. A refusal that only other prepared transactions
+/// cause votes [`Vote::Busy`] (so the participant's lock wait, if any,
+/// applies); any other votes abort.
 pub struct CounterResource {
     counters: Counters,
     decode: Box<Decoder>,
@@ -409,9 +438,8 @@ impl fmt::Debug for CounterResource {
 }
 
 impl CounterResource {
-    /// `counters` whose branch payloads `decode` reads. Call
-    /// [`Counters::create`] (or start the participant, whose recovery pass
-    /// creates them) before reading.
+    /// `counters` whose branch payloads `decode` reads. The tables are
+    /// created at start (in [`Resource::init`]).
     pub fn new(
         counters: Counters,
         decode: impl Fn(&[u8]) -> Result<Vec<(String, i64)>, String> + Send + Sync + 'static,
@@ -422,36 +450,35 @@ impl CounterResource {
         }
     }
 
-    /// The counters (for reads).
+    /// The counters (for reads and [`Counters::adjust`]).
     pub fn counters(&self) -> &Counters {
         &self.counters
-    }
-
-    fn deltas(&self, payload: &[u8]) -> Result<BTreeMap<String, i64>, String> {
-        let entries = (self.decode)(payload)?;
-        net_deltas(entries.iter().map(|(k, d)| (k.as_str(), *d)))
-    }
-
-    /// For commit, abort and recovery: a payload that prepared must decode.
-    fn prepared_deltas(&self, payload: &[u8]) -> Result<BTreeMap<String, i64>, ResourceError> {
-        self.deltas(payload)
-            .map_err(|e| ResourceError::new(format!("a prepared payload no longer decodes: {e}")))
     }
 }
 
 impl Resource for CounterResource {
+    /// The net delta per key.
+    type Payload = BTreeMap<String, i64>;
+
+    fn decode(&self, payload: &[u8]) -> Result<Self::Payload, String> {
+        let entries = (self.decode)(payload)?;
+        net_deltas(entries.iter().map(|(k, d)| (k.as_str(), *d)))
+    }
+
+    fn init(&self, tx: &WriteTransaction) -> Result<(), ResourceError> {
+        self.counters.create(tx)
+    }
+
     fn prepare(
         &self,
         tx: &WriteTransaction,
         _txn_id: &str,
-        payload: &[u8],
+        deltas: &Self::Payload,
     ) -> Result<Vote, ResourceError> {
-        let deltas = match self.deltas(payload) {
-            Ok(d) if d.is_empty() => return Ok(Vote::ReadOnly),
-            Ok(d) => d,
-            Err(why) => return Ok(Vote::Abort(why)),
-        };
-        Ok(match self.counters.reserve(tx, &deltas)? {
+        if deltas.is_empty() {
+            return Ok(Vote::ReadOnly);
+        }
+        Ok(match self.counters.reserve(tx, deltas)? {
             Ok(()) => Vote::Prepared,
             Err(r) if r.contended => Vote::Busy(r.to_string()),
             Err(r) => Vote::Abort(r.to_string()),
@@ -462,31 +489,31 @@ impl Resource for CounterResource {
         &self,
         tx: &WriteTransaction,
         _txn_id: &str,
-        payload: &[u8],
+        deltas: &Self::Payload,
     ) -> Result<(), ResourceError> {
-        self.counters.apply(tx, &self.prepared_deltas(payload)?)
+        self.counters.apply(tx, deltas)
     }
 
     fn abort(
         &self,
         tx: &WriteTransaction,
         _txn_id: &str,
-        payload: &[u8],
+        deltas: &Self::Payload,
         _reason: &str,
     ) -> Result<(), ResourceError> {
-        self.counters.release(tx, &self.prepared_deltas(payload)?)
+        self.counters.release(tx, deltas)
     }
 
     fn recover(
         &self,
         tx: &WriteTransaction,
-        prepared: &[PreparedTxn],
+        prepared: &[PreparedTxn<Self::Payload>],
     ) -> Result<(), ResourceError> {
-        self.counters.create(tx)?;
-        let all = prepared
-            .iter()
-            .map(|t| self.prepared_deltas(&t.payload))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.counters.rebuild(tx, &all)
+        self.counters
+            .rebuild(tx, prepared.iter().map(|t| &t.payload))
+    }
+
+    fn query(&self, tx: &ReadTransaction, key: &str) -> Result<Option<String>, ResourceError> {
+        Ok(self.counters.get(tx, key)?.map(|c| c.value.to_string()))
     }
 }

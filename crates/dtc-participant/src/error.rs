@@ -25,6 +25,10 @@ pub enum ParticipantError {
     #[error("participant log format {found} is not supported (this build reads {expected})")]
     Format { found: u32, expected: u32 },
 
+    /// The application's [`crate::Resource::init`] failed at start.
+    #[error("the resource's init failed: {0}")]
+    Init(#[source] crate::ResourceError),
+
     /// The application's [`crate::Resource::recover`] failed at start.
     #[error("the resource failed to recover its prepared transactions: {0}")]
     Recover(#[from] crate::ResourceError),
@@ -42,6 +46,24 @@ pub enum ParticipantError {
     /// [`crate::RunningParticipant::storage_failed`]).
     #[error("participant storage failed: {0}; restart the participant")]
     Failed(String),
+
+    /// No coordinator accepted the registration in time (see
+    /// [`crate::ParticipantBuilder::require_registration`] and
+    /// [`crate::RunningParticipant::wait_registered`]).
+    #[error("not registered with the coordinators within {within:?}: {last_error}")]
+    NotRegistered {
+        within: std::time::Duration,
+        /// The last attempt's error: each coordinator tried and its answer.
+        last_error: String,
+    },
+
+    /// A [`crate::RunningParticipant::write`] failed and wrote nothing.
+    #[error("write outside two-phase commit failed: {0}")]
+    Write(String),
+
+    /// A [`crate::RunningParticipant::read`] failed.
+    #[error("read failed: {0}")]
+    Read(String),
 
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]

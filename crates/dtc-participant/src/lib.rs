@@ -88,6 +88,8 @@ pub mod counters;
 mod error;
 pub mod log;
 mod metrics;
+pub mod payload;
+mod query;
 mod resolver;
 mod resource;
 mod server;
@@ -96,7 +98,7 @@ mod writer;
 
 pub use dtc_util::disk::DEFAULT_RESERVE_BYTES as DEFAULT_DISK_RESERVE_BYTES;
 pub use error::ParticipantError;
-pub use log::{LogRecord, ParticipantLog, TxnState};
+pub use log::{BranchState, LogRecord, ParticipantLog};
 pub use resolver::InDoubtPass;
 pub use resource::{PreparedTxn, Resource, ResourceError, Vote};
 pub use server::{
@@ -107,5 +109,10 @@ pub use writer::OpError;
 
 /// Re-exported so applications use the same redb as the SDK.
 pub use redb;
+/// Re-exported so that a service adding its own gRPC routes
+/// ([`ParticipantBuilder::routes`]) needs no tonic dependency of its own.
+pub use tonic;
+/// What tonic's generated service traits are implemented with.
+pub use tonic::async_trait;
 /// Re-exported for [`ParticipantBuilder::routes`].
 pub use tonic::service::Routes;

@@ -28,9 +28,10 @@ const FORMAT_KEY: &str = "format";
 /// Bumped when the layout or the record encoding changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Where a transaction stands at this participant.
+/// Where a transaction's branch stands at this participant (the cluster-wide
+/// state of a transaction is the client SDK's `TxnState`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum TxnState {
+pub enum BranchState {
     /// Voted prepared; waiting for the decision (holding its reservations).
     Prepared,
     /// The decision was commit and the work was applied.
@@ -43,14 +44,14 @@ pub enum TxnState {
     Tombstone,
 }
 
-impl TxnState {
+impl BranchState {
     pub fn as_str(self) -> &'static str {
         match self {
-            TxnState::Prepared => "prepared",
-            TxnState::Committed => "committed",
-            TxnState::Aborted => "aborted",
-            TxnState::ReadOnly => "read-only",
-            TxnState::Tombstone => "tombstone",
+            BranchState::Prepared => "prepared",
+            BranchState::Committed => "committed",
+            BranchState::Aborted => "aborted",
+            BranchState::ReadOnly => "read-only",
+            BranchState::Tombstone => "tombstone",
         }
     }
 }
@@ -58,7 +59,7 @@ impl TxnState {
 /// One transaction's record in the participant log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogRecord {
-    pub state: TxnState,
+    pub state: BranchState,
     /// The branch payload as prepared (empty for a tombstone).
     pub payload: Vec<u8>,
     /// Why it aborted: the abort vote's reason or the coordinator's.
@@ -128,7 +129,7 @@ pub(crate) fn put_in(
     })?;
     tx.open_table(LOG)?.insert(txn_id, bytes.as_slice())?;
     let mut prepared = tx.open_table(PREPARED)?;
-    if record.state == TxnState::Prepared {
+    if record.state == BranchState::Prepared {
         prepared.insert(txn_id, ())?;
     } else {
         prepared.remove(txn_id)?;

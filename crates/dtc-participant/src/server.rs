@@ -4,11 +4,12 @@
 use crate::coordinators::Coordinators;
 use crate::log::{self, ParticipantLog};
 use crate::resolver::{InDoubtPass, Resolver};
+use crate::resource::ErasedResource;
 use crate::service::ParticipantService;
 use crate::writer::Writer;
-use crate::{ParticipantError, PreparedTxn, Resource};
+use crate::{ParticipantError, Resource, ResourceError};
 use dtc_proto::v1 as pb;
-use redb::{Database, Durability};
+use redb::{Database, Durability, ReadableDatabase};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -88,6 +89,7 @@ impl ParticipantServer {
             db,
             resource: Arc::new(resource),
             coordinators: Vec::new(),
+            require_registration: None,
             advertise: None,
             register: true,
             in_doubt_interval: Duration::from_secs(5),
@@ -101,6 +103,7 @@ impl ParticipantServer {
             listed: dtc_proto::reflection::Listed {
                 services: vec![
                     pb::participant_server::SERVICE_NAME.to_string(),
+                    pb::participant_query_server::SERVICE_NAME.to_string(),
                     dtc_proto::reflection::HEALTH.to_string(),
                 ],
                 descriptor_sets: Vec::new(),
@@ -113,8 +116,9 @@ impl ParticipantServer {
 pub struct ParticipantBuilder {
     name: String,
     db: Arc<Database>,
-    resource: Arc<dyn Resource>,
+    resource: Arc<dyn ErasedResource>,
     coordinators: Vec<String>,
+    require_registration: Option<Duration>,
     advertise: Option<String>,
     register: bool,
     in_doubt_interval: Duration,
@@ -157,6 +161,17 @@ impl ParticipantBuilder {
     /// listener's address, which must then not be a wildcard (0.0.0.0).
     pub fn advertise(mut self, endpoint: impl Into<String>) -> Self {
         self.advertise = Some(endpoint.into());
+        self
+    }
+
+    /// Makes [`start`](Self::start) (and so [`serve`](Self::serve)) wait
+    /// until a coordinator accepts the registration, at most `within`, and
+    /// fail with [`ParticipantError::NotRegistered`] (naming the last
+    /// coordinator error) if none does. Without it, `start` returns at once
+    /// and registration is retried in the background for as long as the
+    /// participant runs (see [`RunningParticipant::wait_registered`]).
+    pub fn require_registration(mut self, within: Duration) -> Self {
+        self.require_registration = Some(within);
         self
     }
 
@@ -358,6 +373,12 @@ impl ParticipantBuilder {
                 cancel.clone().cancelled_owned(),
             );
         }
+        let query =
+            pb::participant_query_server::ParticipantQueryServer::new(crate::query::QueryService {
+                db: self.db.clone(),
+                resource: self.resource.clone(),
+                log: plog.clone(),
+            });
         let participant = pb::participant_server::ParticipantServer::new(ParticipantService {
             name: self.name.clone(),
             writer: writer.clone(),
@@ -373,6 +394,7 @@ impl ParticipantBuilder {
             .add_service(health_service)
             .add_service(dtc_proto::reflection::v1(&self.listed).map_err(reflection_error)?)
             .add_service(dtc_proto::reflection::v1alpha(&self.listed).map_err(reflection_error)?)
+            .add_service(query)
             .add_service(participant);
         // `Server::tcp_nodelay` does not reach sockets accepted from our own
         // listener; without this, concurrent calls on one connection wait
@@ -386,7 +408,7 @@ impl ParticipantBuilder {
                 .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned()),
         );
 
-        let (registered_tx, registered) = watch::channel(false);
+        let (registered_tx, registered) = watch::channel(Registration::Pending(None));
         let mut tasks = vec![health_task];
         if register && let Some(endpoint) = endpoint.clone() {
             tasks.push(tokio::spawn(crate::coordinators::register_loop(
@@ -418,7 +440,7 @@ impl ParticipantBuilder {
         }
         info!(participant = %self.name, %local_addr, endpoint = endpoint.as_deref().unwrap_or("-"),
             "participant serving");
-        Ok(RunningParticipant {
+        let running = RunningParticipant {
             name: self.name,
             local_addr,
             endpoint,
@@ -430,7 +452,25 @@ impl ParticipantBuilder {
             resolver,
             log: plog,
             metrics_addr,
-        })
+            db: self.db,
+        };
+        if let Some(within) = self.require_registration.filter(|_| register)
+            && let Err(e) = running.wait_registered(within).await
+        {
+            running.shutdown().await;
+            return Err(e);
+        }
+        Ok(running)
+    }
+
+    /// [`serve`](Self::serve) until the process gets SIGINT (Ctrl-C) or
+    /// SIGTERM (what `docker stop` and Kubernetes send), then shut down
+    /// gracefully: what is queued is synced and answered before it returns.
+    pub async fn serve_until_signal(
+        self,
+        listener: tokio::net::TcpListener,
+    ) -> Result<(), ParticipantError> {
+        self.serve(listener, dtc_util::shutdown_signal()).await
     }
 
     /// [`start`](Self::start), then serve until `shutdown` completes (or the
@@ -461,22 +501,22 @@ impl ParticipantBuilder {
     }
 }
 
-/// Creates/checks the log tables and lets the resource re-take the locks of
-/// every prepared transaction, in one durable write transaction. Blocking.
-fn recover(db: &Database, resource: &dyn Resource) -> Result<usize, ParticipantError> {
+/// Creates/checks the log tables, runs the resource's `init`, and lets it
+/// re-take the locks of every prepared transaction, in one durable write
+/// transaction. Blocking.
+fn recover(db: &Database, resource: &dyn ErasedResource) -> Result<usize, ParticipantError> {
     log::init(db)?;
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate)?;
-    let prepared: Vec<PreparedTxn> = log::prepared_in(&tx)?
+    resource.init(&tx).map_err(ParticipantError::Init)?;
+    let prepared: Vec<(String, Vec<u8>)> = log::prepared_in(&tx)?
         .into_iter()
-        .map(|(txn_id, rec)| PreparedTxn {
-            txn_id,
-            payload: rec.payload,
-        })
+        .map(|(txn_id, rec)| (txn_id, rec.payload))
         .collect();
-    resource.recover(&tx, &prepared)?;
+    let count = prepared.len();
+    resource.recover(&tx, prepared)?;
     tx.commit()?;
-    Ok(prepared.len())
+    Ok(count)
 }
 
 /// A participant that is serving. Dropping it without
@@ -490,10 +530,19 @@ pub struct RunningParticipant {
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     tasks: Vec<JoinHandle<()>>,
     writer: Arc<Writer>,
-    registered: watch::Receiver<bool>,
+    registered: watch::Receiver<Registration>,
     resolver: Arc<Resolver>,
     log: ParticipantLog,
     metrics_addr: Option<SocketAddr>,
+    db: Arc<Database>,
+}
+
+/// Where registration with the coordinators stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Registration {
+    /// Not accepted yet; the last attempt's error, if one failed.
+    Pending(Option<String>),
+    Registered,
 }
 
 impl std::fmt::Debug for RunningParticipant {
@@ -533,15 +582,83 @@ impl RunningParticipant {
 
     /// Whether a `RegisterParticipant` call has been accepted.
     pub fn is_registered(&self) -> bool {
-        *self.registered.borrow()
+        *self.registered.borrow() == Registration::Registered
     }
 
-    /// Waits until registration is accepted, at most `within`.
-    pub async fn wait_registered(&self, within: Duration) -> bool {
+    /// Why registration has not succeeded yet: the last attempt's error
+    /// (every coordinator address it tried, and what each answered). `None`
+    /// once registered, or before the first attempt has failed.
+    pub fn registration_error(&self) -> Option<String> {
+        match &*self.registered.borrow() {
+            Registration::Pending(e) => e.clone(),
+            Registration::Registered => None,
+        }
+    }
+
+    /// Waits until registration is accepted, at most `within`; past it,
+    /// [`ParticipantError::NotRegistered`] says why (registration goes on
+    /// in the background all the same).
+    pub async fn wait_registered(&self, within: Duration) -> Result<(), ParticipantError> {
         let mut rx = self.registered.clone();
-        tokio::time::timeout(within, rx.wait_for(|r| *r))
+        let waited = tokio::time::timeout(within, rx.wait_for(|r| *r == Registration::Registered));
+        match waited.await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ParticipantError::NotRegistered {
+                within,
+                last_error: self
+                    .registration_error()
+                    .unwrap_or_else(|| "no coordinator answered yet".into()),
+            }),
+        }
+    }
+
+    /// Writes to the participant's database outside two-phase commit
+    /// (seeding, restocking, an admin correction), safely while it serves:
+    /// `write` runs on the SDK's writer between two-phase-commit operations,
+    /// in a write transaction of its own, and this returns once that is
+    /// durable. An error (or panic) in `write` rolls back everything it
+    /// wrote. Prepares waiting for a lock run again afterwards, since the
+    /// write may have freed what they wait for.
+    ///
+    /// The write must keep the resource's own invariants: a reservation a
+    /// prepared transaction holds must stay valid (with
+    /// [`counters`](crate::counters), use [`Counters::adjust`](crate::counters::Counters::adjust),
+    /// which refuses to take what prepared transactions reserve).
+    pub async fn write<T, F>(&self, write: F) -> Result<T, ParticipantError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<T, ResourceError> + Send + 'static,
+    {
+        let out = Arc::new(std::sync::Mutex::new(None));
+        let slot = out.clone();
+        self.writer
+            .write(Box::new(move |tx| {
+                let value = write(tx)?;
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+                Ok(())
+            }))
             .await
-            .is_ok_and(|r| r.is_ok())
+            .map_err(|e| ParticipantError::Write(e.to_string()))?;
+        let value = out.lock().unwrap_or_else(|p| p.into_inner()).take();
+        value.ok_or_else(|| ParticipantError::Write("the write did not run".into()))
+    }
+
+    /// Reads the participant's database (a redb read transaction: it sees
+    /// every committed change, runs concurrently with the writer, and
+    /// needs no second open of the file, which redb's lock forbids).
+    /// Blocking work runs on a blocking thread.
+    pub async fn read<T, F>(&self, read: F) -> Result<T, ParticipantError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::ReadTransaction) -> Result<T, ResourceError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let tx = db.begin_read()?;
+            read(&tx).map_err(|e| ParticipantError::Read(e.to_string()))
+        })
+        .await
+        .map_err(|e| ParticipantError::Task(e.to_string()))?
     }
 
     /// Runs one in-doubt pass now over every prepared transaction, whatever

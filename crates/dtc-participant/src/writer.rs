@@ -25,8 +25,9 @@
 //! A parked prepare has written nothing and holds nothing, so a wait never
 //! makes another branch of this participant wait (docs/design.md §12).
 
-use crate::log::{self, LogRecord, TxnState};
-use crate::{ParticipantError, Resource, ResourceError, Vote};
+use crate::log::{self, BranchState, LogRecord};
+use crate::resource::ErasedResource;
+use crate::{ParticipantError, ResourceError, Vote};
 use dtc_util::disk::Reserve as DiskReserve;
 use redb::{Database, Durability, WriteTransaction};
 use std::collections::VecDeque;
@@ -101,8 +102,16 @@ enum Op {
         reason: String,
         reply: Reply,
     },
+    /// The application's own write outside two-phase commit.
+    Write {
+        run: WriteFn,
+        reply: Reply,
+    },
     Stop,
 }
+
+/// An application write run by the writer (see [`Writer::write`]).
+pub(crate) type WriteFn = Box<dyn FnOnce(&WriteTransaction) -> Result<(), ResourceError> + Send>;
 
 /// Handle to the writer thread.
 pub(crate) struct Writer {
@@ -120,7 +129,7 @@ impl Writer {
     pub(crate) fn start(
         name: String,
         db: Arc<Database>,
-        resource: Arc<dyn Resource>,
+        resource: Arc<dyn ErasedResource>,
         lock_wait: Duration,
         queue: usize,
         reserve: Option<DiskReserve>,
@@ -228,6 +237,16 @@ impl Writer {
         .map(|_| ())
     }
 
+    /// Runs `run` in a write transaction of its own on the writer, between
+    /// two-phase-commit operations, and answers once it is durable. An error
+    /// (or panic) rolls back what it wrote. Parked prepares run again after
+    /// it, since it may have freed what they wait for.
+    pub(crate) async fn write(&self, run: WriteFn) -> Result<(), OpError> {
+        self.submit(|reply| Op::Write { run, reply })
+            .await
+            .map(|_| ())
+    }
+
     /// Finishes the queued operations (synced and answered), then stops.
     /// Prepares waiting for a lock are dropped unanswered (their callers get
     /// UNAVAILABLE, as from a stopped participant): they hold nothing.
@@ -265,7 +284,7 @@ impl Writer {
 struct Worker {
     name: String,
     db: Arc<Database>,
-    resource: Arc<dyn Resource>,
+    resource: Arc<dyn ErasedResource>,
     rx: mpsc::Receiver<Op>,
     crashed: Arc<AtomicBool>,
     /// Set after a failed sync or commit: redb refuses further writes and the
@@ -315,9 +334,10 @@ fn reply_of(op: &mut Op) -> Option<Reply> {
     // Replaces the sender with a closed one so the op can be consumed later.
     let (dummy, _) = oneshot::channel();
     match op {
-        Op::Prepare { reply, .. } | Op::Commit { reply, .. } | Op::Abort { reply, .. } => {
-            Some(std::mem::replace(reply, dummy))
-        }
+        Op::Prepare { reply, .. }
+        | Op::Commit { reply, .. }
+        | Op::Abort { reply, .. }
+        | Op::Write { reply, .. } => Some(std::mem::replace(reply, dummy)),
         Op::Stop => None,
     }
 }
@@ -334,7 +354,7 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 fn guarded<T>(f: impl FnOnce() -> Result<T, ResourceError>) -> Result<T, ResourceError> {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(p) => Err(ResourceError(format!(
+        Err(p) => Err(ResourceError::new(format!(
             "the resource panicked: {}",
             panic_message(p)
         ))),
@@ -556,6 +576,7 @@ impl Worker {
             )),
             Op::Commit { txn_id, .. } => self.commit_txn(&txn_id),
             Op::Abort { txn_id, reason, .. } => self.abort_txn(&txn_id, &reason),
+            Op::Write { run, .. } => self.write(run),
             Op::Stop => Ok((Answer::Done, false)),
         };
         match result {
@@ -585,7 +606,7 @@ impl Worker {
         let tx = self.begin()?;
         if let Some(rec) = log::get_in(&tx, txn_id)? {
             tx.abort()?;
-            if rec.payload != payload && rec.state != TxnState::Tombstone {
+            if rec.payload != payload && rec.state != BranchState::Tombstone {
                 // Not a duplicate: the id was reused for another request (the
                 // coordinator forgets outcomes after its retention window).
                 // Answering the recorded vote would commit only part of the
@@ -600,10 +621,10 @@ impl Worker {
                 ));
             }
             let vote = match rec.state {
-                TxnState::Prepared | TxnState::Committed => Vote::Prepared,
-                TxnState::ReadOnly => Vote::ReadOnly,
-                TxnState::Aborted => Vote::Abort(rec.reason),
-                TxnState::Tombstone => {
+                BranchState::Prepared | BranchState::Committed => Vote::Prepared,
+                BranchState::ReadOnly => Vote::ReadOnly,
+                BranchState::Aborted => Vote::Abort(rec.reason),
+                BranchState::Tombstone => {
                     Vote::Abort(format!("aborted before it was prepared ({})", rec.reason))
                 }
             };
@@ -612,7 +633,7 @@ impl Worker {
         }
         let now_ms = dtc_util::wall_ms();
         let refuse = |reason: String| LogRecord {
-            state: TxnState::Aborted,
+            state: BranchState::Aborted,
             payload: payload.to_vec(),
             reason,
             voted_prepared: false,
@@ -645,7 +666,7 @@ impl Worker {
         match vote {
             Ok(Vote::Prepared) => {
                 let rec = LogRecord {
-                    state: TxnState::Prepared,
+                    state: BranchState::Prepared,
                     payload: payload.to_vec(),
                     reason: String::new(),
                     voted_prepared: true,
@@ -658,7 +679,7 @@ impl Worker {
             Ok(Vote::ReadOnly) => {
                 drop(tx); // a read-only branch leaves nothing behind
                 let rec = LogRecord {
-                    state: TxnState::ReadOnly,
+                    state: BranchState::ReadOnly,
                     payload: payload.to_vec(),
                     reason: String::new(),
                     voted_prepared: false,
@@ -706,21 +727,21 @@ impl Worker {
             return Err(e);
         };
         match rec.state {
-            TxnState::Committed => {
+            BranchState::Committed => {
                 tx.abort()?;
                 debug!(participant = %self.name, txn_id, "duplicate commit acknowledged");
                 Ok((Answer::Done, false))
             }
-            TxnState::ReadOnly => {
+            BranchState::ReadOnly => {
                 tx.abort()?;
                 debug!(participant = %self.name, txn_id, "commit for a read-only branch: nothing to do");
                 Ok((Answer::Done, false))
             }
-            TxnState::Aborted | TxnState::Tombstone => {
+            BranchState::Aborted | BranchState::Tombstone => {
                 tx.abort()?;
                 let e = OpError::Violation(format!(
                     "commit for transaction {txn_id}, which this participant has {} ({})",
-                    if rec.state == TxnState::Aborted {
+                    if rec.state == BranchState::Aborted {
                         "aborted"
                     } else {
                         "tombstoned (aborted before prepare)"
@@ -730,7 +751,7 @@ impl Worker {
                 error!(participant = %self.name, txn_id, "{e}");
                 Err(e)
             }
-            TxnState::Prepared => {
+            BranchState::Prepared => {
                 let applied = guarded(|| self.resource.commit(&tx, txn_id, &rec.payload));
                 if self.crashed() {
                     return Err(OpError::Stopped);
@@ -739,10 +760,10 @@ impl Worker {
                     drop(tx);
                     error!(participant = %self.name, txn_id, error = %e,
                         "commit failed in the resource; waiting for the coordinator to resend it");
-                    return Err(OpError::Resource(e.0));
+                    return Err(OpError::Resource(e.message().to_string()));
                 }
                 let done = LogRecord {
-                    state: TxnState::Committed,
+                    state: BranchState::Committed,
                     updated_at_ms: dtc_util::wall_ms(),
                     ..rec
                 };
@@ -754,13 +775,28 @@ impl Worker {
         }
     }
 
+    fn write(&mut self, run: WriteFn) -> Result<(Answer, bool), OpError> {
+        let tx = self.begin()?;
+        let wrote = guarded(|| run(&tx));
+        if self.crashed() {
+            return Err(OpError::Stopped);
+        }
+        if let Err(e) = wrote {
+            drop(tx);
+            warn!(participant = %self.name, error = %e, "application write failed; rolled back");
+            return Err(OpError::Resource(e.message().to_string()));
+        }
+        self.commit(tx)?;
+        Ok((Answer::Done, true))
+    }
+
     fn abort_txn(&mut self, txn_id: &str, reason: &str) -> Result<(Answer, bool), OpError> {
         let tx = self.begin()?;
         let Some(rec) = log::get_in(&tx, txn_id)? else {
             // Abort before prepare: a tombstone makes a late prepare vote
             // abort (corner case 11).
             let rec = LogRecord {
-                state: TxnState::Tombstone,
+                state: BranchState::Tombstone,
                 payload: Vec::new(),
                 reason: reason.to_string(),
                 voted_prepared: false,
@@ -772,12 +808,12 @@ impl Worker {
             return Ok((Answer::Done, true));
         };
         match rec.state {
-            TxnState::Aborted | TxnState::Tombstone | TxnState::ReadOnly => {
+            BranchState::Aborted | BranchState::Tombstone | BranchState::ReadOnly => {
                 tx.abort()?;
                 debug!(participant = %self.name, txn_id, state = rec.state.as_str(), "abort acknowledged");
                 Ok((Answer::Done, false))
             }
-            TxnState::Committed => {
+            BranchState::Committed => {
                 tx.abort()?;
                 let e = OpError::Violation(format!(
                     "abort for transaction {txn_id}, which this participant has committed"
@@ -785,7 +821,7 @@ impl Worker {
                 error!(participant = %self.name, txn_id, "{e}");
                 Err(e)
             }
-            TxnState::Prepared => {
+            BranchState::Prepared => {
                 let undone = guarded(|| self.resource.abort(&tx, txn_id, &rec.payload, reason));
                 if self.crashed() {
                     return Err(OpError::Stopped);
@@ -794,10 +830,10 @@ impl Worker {
                     drop(tx);
                     error!(participant = %self.name, txn_id, error = %e,
                         "abort failed in the resource; waiting for the coordinator to resend it");
-                    return Err(OpError::Resource(e.0));
+                    return Err(OpError::Resource(e.message().to_string()));
                 }
                 let done = LogRecord {
-                    state: TxnState::Aborted,
+                    state: BranchState::Aborted,
                     reason: reason.to_string(),
                     updated_at_ms: dtc_util::wall_ms(),
                     ..rec

@@ -37,11 +37,17 @@ fn parse(payload: &[u8]) -> Result<(String, String), ResourceError> {
 }
 
 impl Resource for Records {
+    type Payload = Vec<u8>;
+
+    fn decode(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        dtc_participant::payload::bytes(payload)
+    }
+
     fn prepare(
         &self,
         tx: &redb::WriteTransaction,
         txn_id: &str,
-        payload: &[u8],
+        payload: &Vec<u8>,
     ) -> Result<Vote, ResourceError> {
         let (key, _) = parse(payload)?;
         let mut locks = tx.open_table(LOCKS)?;
@@ -59,7 +65,7 @@ impl Resource for Records {
         &self,
         tx: &redb::WriteTransaction,
         _txn_id: &str,
-        payload: &[u8],
+        payload: &Vec<u8>,
     ) -> Result<(), ResourceError> {
         let (key, value) = parse(payload)?;
         tx.open_table(RECORDS)?
@@ -72,7 +78,7 @@ impl Resource for Records {
         &self,
         tx: &redb::WriteTransaction,
         _txn_id: &str,
-        payload: &[u8],
+        payload: &Vec<u8>,
         _reason: &str,
     ) -> Result<(), ResourceError> {
         let (key, _) = parse(payload)?;
@@ -83,7 +89,7 @@ impl Resource for Records {
     fn recover(
         &self,
         tx: &redb::WriteTransaction,
-        prepared: &[PreparedTxn],
+        prepared: &[PreparedTxn<Vec<u8>>],
     ) -> Result<(), ResourceError> {
         let mut locks = tx.open_table(LOCKS)?;
         locks.retain(|_, _| false)?;
@@ -245,7 +251,7 @@ async fn a_wait_ends_at_the_prepare_deadline_and_is_recorded_as_an_abort() {
         // Recorded: a duplicate gets the same answer, and t1 still holds k.
         assert_eq!(n.vote("t2", "k=2").await, (pb::Vote::Abort, reason));
         let rec = n.running.log().get("t2").unwrap().unwrap();
-        assert_eq!(rec.state, dtc_participant::TxnState::Aborted);
+        assert_eq!(rec.state, dtc_participant::BranchState::Aborted);
         n.commit("t1").await;
         assert_eq!(n.record("k").as_deref(), Some("1"));
         n.running.shutdown().await;

@@ -15,8 +15,8 @@
 
 use dtc_participant::redb::{self, ReadableDatabase, ReadableTable, TableDefinition};
 use dtc_participant::{
-    LogRecord, ParticipantLog, ParticipantServer, PreparedTxn, Resource, ResourceError,
-    RunningParticipant, TxnState, Vote,
+    BranchState, LogRecord, ParticipantLog, ParticipantServer, PreparedTxn, Resource,
+    ResourceError, RunningParticipant, Vote,
 };
 use dtc_proto::v1 as pb;
 use dtc_store::test_support::{CrashMode, OpClock, Rng, SimDisk, Trace};
@@ -99,7 +99,7 @@ impl Work {
 #[derive(Default)]
 struct LockResource {
     held: Mutex<BTreeMap<String, String>>,
-    recovered: Mutex<Option<Vec<PreparedTxn>>>,
+    recovered: Mutex<Option<Vec<PreparedTxn<Vec<u8>>>>>,
     calls: Mutex<BTreeMap<(String, &'static str), usize>>,
 }
 
@@ -120,11 +120,17 @@ impl LockResource {
 }
 
 impl Resource for LockResource {
+    type Payload = Vec<u8>;
+
+    fn decode(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        dtc_participant::payload::bytes(payload)
+    }
+
     fn prepare(
         &self,
         tx: &redb::WriteTransaction,
         txn_id: &str,
-        payload: &[u8],
+        payload: &Vec<u8>,
     ) -> Result<Vote, ResourceError> {
         self.note(txn_id, "prepare");
         match Work::parse(payload) {
@@ -154,7 +160,7 @@ impl Resource for LockResource {
         &self,
         tx: &redb::WriteTransaction,
         txn_id: &str,
-        payload: &[u8],
+        payload: &Vec<u8>,
     ) -> Result<(), ResourceError> {
         self.note(txn_id, "commit");
         let Work::Lock { key, amount } = Work::parse(payload) else {
@@ -179,7 +185,7 @@ impl Resource for LockResource {
         &self,
         tx: &redb::WriteTransaction,
         txn_id: &str,
-        payload: &[u8],
+        payload: &Vec<u8>,
         _reason: &str,
     ) -> Result<(), ResourceError> {
         self.note(txn_id, "abort");
@@ -193,7 +199,7 @@ impl Resource for LockResource {
     fn recover(
         &self,
         _tx: &redb::WriteTransaction,
-        prepared: &[PreparedTxn],
+        prepared: &[PreparedTxn<Vec<u8>>],
     ) -> Result<(), ResourceError> {
         let mut held = self.held.lock().unwrap();
         for p in prepared {
@@ -223,8 +229,8 @@ struct OpRecord {
     txn: String,
     kind: OpKind,
     /// The record's state before and after (None: no record).
-    before: Option<TxnState>,
-    after: Option<TxnState>,
+    before: Option<BranchState>,
+    after: Option<BranchState>,
     /// Clock when the call was sent and when its answer arrived.
     start: u64,
     ack: u64,
@@ -319,13 +325,13 @@ async fn call(
 /// in a concurrent burst).
 fn expected(
     kind: OpKind,
-    before: Option<TxnState>,
+    before: Option<BranchState>,
     work: &Work,
     answer: &str,
     free: Option<bool>,
-) -> Option<TxnState> {
-    use TxnState::*;
-    let (want, after): (&[&str], Option<TxnState>) = match (kind, before) {
+) -> Option<BranchState> {
+    use BranchState::*;
+    let (want, after): (&[&str], Option<BranchState>) = match (kind, before) {
         (OpKind::Prepare, None) => match work {
             Work::Lock { .. } => match (free, answer) {
                 (Some(true), _) | (None, "prepared") => (&["prepared"], Some(Prepared)),
@@ -358,7 +364,7 @@ fn expected(
 /// payload, and every call made.
 #[derive(Default)]
 struct Model {
-    state: BTreeMap<String, Option<TxnState>>,
+    state: BTreeMap<String, Option<BranchState>>,
     payload: BTreeMap<String, Vec<u8>>,
     ops: Vec<OpRecord>,
     next_txn: usize,
@@ -369,7 +375,7 @@ impl Model {
     fn locked(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         for (txn, s) in &self.state {
-            if *s == Some(TxnState::Prepared)
+            if *s == Some(BranchState::Prepared)
                 && let Work::Lock { key, .. } = Work::parse(&self.payload[txn])
             {
                 out.insert(key, txn.clone());
@@ -378,7 +384,7 @@ impl Model {
         out
     }
 
-    fn in_state(&self, want: TxnState) -> Vec<String> {
+    fn in_state(&self, want: BranchState) -> Vec<String> {
         self.state
             .iter()
             .filter(|(_, s)| **s == Some(want))
@@ -395,7 +401,7 @@ impl Model {
 /// Picks one call: (kind, txn, work).
 fn pick(rng: &mut Rng, m: &mut Model, busy: &BTreeSet<String>) -> (OpKind, String, Work) {
     let prepared: Vec<String> = m
-        .in_state(TxnState::Prepared)
+        .in_state(BranchState::Prepared)
         .into_iter()
         .filter(|t| !busy.contains(t))
         .collect();
@@ -474,7 +480,7 @@ async fn drive(p: &Participant, clock: &OpClock, rng: &mut Rng, m: &mut Model, r
                 _ => None,
             };
             let after = expected(kind, before, &work, &answer, free);
-            if before.is_none() && after == Some(TxnState::Tombstone) {
+            if before.is_none() && after == Some(BranchState::Tombstone) {
                 m.payload.insert(txn.clone(), Vec::new());
             }
             m.state.insert(txn.clone(), after);
@@ -541,7 +547,7 @@ fn check_consistent(db: &Arc<redb::Database>) -> Result<BTreeMap<String, LogReco
         .collect();
     let prepared: BTreeSet<String> = records
         .iter()
-        .filter(|(_, r)| r.state == TxnState::Prepared)
+        .filter(|(_, r)| r.state == BranchState::Prepared)
         .map(|(t, _)| t.clone())
         .collect();
     if index != prepared {
@@ -553,19 +559,19 @@ fn check_consistent(db: &Arc<redb::Database>) -> Result<BTreeMap<String, LogReco
     let mut want_applied = BTreeSet::new();
     let mut want_balance: BTreeMap<String, u64> = BTreeMap::new();
     for (txn, r) in &records {
-        if matches!(r.state, TxnState::Prepared | TxnState::Committed) && !r.voted_prepared {
+        if matches!(r.state, BranchState::Prepared | BranchState::Committed) && !r.voted_prepared {
             return Err(format!("{txn} is {:?} but did not vote prepared", r.state));
         }
         let Work::Lock { key, amount } = Work::parse_or_none(&r.payload) else {
             continue;
         };
         match r.state {
-            TxnState::Prepared => {
+            BranchState::Prepared => {
                 if let Some(other) = want_locks.insert(key.clone(), txn.clone()) {
                     return Err(format!("{key} is prepared by both {other} and {txn}"));
                 }
             }
-            TxnState::Committed => {
+            BranchState::Committed => {
                 want_applied.insert(txn.clone());
                 *want_balance.entry(key).or_default() += amount;
             }
@@ -609,7 +615,7 @@ fn check_durable(
     k: u64,
     records: &BTreeMap<String, LogRecord>,
     ops: &[OpRecord],
-    base: &BTreeMap<String, Option<TxnState>>,
+    base: &BTreeMap<String, Option<BranchState>>,
     payloads: &BTreeMap<String, Vec<u8>>,
 ) -> Result<(), String> {
     let mut per_txn: BTreeMap<&str, Vec<&OpRecord>> = BTreeMap::new();
@@ -649,7 +655,7 @@ fn check_durable(
             });
         }
         if let (Some(r), Some(state)) = (records.get(txn), got) {
-            let want = if state == TxnState::Tombstone {
+            let want = if state == BranchState::Tombstone {
                 Vec::new()
             } else {
                 payloads.get(txn).cloned().unwrap_or_default()
@@ -694,7 +700,7 @@ async fn restart_and_resolve(
         .collect();
     let want: BTreeMap<String, Vec<u8>> = records
         .iter()
-        .filter(|(_, r)| r.state == TxnState::Prepared)
+        .filter(|(_, r)| r.state == BranchState::Prepared)
         .map(|(t, r)| (t.clone(), r.payload.clone()))
         .collect();
     if recovered != want {
@@ -736,7 +742,7 @@ async fn restart_and_resolve(
     }
     p.running.shutdown().await;
     let after = check_consistent(&db).map_err(|e| format!("after resolving: {e}"))?;
-    if let Some((t, _)) = after.iter().find(|(_, r)| r.state == TxnState::Prepared) {
+    if let Some((t, _)) = after.iter().find(|(_, r)| r.state == BranchState::Prepared) {
         return Err(format!("{t} is still prepared after its decision"));
     }
     Ok(())
@@ -772,7 +778,7 @@ async fn check_crash(
     p: Point,
     img: Vec<u8>,
     m: &Model,
-    base: &BTreeMap<String, Option<TxnState>>,
+    base: &BTreeMap<String, Option<BranchState>>,
     clock: &OpClock,
     tally: &mut Tally,
 ) -> Result<Option<Arc<redb::Database>>, String> {
@@ -859,11 +865,11 @@ async fn crash_at_points(
 
 fn covered(m: &Model) {
     for want in [
-        TxnState::Prepared,
-        TxnState::Committed,
-        TxnState::Aborted,
-        TxnState::ReadOnly,
-        TxnState::Tombstone,
+        BranchState::Prepared,
+        BranchState::Committed,
+        BranchState::Aborted,
+        BranchState::ReadOnly,
+        BranchState::Tombstone,
     ] {
         assert!(
             m.ops.iter().any(|op| op.after == Some(want)),

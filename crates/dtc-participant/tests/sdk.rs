@@ -4,7 +4,7 @@
 
 use dtc_participant::redb::{self, ReadableDatabase, ReadableTable, TableDefinition};
 use dtc_participant::{
-    ParticipantServer, PreparedTxn, Resource, ResourceError, RunningParticipant, TxnState, Vote,
+    BranchState, ParticipantServer, PreparedTxn, Resource, ResourceError, RunningParticipant, Vote,
 };
 use dtc_proto::v1 as pb;
 use pb::participant_client::ParticipantClient;
@@ -26,7 +26,7 @@ const NAME: &str = "p1";
 #[derive(Default)]
 struct TestResource {
     calls: Mutex<HashMap<(String, &'static str), usize>>,
-    recovered: Mutex<Vec<PreparedTxn>>,
+    recovered: Mutex<Vec<PreparedTxn<Vec<u8>>>>,
     entered: Notify,
     gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
@@ -52,17 +52,23 @@ impl TestResource {
 }
 
 impl Resource for TestResource {
+    type Payload = Vec<u8>;
+
+    fn decode(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        dtc_participant::payload::bytes(payload)
+    }
+
     fn prepare(
         &self,
         tx: &redb::WriteTransaction,
         txn_id: &str,
-        payload: &[u8],
+        payload: &Vec<u8>,
     ) -> Result<Vote, ResourceError> {
         self.note(txn_id, "prepare");
         // Changes made before a refusal must be discarded by the SDK.
         tx.open_table(KV)?
             .insert(format!("pending:{txn_id}").as_str(), "x")?;
-        match payload {
+        match payload.as_slice() {
             b"abort" => Ok(Vote::Abort("test says no".into())),
             b"ro" => Ok(Vote::ReadOnly),
             b"err" => Err(ResourceError::new("disk on fire")),
@@ -83,7 +89,7 @@ impl Resource for TestResource {
         &self,
         tx: &redb::WriteTransaction,
         txn_id: &str,
-        _payload: &[u8],
+        _payload: &Vec<u8>,
     ) -> Result<(), ResourceError> {
         self.note(txn_id, "commit");
         let mut t = tx.open_table(KV)?;
@@ -96,7 +102,7 @@ impl Resource for TestResource {
         &self,
         tx: &redb::WriteTransaction,
         txn_id: &str,
-        _payload: &[u8],
+        _payload: &Vec<u8>,
         _reason: &str,
     ) -> Result<(), ResourceError> {
         self.note(txn_id, "abort");
@@ -108,7 +114,7 @@ impl Resource for TestResource {
     fn recover(
         &self,
         _tx: &redb::WriteTransaction,
-        prepared: &[PreparedTxn],
+        prepared: &[PreparedTxn<Vec<u8>>],
     ) -> Result<(), ResourceError> {
         self.recovered
             .lock()
@@ -205,7 +211,7 @@ impl Harness {
             .map(|_| ())
     }
 
-    fn state(&self, txn: &str) -> Option<TxnState> {
+    fn state(&self, txn: &str) -> Option<BranchState> {
         self.running().log().get(txn).unwrap().map(|r| r.state)
     }
 }
@@ -245,7 +251,7 @@ async fn duplicate_prepare_commit_and_abort_get_the_recorded_answer_and_run_once
             pb::Vote::Prepared
         );
         assert_eq!(h.resource.count("t1", "prepare"), 1);
-        assert_eq!(h.state("t1"), Some(TxnState::Prepared));
+        assert_eq!(h.state("t1"), Some(BranchState::Prepared));
         h.commit("t1").await.unwrap();
         h.commit("t1").await.unwrap();
         assert_eq!(h.resource.count("t1", "commit"), 1);
@@ -260,7 +266,7 @@ async fn duplicate_prepare_commit_and_abort_get_the_recorded_answer_and_run_once
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
         assert!(e.message().contains("committed"), "{e:?}");
         assert_eq!(h.resource.count("t1", "abort"), 0);
-        assert_eq!(h.state("t1"), Some(TxnState::Committed));
+        assert_eq!(h.state("t1"), Some(BranchState::Committed));
 
         // And the abort path, duplicated.
         assert_eq!(
@@ -308,7 +314,7 @@ async fn abort_before_prepare_leaves_a_tombstone_so_a_late_prepare_votes_abort()
     bounded(async {
         let h = Harness::start().await;
         h.abort("early").await.unwrap();
-        assert_eq!(h.state("early"), Some(TxnState::Tombstone));
+        assert_eq!(h.state("early"), Some(BranchState::Tombstone));
         let (vote, reason) = h.prepare("early", b"x", T).await.unwrap();
         assert_eq!(vote, pb::Vote::Abort);
         assert!(reason.contains("before it was prepared"), "{reason}");
@@ -322,7 +328,7 @@ async fn abort_before_prepare_leaves_a_tombstone_so_a_late_prepare_votes_abort()
             h.commit("early").await.unwrap_err().code(),
             Code::FailedPrecondition
         );
-        assert_eq!(h.state("early"), Some(TxnState::Tombstone));
+        assert_eq!(h.state("early"), Some(BranchState::Tombstone));
     })
     .await
 }
@@ -369,8 +375,8 @@ async fn refusals_discard_the_resource_changes_and_are_recorded() {
         );
         assert_eq!(h.resource.count("no", "prepare"), 1);
         assert_eq!(h.resource.count("ro", "prepare"), 1);
-        assert_eq!(h.state("no"), Some(TxnState::Aborted));
-        assert_eq!(h.state("ro"), Some(TxnState::ReadOnly));
+        assert_eq!(h.state("no"), Some(BranchState::Aborted));
+        assert_eq!(h.state("ro"), Some(BranchState::ReadOnly));
         // The coordinator's abort of a refused branch is simply acknowledged.
         h.abort("no").await.unwrap();
         assert_eq!(h.resource.count("no", "abort"), 0);
@@ -454,9 +460,9 @@ async fn prepared_transactions_survive_a_restart_and_are_handed_to_recover() {
                 payload: b"alpha".to_vec()
             }]
         );
-        assert_eq!(h.state("p1"), Some(TxnState::Prepared));
-        assert_eq!(h.state("p2"), Some(TxnState::Committed));
-        assert_eq!(h.state("gone"), Some(TxnState::Tombstone));
+        assert_eq!(h.state("p1"), Some(BranchState::Prepared));
+        assert_eq!(h.state("p2"), Some(BranchState::Committed));
+        assert_eq!(h.state("gone"), Some(BranchState::Tombstone));
         // Decided but maybe not acknowledged: the coordinator resends, and
         // the duplicate is acknowledged without applying twice.
         h.commit("p2").await.unwrap();
@@ -542,7 +548,11 @@ async fn the_server_lists_its_services_by_reflection_v1_and_v1alpha() {
             tonic::transport::Endpoint::from_shared(format!("http://{}", h.running().local_addr()))
                 .unwrap()
                 .connect_lazy();
-        let want = ["dtc.v1.Participant", "grpc.health.v1.Health"];
+        let want = [
+            "dtc.v1.Participant",
+            "dtc.v1.ParticipantQuery",
+            "grpc.health.v1.Health",
+        ];
 
         let mut c = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
         let req = v1::ServerReflectionRequest {
@@ -949,7 +959,7 @@ async fn below_the_disk_reserve_prepares_vote_abort_decisions_still_commit_and_s
         client.commit(commit_req("before")).await.unwrap();
         assert_eq!(
             running.log().get("before").unwrap().map(|r| r.state),
-            Some(TxnState::Committed)
+            Some(BranchState::Committed)
         );
 
         // Space comes back: prepares are accepted again, with no restart.
@@ -1033,7 +1043,7 @@ async fn a_failed_write_stops_the_participant_which_recovers_what_was_durable_on
         let (running, mut client, resource) = start_with_reserve(disk.path(), None).await;
         assert_eq!(
             running.log().get("durable").unwrap().map(|r| r.state),
-            Some(TxnState::Prepared)
+            Some(BranchState::Prepared)
         );
         assert_eq!(resource.recovered.lock().unwrap().len(), 1);
         client.commit(commit_req("durable")).await.unwrap();

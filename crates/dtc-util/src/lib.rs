@@ -15,6 +15,7 @@
 //!   (write a temporary file, sync, rename, sync the directory).
 //! - [`from_redb!`]: folds redb's per-operation error types into one
 //!   variant of a crate's error type.
+//! - [`shutdown_signal`]: Ctrl-C or SIGTERM, what every server waits for.
 //! - [`crash_point!`] and [`crash`]: the crash points of the failover tests;
 //!   empty unless the `fail/failpoints` feature is on.
 
@@ -108,6 +109,21 @@ macro_rules! crash_point {
             $crate::crash::crash($name)
         })
     };
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what `docker stop`, systemd and
+/// Kubernetes send).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = ctrl_c.await;
+        return;
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
 }
 
 #[cfg(test)]

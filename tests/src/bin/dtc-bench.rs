@@ -1122,7 +1122,7 @@ async fn scenario_ledger(out: &mut Out, o: &Opts) {
             .execute()
             .await
             .expect("deposit");
-        assert!(r.committed, "deposit aborted: {r:?}");
+        assert!(r.is_committed(), "deposit aborted: {r:?}");
     }
     let needle = cluster.root().display().to_string();
     let mut levels = Vec::new();
@@ -1153,7 +1153,7 @@ async fn scenario_ledger(out: &mut Out, o: &Opts) {
                             .execute()
                             .await
                         {
-                            Ok(o) if o.committed => {
+                            Ok(o) if o.is_committed() => {
                                 r.committed += 1;
                                 r.latencies.push(t.elapsed());
                             }
