@@ -19,7 +19,7 @@ pub struct ClusterArgs {
     coordinators: Vec<String>,
     /// Print JSON instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(clap::Args)]
@@ -99,7 +99,7 @@ pub enum TxnCmd {
     },
 }
 
-fn usage(cmd: &str, msg: impl std::fmt::Display) -> ExitCode {
+pub(crate) fn usage(cmd: &str, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("dtc {cmd}: {msg}");
     ExitCode::from(2)
 }
@@ -114,12 +114,12 @@ pub fn parse_target(s: &str) -> anyhow::Result<(String, String)> {
     Ok((p.to_string(), a.to_string()))
 }
 
-fn client(cmd: &str, args: &ClusterArgs) -> Result<Client, ExitCode> {
+pub(crate) fn client(cmd: &str, args: &ClusterArgs) -> Result<Client, ExitCode> {
     Client::connect(args.coordinators.clone()).map_err(|e| usage(cmd, e))
 }
 
 /// Exit code and one-line message for a failed call.
-fn fail(cmd: &str, json_out: bool, e: &ClientError) -> ExitCode {
+pub(crate) fn fail(cmd: &str, json_out: bool, e: &ClientError) -> ExitCode {
     let code = match e {
         ClientError::InvalidArgument(_)
         | ClientError::FailedPrecondition(_)

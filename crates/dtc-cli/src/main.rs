@@ -8,6 +8,8 @@
 //!   (for container health checks; exit 0 only when SERVING).
 //! - `dtc deposit | transfer | balance | txn show | txn list` are clients
 //!   (crates/dtc-client); see `client_cmds` for their output.
+//! - `dtc query P KEY` and `dtc participant-admin list P` read one
+//!   participant (`participant_cmds`).
 //! - `dtc demo` and `dtc up` run a local cluster (crates/dtc-harness);
 //!   `dtc bench` measures one (crates/dtc-bench). Their flags are those
 //!   crates' option structs; this binary parses them and calls in.
@@ -18,6 +20,7 @@
 mod client_cmds;
 mod health;
 mod participant;
+mod participant_cmds;
 mod status;
 
 use anyhow::{Context, anyhow, bail};
@@ -63,6 +66,13 @@ enum Cmd {
     /// Inspect transactions.
     #[command(subcommand)]
     Txn(client_cmds::TxnCmd),
+    /// Ask a participant's query hook for a key (for a ledger, an
+    /// account's committed balance): prints the value, or exits 1 when the
+    /// participant has none.
+    Query(participant_cmds::QueryArgs),
+    /// Inspect a participant: the transactions it holds prepared.
+    #[command(subcommand)]
+    ParticipantAdmin(participant_cmds::ParticipantAdminCmd),
     /// Run a local cluster under random transfers, SIGKILL the leader and a
     /// ledger, and check that nothing was lost.
     ///
@@ -367,6 +377,14 @@ fn main() -> ExitCode {
         Cmd::Txn(cmd) => {
             init_logging_with("warn");
             rt.block_on(client_cmds::txn(cmd))
+        }
+        Cmd::Query(args) => {
+            init_logging_with("warn");
+            rt.block_on(participant_cmds::query(args))
+        }
+        Cmd::ParticipantAdmin(cmd) => {
+            init_logging_with("warn");
+            rt.block_on(participant_cmds::admin(cmd))
         }
         Cmd::Health(args) => rt.block_on(health::run(args)),
         Cmd::Demo(args) => rt.block_on(dtc_harness::demo::run(

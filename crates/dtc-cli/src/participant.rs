@@ -142,15 +142,14 @@ pub async fn run(
     }
     // A participant whose storage failed refuses everything until it
     // restarts: exit non-zero so that a supervisor restarts it.
-    let failed = tokio::select! {
-        _ = shutdown => None,
-        why = running.storage_failed() => Some(why),
-    };
-    running.shutdown().await;
-    match failed {
-        None => ExitCode::SUCCESS,
-        Some(why) => {
+    match running.serve_until(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(dtc_participant::ParticipantError::Failed(why)) => {
             eprintln!("dtc participant: storage failed: {why}; exiting so that it restarts");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("dtc participant: {e}");
             ExitCode::FAILURE
         }
     }

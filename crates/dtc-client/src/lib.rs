@@ -37,9 +37,11 @@
 //! any registered participant, found through the cluster's registry).
 
 mod error;
+mod participants;
 mod txn;
 
 pub use error::ClientError;
+pub use participants::PreparedBranch;
 pub use txn::{TxnBuilder, TxnOutcome, TxnState, TxnStatus};
 
 use dtc_proto::v1 as pb;

@@ -18,8 +18,7 @@ use dtc_client::{Client, ClientError, TxnBuilder};
 use dtc_proto::v1 as pb;
 use pb::ledger_client::LedgerClient as LedgerStub;
 use std::future::Future;
-use std::time::{Duration, Instant};
-use tonic::Code;
+use std::time::Duration;
 use tonic::transport::Channel;
 
 /// Ledger transactions and reads on a [`Client`]. `use dtc_ledger::LedgerClient;`
@@ -140,39 +139,24 @@ impl LedgerClient for Client {
         account: &str,
     ) -> Result<AccountBalance, ClientError> {
         check_target("balance", (participant, account))?;
-        let mut stub = ledger(self, participant).await?;
-        let config = self.config();
-        let until = Instant::now() + config.call_deadline;
-        let mut delays = dtc_util::backoff(config.min_backoff, config.max_backoff);
-        loop {
-            let req = with_timeout(
-                pb::BalanceRequest {
-                    account: account.to_string(),
-                },
-                Duration::from_secs(2),
-            );
-            match stub.balance(req).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    return Ok(AccountBalance {
-                        balance: r.balance,
-                        reserved: r.reserved,
-                        available: r.available,
-                        incoming: r.incoming,
-                    });
-                }
-                Err(s) if s.code() == Code::InvalidArgument => {
-                    return Err(ClientError::InvalidArgument(s.message().to_string()));
-                }
-                Err(s) => {
-                    let delay = delays.next().unwrap_or(config.max_backoff);
-                    if !dtc_client::is_retryable(&s) || Instant::now() + delay >= until {
-                        return Err(participant_error(participant, s));
-                    }
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+        let r = self
+            .call_participant(participant, |channel, t| async move {
+                let req = with_timeout(
+                    pb::BalanceRequest {
+                        account: account.to_string(),
+                    },
+                    t,
+                );
+                LedgerStub::new(channel).balance(req).await
+            })
+            .await?
+            .into_inner();
+        Ok(AccountBalance {
+            balance: r.balance,
+            reserved: r.reserved,
+            available: r.available,
+            incoming: r.incoming,
+        })
     }
 
     async fn ledger_audit(

@@ -2,7 +2,6 @@
 //! given node, tried in turn, and the registration loop.
 
 use crate::ParticipantError;
-use crate::server::Registration;
 use dtc_proto::v1 as pb;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +11,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{error, info, warn};
+
+/// Where registration with the coordinators stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Registration {
+    /// Not accepted yet; the last attempt's error, if one failed.
+    Pending(Option<String>),
+    Registered,
+}
 
 pub(crate) struct Coordinators {
     nodes: Vec<(String, Channel)>,

@@ -1,7 +1,7 @@
 //! Assembling and running a participant: the builder, start-up recovery, the
 //! gRPC server, registration and the in-doubt resolver.
 
-use crate::coordinators::Coordinators;
+use crate::coordinators::{Coordinators, Registration};
 use crate::log::{self, ParticipantLog};
 use crate::resolver::{InDoubtPass, Resolver};
 use crate::resource::ErasedResource;
@@ -463,41 +463,25 @@ impl ParticipantBuilder {
         Ok(running)
     }
 
-    /// [`serve`](Self::serve) until the process gets SIGINT (Ctrl-C) or
-    /// SIGTERM (what `docker stop` and Kubernetes send), then shut down
-    /// gracefully: what is queued is synced and answered before it returns.
+    /// [`start`](Self::start), then
+    /// [`RunningParticipant::serve_until_signal`]: serves until the process
+    /// gets SIGINT (Ctrl-C) or SIGTERM (what `docker stop` and Kubernetes
+    /// send), then shuts down gracefully.
     pub async fn serve_until_signal(
         self,
         listener: tokio::net::TcpListener,
     ) -> Result<(), ParticipantError> {
-        self.serve(listener, dtc_util::shutdown_signal()).await
+        self.start(listener).await?.serve_until_signal().await
     }
 
-    /// [`start`](Self::start), then serve until `shutdown` completes (or the
-    /// server fails), then shut down gracefully.
+    /// [`start`](Self::start), then [`RunningParticipant::serve_until`]
+    /// `shutdown`.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ParticipantError> {
-        let mut running = self.start(listener).await?;
-        let writer = running.writer.clone();
-        tokio::select! {
-            _ = shutdown => {}
-            why = writer.failed() => {
-                running.shutdown().await;
-                return Err(ParticipantError::Failed(why));
-            }
-            r = running.server_done() => {
-                if let Err(e) = &r {
-                    error!(error = %e, "participant server failed");
-                }
-                running.shutdown().await;
-                return r;
-            }
-        }
-        running.shutdown().await;
-        Ok(())
+        self.start(listener).await?.serve_until(shutdown).await
     }
 }
 
@@ -537,14 +521,6 @@ pub struct RunningParticipant {
     db: Arc<Database>,
 }
 
-/// Where registration with the coordinators stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Registration {
-    /// Not accepted yet; the last attempt's error, if one failed.
-    Pending(Option<String>),
-    Registered,
-}
-
 impl std::fmt::Debug for RunningParticipant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningParticipant")
@@ -556,6 +532,39 @@ impl std::fmt::Debug for RunningParticipant {
 }
 
 impl RunningParticipant {
+    /// Serves until `shutdown` completes, then shuts down gracefully (what
+    /// is queued is synced and answered first). Returns early with the
+    /// error if the server fails, or if the participant's storage fails
+    /// ([`ParticipantError::Failed`]: the process should exit non-zero so
+    /// that its supervisor restarts it).
+    pub async fn serve_until(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ParticipantError> {
+        let writer = self.writer.clone();
+        tokio::select! {
+            _ = shutdown => {}
+            why = writer.failed() => {
+                self.shutdown().await;
+                return Err(ParticipantError::Failed(why));
+            }
+            r = self.server_done() => {
+                if let Err(e) = &r {
+                    error!(error = %e, "participant server failed");
+                }
+                self.shutdown().await;
+                return r;
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// [`serve_until`](Self::serve_until) SIGINT (Ctrl-C) or SIGTERM.
+    pub async fn serve_until_signal(self) -> Result<(), ParticipantError> {
+        self.serve_until(dtc_util::shutdown_signal()).await
+    }
+
     /// Where the metrics are served, if [`ParticipantBuilder::metrics_listen`] was set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
