@@ -1,7 +1,36 @@
 //! # dtc-client: the client SDK
 //!
 //! Runs distributed transactions on a dtc coordinator cluster and reads
-//! their state, surviving leader failover.
+//! their state, surviving leader failover. A transaction is a list of
+//! branches, one per participant, each with a payload that participant
+//! understands; it commits everywhere or nowhere. This client (the example
+//! `buy`, run by CI against a local cluster) takes widgets from an
+//! inventory participant and moves their price between two accounts of a
+//! ledger, in one transaction:
+//!
+//! ```no_run
+#![doc = include_str!("../examples/buy.rs")]
+//! ```
+//!
+//! `execute` returns the decided [`TxnOutcome`], or an error. The errors
+//! that matter ([`ClientError`]):
+//!
+//! - **Outcome unknown** ([`ClientError::is_outcome_unknown`], e.g.
+//!   [`ClientError::Unavailable`] with the id): the deadline passed after a
+//!   request reached the cluster. The transaction may have committed. Ask
+//!   again with the SAME id ([`TxnBuilder::id`]; the example `restock`
+//!   does) or read it with [`Client::get_transaction`]: one id runs at most
+//!   once.
+//! - [`ClientError::Unreachable`]: every coordinator refused the
+//!   connection for [`ClientConfig::unreachable_after`] (2 s). Nothing was
+//!   sent, so nothing ran; the message names each address and its error.
+//! - [`ClientError::InvalidArgument`] / `FailedPrecondition`: the request
+//!   is wrong (a bad id, an unregistered participant); retrying will not help.
+//!
+//! [`Client::query`] reads a key at any participant that has a query hook
+//! (the sample ledger answers an account's balance).
+//!
+//! How `execute` retries:
 //!
 //! ```text
 //! client.transaction().branch(p, payload)...execute()
@@ -33,8 +62,9 @@
 //!
 //! The client knows nothing of any participant's payloads: the sample
 //! ledger's transfers and balance reads are `dtc_ledger::LedgerClient`,
-//! built on [`TxnBuilder`] and [`Client::participant_channel`] (a channel to
-//! any registered participant, found through the cluster's registry).
+//! built on [`TxnBuilder`] and [`Client::call_participant`] (a call to
+//! any registered participant's own gRPC services, found through the
+//! cluster's registry, with retries).
 
 mod error;
 mod participants;

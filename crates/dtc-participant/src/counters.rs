@@ -343,7 +343,7 @@ impl Counters {
     /// followed by its commit would; otherwise changes nothing and returns
     /// the refusal. Use it in
     /// [`RunningParticipant::write`](crate::RunningParticipant::write) or
-    /// [`Resource::init`](crate::Resource::init).
+    /// [`Resource::init`].
     pub fn adjust(
         &self,
         tx: &WriteTransaction,

@@ -1,87 +1,74 @@
 //! # dtc-participant: the participant SDK
 //!
-//! An application that takes part in dtc transactions implements
-//! [`Resource`] (its local prepare / commit / abort, each inside a redb write
-//! transaction) and runs a [`ParticipantServer`]. The SDK does the rest of
-//! the participant's side of two-phase commit:
-//!
-//! ```text
-//!  coordinator ──Prepare/Commit/Abort──► ParticipantService (tonic)
-//!                                            │ op + reply channel
-//!                                            ▼
-//!                     writer thread: for each queued op, one redb write txn:
-//!                       read the log record ─► answer a duplicate from it, or
-//!                       run the Resource ─► write the log record (same txn)
-//!                     then ONE durable commit (fsync) for the batch,
-//!                     then release the answers                   (corner 19)
-//!
-//!  in-doubt resolver: at start and every interval, for each Prepared record,
-//!    InDoubt.QueryOutcome on the coordinators ─► Commit/Abort through the writer
-//!  registration: RegisterParticipant(name, endpoint) at start, retried
-//! ```
-//!
-//! The rules it enforces (docs/design.md §10, the participant corner cases):
-//!
-//! - **Log before vote (19).** The record and the application's reservations
-//!   commit in one redb transaction and are synced before the vote is sent.
-//! - **Idempotent (contract of `participant.proto`).** A duplicate Prepare,
-//!   Commit or Abort returns the recorded answer; the resource runs at most
-//!   once per transaction and step. One writer thread means two duplicate
-//!   Prepares can never both run.
-//! - **Abort before prepare (11).** Records a tombstone; a late Prepare votes abort.
-//! - **Commit for an unknown transaction (12).** Answered FAILED_PRECONDITION
-//!   and logged as an error (the log was lost), never acknowledged.
-//!   Commit after abort, or abort after commit: FAILED_PRECONDITION too.
-//! - **Prepared means no unilateral abort (13).** Before voting, a Prepare
-//!   whose `remaining_ms` has run out votes abort; after voting, only the
-//!   coordinator's decision (sent, or fetched by the in-doubt resolver) ends it.
-//! - **Locks come back (14).** [`Resource::recover`] gets every prepared
-//!   transaction before the server accepts its first call.
-//! - **Endpoints change (15).** Every start registers the current endpoint.
-//! - **Bounded lock wait.** A prepare the resource finds busy
-//!   ([`Vote::Busy`]) votes abort at once, or, with
-//!   [`ParticipantBuilder::lock_wait`], waits for other transactions'
-//!   decisions without blocking the writer, never past its deadline.
-//!
-//! Decided records are kept (see [`log`] for why, and what pruning would need).
-//!
-//! ## Counters: concurrency without conflicts
-//!
-//! A resource whose state is numbers (stock, seats, quotas, balances) should
-//! not lock them: [`counters`] implements escrow reservations (a decrease
-//! reserves its amount at prepare and is refused only if the value minus
-//! every reserved decrease would not cover it; an increase is applied at
-//! commit; abort releases; restart rebuilds the reservations from the
-//! prepared records), so concurrent transactions on one counter all prepare
-//! while the stock lasts. An inventory participant whose branch payload is
-//! `sku:delta` lines (`widget:-2` takes two widgets):
+//! A participant is a service that owns some state (stock, seats,
+//! balances) and lets dtc transactions change it atomically with other
+//! services. You implement [`Resource`]: how to decode a branch's payload,
+//! and what prepare, commit and abort do to your tables. The SDK runs the
+//! gRPC service the coordinators call, keeps the durable participant log,
+//! answers duplicates, registers with the cluster and asks about decisions
+//! it missed. A whole participant (the example `inventory`, run by CI
+//! against a local cluster; `examples/inventory.rs` in this crate):
 //!
 //! ```no_run
-//! use dtc_participant::counters::{CounterResource, Counters};
-//! use dtc_participant::{ParticipantServer, open_database};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let stock = CounterResource::new(Counters::new("stock", "stock_reserved"), |payload| {
-//!     let text = std::str::from_utf8(payload).map_err(|e| e.to_string())?;
-//!     text.lines()
-//!         .map(|line| match line.split_once(':') {
-//!             Some((sku, n)) => Ok((sku.to_string(), n.parse().map_err(|_| format!("bad count {n:?}"))?)),
-//!             None => Err(format!("{line:?} is not sku:delta")),
-//!         })
-//!         .collect()
-//! });
-//! let db = open_database(std::path::Path::new("inventory-data"))?;
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7201").await?;
-//! ParticipantServer::builder("inventory", db, stock)
-//!     .coordinators(["127.0.0.1:7001"])
-//!     .serve(listener, async { tokio::signal::ctrl_c().await.unwrap_or(()) })
-//!     .await?;
-//! # Ok(()) }
+#![doc = include_str!("../examples/inventory.rs")]
 //! ```
 //!
-//! Stock never goes below zero whichever prepared transactions commit; a
-//! take larger than what is left votes abort with the shortfall in its
-//! reason. `dtc-ledger` is the same pattern with its own payload and messages.
+//! ## What you write
+//!
+//! - [`Resource::decode`]: bytes to your payload type ([`payload`] has
+//!   bytes, UTF-8 and JSON). A payload that does not decode votes abort at
+//!   prepare with your error as the reason, and so never reaches commit.
+//! - [`Resource::init`]: create your tables, seed a new database. Runs at
+//!   every start before anything is served.
+//! - [`Resource::prepare`]: check the branch and reserve what it needs,
+//!   durably, in the write transaction you are given; vote
+//!   [`Vote::Prepared`], [`Vote::Abort`], [`Vote::ReadOnly`], or
+//!   [`Vote::Busy`] when other prepared transactions hold what it needs.
+//! - [`Resource::commit`] / [`Resource::abort`]: apply or release what
+//!   prepare reserved. They must not fail except transiently: an error is
+//!   rolled back and retried when the decision is sent again.
+//! - optionally [`Resource::recover`] (re-take in-memory locks at start)
+//!   and [`Resource::query`] (a read for `dtc query PARTICIPANT KEY`).
+//!
+//! For state that is numbers, [`counters::CounterResource`] is all of this
+//! already (escrow reservations: concurrent transactions on one counter
+//! all prepare while the value covers them).
+//!
+//! ## What the SDK guarantees
+//!
+//! - **Log before vote.** Your table changes and the SDK's log record for
+//!   the branch commit in one redb write transaction, and are synced
+//!   before the vote leaves the process. A crash after voting prepared
+//!   loses nothing.
+//! - **Once per transaction.** A duplicate Prepare, Commit or Abort is
+//!   answered from the log; `prepare` runs at most once per transaction id,
+//!   `commit` or `abort` at most once, and only after `prepare` voted
+//!   prepared. All calls run on one writer thread, never concurrently.
+//! - **No unilateral abort after prepared.** A prepared branch waits for
+//!   the coordinator's decision however long it takes; at start and every
+//!   few seconds the SDK asks the coordinators about prepared branches
+//!   whose decision did not arrive. An Abort that arrives before its
+//!   Prepare is remembered, and the late Prepare votes abort.
+//! - **Bounded.** A prepare past its deadline votes abort; past
+//!   [`ParticipantBuilder::max_queued`] calls are refused with
+//!   RESOURCE_EXHAUSTED; below the disk reserve new prepares vote abort. A
+//!   failed write or sync stops the participant
+//!   ([`RunningParticipant::storage_failed`]): restart it, and it recovers
+//!   from what is durable.
+//!
+//! ## Your own reads and writes
+//!
+//! redb locks the database file, so read through the SDK while it runs:
+//! [`RunningParticipant::read`] (a read transaction, concurrent with
+//! everything) or the query hook. Write outside two-phase commit (restock,
+//! correct, seed) with [`RunningParticipant::write`]: it runs on the
+//! writer between transactions and returns once durable. Keep the
+//! invariants prepared transactions rely on: with counters, use
+//! [`counters::Counters::adjust`], which refuses to take what prepared
+//! transactions reserved.
+//!
+//! docs/sdk.md in the repository walks through writing, running and testing
+//! a participant.
 
 mod coordinators;
 pub mod counters;
