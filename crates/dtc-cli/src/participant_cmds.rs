@@ -80,7 +80,7 @@ pub async fn admin(cmd: ParticipantAdminCmd) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match c.list_prepared(&participant, limit).await {
+    match c.list_in_doubt(&participant, limit).await {
         Ok((list, total)) => {
             let now = dtc_util::wall_ms();
             if cluster.json {

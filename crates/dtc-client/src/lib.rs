@@ -71,7 +71,7 @@ mod participants;
 mod txn;
 
 pub use error::ClientError;
-pub use participants::PreparedBranch;
+pub use participants::InDoubtBranch;
 pub use txn::{TxnBuilder, TxnOutcome, TxnState, TxnStatus};
 
 use dtc_proto::v1 as pb;

@@ -17,7 +17,7 @@ const PARTICIPANT_CALL: Duration = Duration::from_secs(2);
 /// A transaction a participant voted prepared for and holds no decision
 /// for yet (in doubt at that participant).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PreparedBranch {
+pub struct InDoubtBranch {
     pub txn_id: String,
     /// Participant wall-clock time (unix ms) of the prepare vote.
     pub prepared_at_ms: u64,
@@ -92,16 +92,16 @@ impl Client {
     /// The transactions participant `participant` holds prepared without a
     /// decision, oldest first (at most `limit`; 0: 100), and how many there
     /// are in all.
-    pub async fn list_prepared(
+    pub async fn list_in_doubt(
         &self,
         participant: &str,
         limit: u32,
-    ) -> Result<(Vec<PreparedBranch>, u64), ClientError> {
+    ) -> Result<(Vec<InDoubtBranch>, u64), ClientError> {
         let r = self
             .call_participant(participant, |channel, t| async move {
-                let req = with_timeout(pb::ListPreparedRequest { limit }, t);
+                let req = with_timeout(pb::ListInDoubtRequest { limit }, t);
                 ParticipantQueryClient::new(channel)
-                    .list_prepared(req)
+                    .list_in_doubt(req)
                     .await
             })
             .await?
@@ -109,7 +109,7 @@ impl Client {
         let list = r
             .transactions
             .into_iter()
-            .map(|t| PreparedBranch {
+            .map(|t| InDoubtBranch {
                 txn_id: t.txn_id,
                 prepared_at_ms: t.prepared_at_ms,
                 payload_bytes: t.payload_bytes,

@@ -1,7 +1,7 @@
 //! The `dtc.v1.ParticipantQuery` gRPC service: reads for people and tools.
 //! `Query` hands a key to the resource's query hook in a redb read
 //! transaction (concurrent with the writer, never queued behind it);
-//! `ListPrepared` lists what this participant holds in doubt.
+//! `ListInDoubt` lists what this participant holds in doubt.
 
 use crate::log::ParticipantLog;
 use crate::resource::ErasedResource;
@@ -57,10 +57,10 @@ impl pb::participant_query_server::ParticipantQuery for QueryService {
         }
     }
 
-    async fn list_prepared(
+    async fn list_in_doubt(
         &self,
-        request: Request<pb::ListPreparedRequest>,
-    ) -> Result<Response<pb::ListPreparedResponse>, Status> {
+        request: Request<pb::ListInDoubtRequest>,
+    ) -> Result<Response<pb::ListInDoubtResponse>, Status> {
         let limit = match request.into_inner().limit {
             0 => 100,
             n => n.min(10_000) as usize,
@@ -72,11 +72,11 @@ impl pb::participant_query_server::ParticipantQuery for QueryService {
             .map_err(|e| Status::unavailable(format!("cannot read the participant log: {e}")))?;
         let total = prepared.len() as u64;
         prepared.sort_by(|a, b| (a.1.updated_at_ms, &a.0).cmp(&(b.1.updated_at_ms, &b.0)));
-        Ok(Response::new(pb::ListPreparedResponse {
+        Ok(Response::new(pb::ListInDoubtResponse {
             transactions: prepared
                 .into_iter()
                 .take(limit)
-                .map(|(txn_id, rec)| pb::PreparedBranch {
+                .map(|(txn_id, rec)| pb::InDoubtBranch {
                     txn_id,
                     prepared_at_ms: rec.updated_at_ms,
                     payload_bytes: u32::try_from(rec.payload.len()).unwrap_or(u32::MAX),

@@ -295,7 +295,7 @@ async fn a_write_outside_2pc_is_durable_keeps_reservations_and_wakes_waiting_pre
     assert_eq!((widget.value, widget.reserved), (15, 7));
     // Both prepared transactions are listed as in doubt here, oldest first.
     let listed = ParticipantQueryClient::new(c.clone())
-        .list_prepared(pb::ListPreparedRequest { limit: 0 })
+        .list_in_doubt(pb::ListInDoubtRequest { limit: 0 })
         .await
         .unwrap()
         .into_inner();
