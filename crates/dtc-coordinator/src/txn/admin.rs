@@ -34,11 +34,18 @@ pub enum AdminError {
     AlreadyDecided { txn_id: TxnId, outcome: Outcome },
     #[error("state read failed: {0}")]
     Store(#[from] dtc_store::StoreError),
-    /// The decision could not be recorded (not leader any more).
+    /// The decision could not be recorded (not leader any more). Boxed:
+    /// openraft's errors are large and this is the rare path.
     #[error("cannot record the decision: {0}; retry")]
-    Propose(#[from] ProposeError),
+    Propose(Box<ProposeError>),
     #[error("unexpected apply result {0}")]
     Unexpected(String),
+}
+
+impl From<ProposeError> for AdminError {
+    fn from(e: ProposeError) -> Self {
+        AdminError::Propose(Box::new(e))
+    }
 }
 
 /// An outcome in words, as operators read it.
