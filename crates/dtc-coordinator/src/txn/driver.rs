@@ -81,6 +81,7 @@ pub fn spawn(
     let task = DriverTask {
         shared: shared.clone(),
         txn_id,
+        prepares: cancel.child_token(),
         cancel,
         live: registration.live.clone(),
         registration,
@@ -101,6 +102,10 @@ struct DriverTask {
     shared: Arc<Shared>,
     txn_id: TxnId,
     cancel: CancellationToken,
+    /// Stops the prepare calls once the outcome is applied: a participant
+    /// that hangs is not called again for a transaction already decided
+    /// (by the deadline, or by an operator long before it).
+    prepares: CancellationToken,
     /// What its calls got, for operators (shared with the registry entry).
     live: Arc<Live>,
     /// This driver's registry entry (removed when the task ends).
@@ -295,6 +300,7 @@ impl DriverTask {
                 // (it may or may not commit).
                 dtc_util::crash_point!("coordinator.prepare.before_send", txn = txn_id.as_str());
                 let payload = payloads.get(&participant).cloned().unwrap_or_default();
+                let cancel = self.prepares.clone();
                 tokio::spawn(async move {
                     let deadline = Instant::now() + Duration::from_millis(remaining_ms);
                     let run =
@@ -378,6 +384,7 @@ impl DriverTask {
             }
             Action::Finished { outcome } => {
                 info!(txn_id = %self.txn_id, outcome = ?outcome, "transaction decided");
+                self.prepares.cancel();
                 self.registration.update(|s| s.outcome = Some(outcome));
             }
         }
