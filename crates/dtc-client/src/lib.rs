@@ -31,6 +31,12 @@
 //! carries the txn id: the outcome is unknown, and retrying later with the
 //! same id (or [`Client::get_transaction`]) finds it.
 //!
+//! Operators reach the leader's `CoordinatorAdmin` service through the
+//! same retry loop: [`Client::show_transaction`] (votes, acknowledgements,
+//! attempts, last errors), [`Client::list_stuck_transactions`] (pending or
+//! in doubt), [`Client::retry_transaction`] and [`Client::resolve_abort`]
+//! (docs/operations.md, "Stuck transactions").
+//!
 //! The client knows nothing of any participant's payloads: the sample
 //! ledger's transfers and balance reads are `dtc_ledger::LedgerClient`,
 //! built on [`TxnBuilder`] and [`Client::participant_channel`] (a channel to
