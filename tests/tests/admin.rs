@@ -316,6 +316,7 @@ async fn resolve_aborts_an_undecided_transaction_whose_participant_hangs() {
         assert_eq!(v, serde_json::json!([]), "not waiting for 10 minutes yet");
         let (code, out, err) = cli(&cluster, &["txn", "list", "--pending"]).await;
         assert_eq!(code, 0, "{err}");
+        println!("dtc txn list --pending:\n{out}");
         assert!(
             out.contains("AGE") && out.contains("hung-1") && out.contains("beta"),
             "{out}"
@@ -534,6 +535,7 @@ async fn a_decided_transaction_is_never_resolved_and_retry_finishes_a_stuck_phas
         );
         let (code, out, err) = cli(&cluster, &["txn", "show", "ack-1"]).await;
         assert_eq!(code, 0, "{err}");
+        println!("dtc txn show ack-1:\n{out}");
         assert!(
             out.contains("awaiting")
                 && out.contains("failing on purpose")

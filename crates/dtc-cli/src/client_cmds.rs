@@ -404,7 +404,10 @@ fn detail_json(d: &TransactionDetail) -> serde_json::Value {
 }
 
 fn print_detail_text(d: &TransactionDetail) {
-    let t = TxnStatus::from(d.info.clone().unwrap_or_default());
+    let mut t = TxnStatus::from(d.info.clone().unwrap_or_default());
+    // The record's list is the decision's, complete until every
+    // acknowledgement is in; "waiting" below says who still owes one.
+    t.awaiting_ack.clear();
     print_txn_text(&t);
     println!("age:           {}", human_ms(d.age_ms));
     if !d.waiting_for.is_empty() {
