@@ -379,6 +379,49 @@ async fn resolve_aborts_an_undecided_transaction_whose_participant_hangs() {
         )
         .await;
 
+        // The race: an operator resolves just as the last vote arrives and
+        // the driver proposes commit. Whichever decision is applied first
+        // stands for the operator, the client, the record and both
+        // participants alike.
+        let (mut aborted, mut committed) = (0, 0);
+        for i in 0..6 {
+            let id = format!("race-{i}");
+            beta.hold_prepares();
+            let mut client = client_for(cluster.addr(follower));
+            let req = execute_request(&id, &[("alpha", b"a"), ("beta", b"b")], 600_000);
+            let running = tokio::spawn(async move { client.execute(request(req, secs(60))).await });
+            alpha.wait_state(&id, BranchState::Prepared, secs(15)).await;
+            beta.wait_for(&id, secs(15), "a held Prepare", |r| r.prepares >= 1).await;
+            let mut a = admin(&cluster, leader);
+            let resolve = a.resolve_transaction(request(resolve_req(&id, true, "race"), secs(10)));
+            let (resolved, ()) = tokio::join!(resolve, async { beta.release_prepares() });
+            let answer = running.await.unwrap().expect("Execute answers").into_inner();
+            let (want, state) = match resolved {
+                Ok(r) => {
+                    assert!(r.get_ref().recorded_reason.ends_with(": race"), "{r:?}");
+                    assert_eq!(answer.reason, r.get_ref().recorded_reason, "{answer:?}");
+                    aborted += 1;
+                    (BranchState::Aborted, pb::TxnState::Aborted)
+                }
+                Err(s) => {
+                    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+                    assert!(s.message().contains("already decided: committed"), "{s:?}");
+                    committed += 1;
+                    (BranchState::Committed, pb::TxnState::Committed)
+                }
+            };
+            let expected = if want == BranchState::Committed { pb::Outcome::Committed } else { pb::Outcome::Aborted };
+            assert_eq!(answer.outcome(), expected, "{id}: {answer:?}");
+            for p in [&alpha, &beta] {
+                p.wait_for(&id, secs(15), &format!("{want:?}"), |r| {
+                    r.state == want || (want == BranchState::Aborted && r.state.is_aborted())
+                })
+                .await;
+            }
+            cluster.wait_txn_state(&id, state, secs(15)).await;
+        }
+        println!("race of resolve and the last vote: {aborted} aborted by the operator, {committed} committed first");
+
         // Recorded through Raft: the next leader has the same record.
         cluster.kill(leader);
         let next = cluster.wait_for_leader(secs(30)).await;
