@@ -317,6 +317,7 @@ async fn python_client_transfers_through_a_follower() {
             coordinator_services,
             [
                 "dtc.v1.Coordinator",
+                "dtc.v1.CoordinatorAdmin",
                 "dtc.v1.InDoubt",
                 "dtc.v1.RaftTransport",
                 "grpc.health.v1.Health"

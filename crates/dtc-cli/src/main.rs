@@ -6,16 +6,16 @@
 //! - `dtc participant ...` runs a ledger participant (crates/dtc-ledger).
 //! - `dtc health --addr HOST:PORT` asks a node's `grpc.health.v1` service
 //!   (for container health checks; exit 0 only when SERVING).
-//! - `dtc deposit | transfer | balance | txn show | txn list` are clients
-//!   (crates/dtc-client); see `client_cmds` for their output.
+//! - `dtc deposit | transfer | balance | txn show | list | retry | resolve`
+//!   are clients (crates/dtc-client); see `client_cmds` for their output.
 //! - `dtc query P KEY` and `dtc participant-admin list P` read one
 //!   participant (`participant_cmds`).
 //! - `dtc demo` and `dtc up` run a local cluster (crates/dtc-harness);
 //!   `dtc bench` measures one (crates/dtc-bench). Their flags are those
 //!   crates' option structs; this binary parses them and calls in.
 //!
-//! Exit codes: 0 ok / committed, 1 aborted (`txn show`: not found), 2 usage
-//! error, 3 unavailable or outcome unknown.
+//! Exit codes: 0 ok / committed, 1 aborted (`txn`: not found), 2 usage
+//! error, 3 unavailable or outcome unknown, 4 `txn retry`: still waiting.
 
 mod client_cmds;
 mod health;
@@ -63,7 +63,7 @@ enum Cmd {
     /// Print an account's committed balance, what prepared transactions
     /// reserve on it (debits) and bring to it (credits), and what is available.
     Balance(client_cmds::BalanceArgs),
-    /// Inspect transactions.
+    /// Inspect transactions, and retry or resolve stuck ones.
     #[command(subcommand)]
     Txn(client_cmds::TxnCmd),
     /// Ask a participant's query hook for a key (for a ledger, an

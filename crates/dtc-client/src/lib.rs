@@ -60,6 +60,12 @@
 //! carries the txn id: the outcome is unknown, and retrying later with the
 //! same id (or [`Client::get_transaction`]) finds it.
 //!
+//! Operators reach the leader's `CoordinatorAdmin` service through the
+//! same retry loop: [`Client::show_transaction`] (votes, acknowledgements,
+//! attempts, last errors), [`Client::list_stuck_transactions`] (pending or
+//! in doubt), [`Client::retry_transaction`] and [`Client::resolve_abort`]
+//! (docs/operations.md, "Stuck transactions").
+//!
 //! The client knows nothing of any participant's payloads: the sample
 //! ledger's transfers and balance reads are `dtc_ledger::LedgerClient`,
 //! built on [`TxnBuilder`] and [`Client::call_participant`] (a call to
@@ -75,6 +81,7 @@ pub use participants::InDoubtBranch;
 pub use txn::{TxnBuilder, TxnOutcome, TxnState, TxnStatus};
 
 use dtc_proto::v1 as pb;
+use pb::coordinator_admin_client::CoordinatorAdminClient;
 use pb::coordinator_client::CoordinatorClient;
 use std::collections::HashMap;
 use std::future::Future;
@@ -86,6 +93,10 @@ use tonic::{Code, Status};
 use tracing::debug;
 
 pub use dtc_proto::v1 as proto;
+/// One transaction as an operator sees it ([`Client::show_transaction`]).
+pub use dtc_proto::v1::TransactionDetail;
+
+type AdminClient = CoordinatorAdminClient<Channel>;
 
 /// Metadata key of the leader hint on UNAVAILABLE answers: `ID=ADDR`.
 pub use dtc_proto::wire::LEADER_HINT_HEADER;
@@ -215,6 +226,13 @@ pub fn leader_hint(status: &Status) -> Option<String> {
     let (_, addr) = v.split_once('=')?;
     let addr = addr.trim();
     (!addr.is_empty()).then(|| addr.to_string())
+}
+
+/// A transaction id checked here, before anything is sent.
+fn check_txn_id(txn_id: &str) -> Result<(), ClientError> {
+    dtc_core::TxnId::new(txn_id)
+        .map(drop)
+        .map_err(|e| ClientError::InvalidArgument(e.to_string()))
 }
 
 /// A request with a per-call deadline (sent as `grpc-timeout`).
@@ -348,10 +366,32 @@ impl Client {
         &self,
         until: Instant,
         per_call: Duration,
-        mut call: F,
+        call: F,
     ) -> Result<(Result<T, Status>, bool), ClientError>
     where
         F: FnMut(CoordinatorClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let coordinator = |channel| {
+            CoordinatorClient::new(channel)
+                .max_decoding_message_size(dtc_proto::wire::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(usize::MAX)
+        };
+        self.retrying_via(until, per_call, coordinator, call).await
+    }
+
+    /// [`retrying`](Self::retrying) for any service every node serves:
+    /// `make` turns a node's channel into that service's client.
+    async fn retrying_via<C, T, M, F, Fut>(
+        &self,
+        until: Instant,
+        per_call: Duration,
+        make: M,
+        mut call: F,
+    ) -> Result<(Result<T, Status>, bool), ClientError>
+    where
+        M: Fn(Channel) -> C,
+        F: FnMut(C, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let config = &self.inner.config;
@@ -370,9 +410,7 @@ impl Client {
                 Ok(c) => c,
                 Err(e) => return Ok((Err(Status::invalid_argument(e.to_string())), ambiguous)),
             };
-            let client = CoordinatorClient::new(channel)
-                .max_decoding_message_size(dtc_proto::wire::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(usize::MAX);
+            let client = make(channel);
             let status = match call(client, per_call.min(left).max(Duration::from_millis(1))).await
             {
                 Ok(resp) => {
@@ -437,7 +475,7 @@ impl Client {
 
     /// One transaction's state (NOT_FOUND if unknown or past retention).
     pub async fn get_transaction(&self, txn_id: &str) -> Result<TxnStatus, ClientError> {
-        dtc_core::TxnId::new(txn_id).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        check_txn_id(txn_id)?;
         let (until, per_call) = self.call_deadline();
         let req = pb::GetTransactionRequest {
             txn_id: txn_id.to_string(),
@@ -501,6 +539,131 @@ impl Client {
                 None => return Ok(out),
             }
         }
+    }
+
+    /// Calls the leader's `CoordinatorAdmin` service (any node forwards)
+    /// until it answers, with the same retries as every other call.
+    async fn admin<T, F, Fut>(
+        &self,
+        until: Instant,
+        per_call: Duration,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(AdminClient, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let admin = |channel| {
+            AdminClient::new(channel).max_decoding_message_size(dtc_proto::wire::MAX_MESSAGE_BYTES)
+        };
+        let (r, _) = self.retrying_via(until, per_call, admin, call).await?;
+        r.map_err(|s| ClientError::from_status(s, None))
+    }
+
+    /// One transaction as the leader sees it: the replicated record, each
+    /// participant's vote, acknowledgement, attempts and last error (from
+    /// the leader's driver, when one runs it), and its age.
+    pub async fn show_transaction(&self, txn_id: &str) -> Result<TransactionDetail, ClientError> {
+        check_txn_id(txn_id)?;
+        let (until, per_call) = self.call_deadline();
+        let req = pb::ShowTransactionRequest {
+            txn_id: txn_id.to_string(),
+        };
+        self.admin(until, per_call, |mut c, t| {
+            let req = req.clone();
+            async move { c.show_transaction(with_timeout(req, t)).await }
+        })
+        .await
+    }
+
+    /// Every pending transaction (undecided, or decided and not acknowledged
+    /// by every participant), or with `in_doubt = Some(min)` only those that
+    /// have waited on their participants at least `min` in their current
+    /// phase; all pages, ordered by id.
+    pub async fn list_stuck_transactions(
+        &self,
+        in_doubt: Option<Duration>,
+    ) -> Result<Vec<TransactionDetail>, ClientError> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let (until, per_call) = self.call_deadline();
+            let req = pb::ListStuckTransactionsRequest {
+                in_doubt_only: in_doubt.is_some(),
+                // At least 1 ms: 0 would mean the server's default.
+                min_waiting_ms: in_doubt.map_or(0, |d| (d.as_millis() as u64).max(1)),
+                limit: 1000,
+                after_txn_id: after.clone(),
+            };
+            let page = self
+                .admin(until, per_call, |mut c, t| {
+                    let req = req.clone();
+                    async move { c.list_stuck_transactions(with_timeout(req, t)).await }
+                })
+                .await?;
+            out.extend(page.transactions);
+            if page.next_after_txn_id.is_empty() {
+                return Ok(out);
+            }
+            after = page.next_after_txn_id;
+        }
+    }
+
+    /// Sends every call `txn_id` waits on now, skipping the back-off, and
+    /// waits at most `wait` (up to 30 s) for the answers. Safe to repeat; a
+    /// complete transaction is left alone. The answer says what it did and
+    /// whether phase 2 is over.
+    pub async fn retry_transaction(
+        &self,
+        txn_id: &str,
+        wait: Duration,
+    ) -> Result<pb::RetryTransactionResponse, ClientError> {
+        check_txn_id(txn_id)?;
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
+        // Each attempt may wait `wait` on the leader before it answers.
+        let per_call = wait + Duration::from_secs(2);
+        let until = Instant::now() + self.inner.config.call_deadline.max(per_call);
+        let req = pb::RetryTransactionRequest {
+            txn_id: txn_id.to_string(),
+            wait_ms,
+        };
+        self.admin(until, per_call, |mut c, t| {
+            let req = req.clone();
+            async move { c.retry_transaction(with_timeout(req, t)).await }
+        })
+        .await
+    }
+
+    /// Aborts `txn_id` if it has no decision yet, recording `reason` and
+    /// `requested_by` (who asks; the node adds the caller's address) in the
+    /// abort reason on every node. The participants are then told abort.
+    /// [`ClientError::FailedPrecondition`] names the decision when there is
+    /// one. Safe to repeat: the same resolution again changes nothing.
+    pub async fn resolve_abort(
+        &self,
+        txn_id: &str,
+        reason: &str,
+        requested_by: &str,
+    ) -> Result<pb::ResolveTransactionResponse, ClientError> {
+        check_txn_id(txn_id)?;
+        if reason.trim().is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "the reason is empty: say why the transaction is aborted (it is recorded)".into(),
+            ));
+        }
+        let (until, per_call) = self.call_deadline();
+        let req = pb::ResolveTransactionRequest {
+            txn_id: txn_id.to_string(),
+            abort: true,
+            reason: reason.to_string(),
+            requested_by: requested_by.to_string(),
+            origin: String::new(),
+        };
+        self.admin(until, per_call, |mut c, t| {
+            let req = req.clone();
+            async move { c.resolve_transaction(with_timeout(req, t)).await }
+        })
+        .await
     }
 
     /// Registers (or moves) participant `name` at `endpoint` (`http://host:port`).

@@ -5,15 +5,15 @@
 //! The top of the crate: uses every other module.
 
 use crate::api::health::watch_health;
-use crate::api::{CoordinatorService, InDoubtService};
+use crate::api::{AdminService, CoordinatorService, InDoubtService};
 use crate::channels::Channels;
 use crate::config::{ConfigError, NodeConfig, claim_data_dir};
 use crate::raft::RaftStartError;
 use crate::raft::transport::RaftService;
 use crate::txn::{Leadership, Shared, expiry, takeover};
 use dtc_proto::v1::{
-    coordinator_server::CoordinatorServer, in_doubt_server::InDoubtServer,
-    raft_transport_server::RaftTransportServer,
+    coordinator_admin_server::CoordinatorAdminServer, coordinator_server::CoordinatorServer,
+    in_doubt_server::InDoubtServer, raft_transport_server::RaftTransportServer,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -89,6 +89,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let listed = dtc_proto::reflection::Listed {
         services: [
             dtc_proto::v1::coordinator_server::SERVICE_NAME,
+            dtc_proto::v1::coordinator_admin_server::SERVICE_NAME,
             dtc_proto::v1::in_doubt_server::SERVICE_NAME,
             dtc_proto::v1::raft_transport_server::SERVICE_NAME,
             dtc_proto::reflection::HEALTH,
@@ -118,7 +119,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             CoordinatorServer::new(CoordinatorService::new(shared.clone()))
                 .max_decoding_message_size(max_msg),
         )
-        .add_service(InDoubtServer::new(InDoubtService::new(shared.clone())));
+        .add_service(InDoubtServer::new(InDoubtService::new(shared.clone())))
+        .add_service(CoordinatorAdminServer::new(AdminService::new(
+            shared.clone(),
+        )));
     let stop = CancellationToken::new();
     let serving = tokio::spawn({
         let stop = stop.clone();

@@ -613,6 +613,73 @@ mod tests {
         assert!(d.is_done());
     }
 
+    /// An operator's abort (`dtc txn resolve`) is applied while the driver
+    /// still waits for a vote, or after it proposed its own decision: it
+    /// adopts the applied abort either way, tells every participant, and
+    /// ignores what comes after (a late vote, its own proposal's result).
+    #[test]
+    fn a_decision_applied_by_someone_else_is_adopted_at_any_point_before_phase2() {
+        for proposed_first in [false, true] {
+            let (mut s, rec) = begun(&["a", "b"], 300);
+            let (mut d, _) = TxnDriver::start_new(&rec, 0);
+            d.step(vote("a", Vote::Prepared));
+            if proposed_first {
+                let acts = d.step(vote("b", Vote::Prepared));
+                assert!(
+                    matches!(
+                        &acts[..],
+                        [Action::ProposeDecision {
+                            outcome: Outcome::Commit,
+                            ..
+                        }]
+                    ),
+                    "{acts:?}"
+                );
+            }
+            let CommandResult::Decided { record } = s.apply(&Command::Decide {
+                txn_id: "t".parse().unwrap(),
+                outcome: Outcome::abort("aborted by operator alice: b hangs"),
+                phase2: vec!["a".into(), "b".into()],
+                at_ms: 1,
+            }) else {
+                panic!()
+            };
+            let acts = d.step(Event::DecisionApplied {
+                record: record.clone(),
+            });
+            assert_eq!(
+                acts,
+                vec![
+                    Action::Finished {
+                        outcome: Outcome::abort("aborted by operator alice: b hangs")
+                    },
+                    Action::SendDecision {
+                        participant: "a".into(),
+                        outcome: Outcome::abort("aborted by operator alice: b hangs")
+                    },
+                    Action::SendDecision {
+                        participant: "b".into(),
+                        outcome: Outcome::abort("aborted by operator alice: b hangs")
+                    },
+                ],
+                "proposed first: {proposed_first}"
+            );
+            // The driver's own commit proposal comes back with the abort that
+            // won in apply; a late vote changes nothing either.
+            let CommandResult::Decided { record: again } = s.apply(&Command::Decide {
+                txn_id: "t".parse().unwrap(),
+                outcome: Outcome::Commit,
+                phase2: vec!["a".into(), "b".into()],
+                at_ms: 2,
+            }) else {
+                panic!()
+            };
+            assert_eq!(again, record, "first decision wins");
+            assert!(d.step(Event::DecisionApplied { record: again }).is_empty());
+            assert!(d.step(vote("b", Vote::Prepared)).is_empty());
+        }
+    }
+
     #[test]
     fn takeover_of_a_decided_transaction_resends_the_decision() {
         let (mut s, _) = begun(&["a", "b"], 300);

@@ -1,12 +1,15 @@
 //! Wire mapping: proto messages to core types and back, and the runtime's
 //! errors as gRPC statuses.
 //!
-//! Uses the error types of [`crate::txn`] only.
+//! Uses the error types of [`crate::txn`], and its operator view
+//! ([`crate::txn::admin`]).
 
+use crate::txn::admin::{AdminError, TxnView};
 use crate::txn::execute::ExecuteError;
 use crate::txn::outcome::QueryError;
-use dtc_core::{Outcome, Phase, TxnId, TxnRecord, TxnRequest};
+use dtc_core::{Outcome, Phase, TxnId, TxnRecord, TxnRequest, Vote};
 use dtc_proto::v1 as pb;
+use std::time::Instant;
 use tonic::Status;
 
 /// The one place a wire id becomes a [`TxnId`]: an invalid one is the
@@ -65,6 +68,88 @@ impl From<QueryError> for Status {
             QueryError::Propose(_) => Status::unavailable(e.to_string()),
             QueryError::Unexpected(_) => Status::internal(e.to_string()),
         }
+    }
+}
+
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Status {
+        match e {
+            AdminError::NotFound(_) => Status::not_found(e.to_string()),
+            AdminError::AlreadyDecided { .. } => Status::failed_precondition(e.to_string()),
+            AdminError::Store(e) => store_error(e),
+            AdminError::Propose(_) => Status::unavailable(e.to_string()),
+            AdminError::Unexpected(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// A transaction as operators see it: the record, each participant's
+/// progress, and ages by the leader's wall clock `now_ms`.
+pub fn transaction_detail(view: &TxnView, now_ms: u64) -> pb::TransactionDetail {
+    let r = &view.record;
+    let awaiting: &[String] = match &r.phase {
+        Phase::Decided { awaiting, .. } => awaiting,
+        _ => &[],
+    };
+    let now = Instant::now();
+    let mut waiting_for = Vec::new();
+    let branches = r
+        .participants
+        .iter()
+        .map(|name| {
+            let p = view
+                .live
+                .as_ref()
+                .and_then(|l| l.get(name))
+                .cloned()
+                .unwrap_or_default();
+            let (vote, vote_reason) = match (&p.vote, &p.prepare_failed) {
+                (Some(Vote::Prepared), _) => (pb::SeenVote::Prepared, String::new()),
+                (Some(Vote::ReadOnly), _) => (pb::SeenVote::ReadOnly, String::new()),
+                (Some(Vote::Abort { reason }), _) => (pb::SeenVote::Abort, reason.clone()),
+                (None, Some(why)) => (pb::SeenVote::Failed, why.clone()),
+                (None, None) => (pb::SeenVote::None, String::new()),
+            };
+            let holds_nothing = matches!(vote, pb::SeenVote::ReadOnly | pb::SeenVote::Abort);
+            let ack = match &r.phase {
+                Phase::Preparing => {
+                    if vote == pb::SeenVote::None {
+                        waiting_for.push(name.clone());
+                    }
+                    pb::AckState::Undecided
+                }
+                _ if p.acked => pb::AckState::Acknowledged,
+                Phase::Decided { .. } if awaiting.contains(name) => {
+                    waiting_for.push(name.clone());
+                    pb::AckState::Awaiting
+                }
+                Phase::Decided { .. } => pb::AckState::NotOwed,
+                Phase::Completed { .. } if holds_nothing => pb::AckState::NotOwed,
+                Phase::Completed { .. } => pb::AckState::Settled,
+            };
+            pb::BranchProgress {
+                participant: name.clone(),
+                vote: vote as i32,
+                vote_reason,
+                ack: ack as i32,
+                prepare_attempts: p.prepare_attempts,
+                decision_attempts: p.decision_attempts,
+                last_error: p.last_error.unwrap_or_default(),
+                next_attempt_in_ms: p
+                    .retry_at
+                    .map(|at| at.saturating_duration_since(now).as_millis() as u64)
+                    .unwrap_or(0),
+            }
+        })
+        .collect();
+    pb::TransactionDetail {
+        info: Some(txn_info(r)),
+        live: view.live.is_some(),
+        branches,
+        now_ms,
+        age_ms: now_ms.saturating_sub(r.created_ms),
+        waiting_ms: crate::txn::admin::waiting_ms(r, now_ms),
+        waiting_for,
     }
 }
 

@@ -13,7 +13,7 @@
 
 use super::participants::{PrepareError, send_decision, send_prepare};
 use super::proposer::ProposeError;
-use super::registry::{DriverHandle, Entries, Registration};
+use super::registry::{DriverHandle, Entries, Live, Registration};
 use super::shared::Shared;
 use dtc_core::{Action, Command, CommandResult, Event, RequestDigest, TxnDriver, TxnId, TxnRecord};
 use std::collections::{HashMap, VecDeque};
@@ -74,14 +74,19 @@ pub fn spawn(
         Start::New { txn_id, digest, .. } => (txn_id.clone(), Some(*digest)),
         Start::Resume(r) => (r.txn_id.clone(), r.digest),
     };
-    let (registration, handle) = entries.register(&txn_id, digest);
+    let (mut registration, handle) = entries.register(&txn_id, digest);
+    let decisions = registration
+        .take_decisions()
+        .expect("a fresh registration has its decisions");
     let task = DriverTask {
         shared: shared.clone(),
         txn_id,
+        prepares: cancel.child_token(),
         cancel,
+        live: registration.live.clone(),
         registration,
     };
-    tokio::spawn(task.run(start));
+    tokio::spawn(task.run(start, decisions));
     handle
 }
 
@@ -97,14 +102,24 @@ struct DriverTask {
     shared: Arc<Shared>,
     txn_id: TxnId,
     cancel: CancellationToken,
+    /// Stops the prepare calls once the outcome is applied: a participant
+    /// that hangs is not called again for a transaction already decided
+    /// (by the deadline, or by an operator long before it).
+    prepares: CancellationToken,
+    /// What its calls got, for operators (shared with the registry entry).
+    live: Arc<Live>,
     /// This driver's registry entry (removed when the task ends).
     registration: Registration,
 }
 
+/// Decisions applied through Raft that another party proposed (an
+/// operator's abort), handed over by [`Live::adopt`].
+type Decisions = mpsc::UnboundedReceiver<TxnRecord>;
+
 impl DriverTask {
-    async fn run(self, start: Start) {
+    async fn run(self, start: Start, decisions: Decisions) {
         let outcome = tokio::select! {
-            r = self.drive(start) => r,
+            r = self.drive(start, decisions) => r,
             _ = self.cancel.cancelled() => Err(DriveError::LeadershipLost),
         };
         if let Err(why) = outcome {
@@ -113,7 +128,7 @@ impl DriverTask {
         }
     }
 
-    async fn drive(&self, start: Start) -> Result<(), DriveError> {
+    async fn drive(&self, start: Start, mut decisions: Decisions) -> Result<(), DriveError> {
         let now = self.shared.clock_ms();
         let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
         let (mut driver, actions, mut payloads, mut permit) = match start {
@@ -203,6 +218,12 @@ impl DriverTask {
                 _ = tokio::time::sleep(wait), if timed => {
                     Some(Input::Core(Event::Tick { now_ms: self.shared.clock_ms() }))
                 }
+                // Someone else's decision won in apply (an operator's abort,
+                // possibly while our prepares still wait): the applied
+                // record is the truth, adopted like our own (corner case 1).
+                Some(record) = decisions.recv() => {
+                    Some(Input::Core(Event::DecisionApplied { record }))
+                }
             };
             if let Some(Input::Core(Event::DecisionApplied { .. })) = &input {
                 decided_at = Some(Instant::now());
@@ -266,6 +287,7 @@ impl DriverTask {
         tx: &mpsc::UnboundedSender<Input>,
     ) {
         let shared = self.shared.clone();
+        let live = self.live.clone();
         let txn_id = self.txn_id.clone();
         let tx = tx.clone();
         let cancel = self.cancel.clone();
@@ -278,9 +300,11 @@ impl DriverTask {
                 // (it may or may not commit).
                 dtc_util::crash_point!("coordinator.prepare.before_send", txn = txn_id.as_str());
                 let payload = payloads.get(&participant).cloned().unwrap_or_default();
+                let cancel = self.prepares.clone();
                 tokio::spawn(async move {
                     let deadline = Instant::now() + Duration::from_millis(remaining_ms);
-                    let run = send_prepare(&shared, &txn_id, &participant, payload, deadline);
+                    let run =
+                        send_prepare(&shared, &live, &txn_id, &participant, payload, deadline);
                     tokio::select! {
                         answer = run => {
                             let event = match answer {
@@ -335,7 +359,7 @@ impl DriverTask {
                 outcome,
             } => {
                 tokio::spawn(async move {
-                    let run = send_decision(&shared, &txn_id, &participant, &outcome);
+                    let run = send_decision(&shared, &live, &txn_id, &participant, &outcome);
                     tokio::select! {
                         () = run => {
                             let _ = tx.send(Input::Core(Event::Acked { participant }));
@@ -360,6 +384,7 @@ impl DriverTask {
             }
             Action::Finished { outcome } => {
                 info!(txn_id = %self.txn_id, outcome = ?outcome, "transaction decided");
+                self.prepares.cancel();
                 self.registration.update(|s| s.outcome = Some(outcome));
             }
         }

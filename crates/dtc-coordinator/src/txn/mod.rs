@@ -11,9 +11,11 @@
 //! - [`driver`]: one task per transaction running a [`dtc_core::TxnDriver`].
 //! - [`takeover`]: following leadership; resuming the pending index.
 //! - [`expiry`]: dropping completed outcomes past the retention window.
-//! - [`execute`], [`outcome`]: what the API calls: run an `Execute`,
-//!   answer an outcome query.
+//! - [`execute`], [`outcome`], [`admin`]: what the API calls: run an
+//!   `Execute`, answer an outcome query, an operator's show, list, retry
+//!   and resolve.
 
+pub mod admin;
 pub mod driver;
 pub mod execute;
 pub mod expiry;

@@ -5,8 +5,15 @@
 //! every attempt: a participant that re-registered on a new endpoint is
 //! reached there on the next retry (corner case 15).
 //!
-//! Uses [`super::shared`] (the registry reader, channels, metrics, config).
+//! Every call reports to the transaction's [`Live`] progress (votes,
+//! acknowledgements, attempts, last error, next attempt) so that operators
+//! see it, and a wait in back-off ends early when an operator asks for a
+//! retry ([`Live::wake`]).
+//!
+//! Uses [`super::shared`] (the registry reader, channels, metrics, config)
+//! and [`super::registry`] (the [`Live`] side of a transaction).
 
+use super::registry::Live;
 use super::shared::Shared;
 use crate::channels::BadEndpoint;
 use dtc_core::{Outcome, TxnId, Vote};
@@ -14,6 +21,7 @@ use dtc_proto::v1::{
     AbortRequest, CommitRequest, PrepareRequest, participant_client::ParticipantClient,
 };
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
 /// Why a call to a participant failed without an answer to act on.
@@ -89,22 +97,55 @@ fn is_transient(status: &tonic::Status) -> bool {
     )
 }
 
+/// Sleeps `delay`, or less if an operator asks for a retry meanwhile (or
+/// asked while the last call was in flight). Records when the next attempt
+/// is due for `participant`.
+async fn back_off(
+    live: &Live,
+    wakes: &mut watch::Receiver<u64>,
+    participant: &str,
+    delay: Duration,
+) {
+    live.update(participant, |p| p.retry_at = Some(Instant::now() + delay));
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        _ = wakes.changed() => {}
+    }
+    live.update(participant, |p| p.retry_at = None);
+}
+
+/// Records a failed call to `participant`.
+fn failed(live: &Live, participant: &str, error: impl std::fmt::Display) {
+    let error = error.to_string();
+    live.update(participant, |p| p.last_error = Some(error));
+}
+
 /// Sends `Prepare` until an answer arrives or the deadline passes; transport
 /// failures are retried.
 pub async fn send_prepare(
     shared: &Shared,
+    live: &Live,
     txn_id: &TxnId,
     participant: &str,
     payload: Vec<u8>,
     deadline: Instant,
 ) -> Result<Vote, PrepareError> {
     let mut delays = backoff();
+    let mut wakes = live.wakes();
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(PrepareError::Deadline);
         }
-        let mut client = client(shared, participant)?;
+        live.update(participant, |p| p.prepare_attempts += 1);
+        let mut client = match client(shared, participant) {
+            Ok(c) => c,
+            Err(e) => {
+                failed(live, participant, &e);
+                live.update(participant, |p| p.prepare_failed = Some(e.to_string()));
+                return Err(e.into());
+            }
+        };
         let mut req = tonic::Request::new(PrepareRequest {
             txn_id: txn_id.to_string(),
             participant: participant.to_string(),
@@ -116,19 +157,32 @@ pub async fn send_prepare(
         match client.prepare(req).await {
             Ok(resp) => {
                 shared.metrics.prepared(participant, sent.elapsed());
-                return Ok(dtc_proto::vote_from_wire(&resp.into_inner()));
+                let vote = dtc_proto::vote_from_wire(&resp.into_inner());
+                live.update(participant, |p| {
+                    p.vote = Some(vote.clone());
+                    p.last_error = None;
+                });
+                return Ok(vote);
             }
             Err(status) if is_transient(&status) => {
                 shared.metrics.retry("prepare");
+                failed(live, participant, CallError::from(status.clone()));
                 debug!(%txn_id, participant, %status, "prepare failed; retrying");
             }
             Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                failed(live, participant, CallError::from(status));
                 return Err(PrepareError::Deadline);
             }
-            Err(status) => return Err(CallError::from(status).into()),
+            Err(status) => {
+                let e = CallError::from(status);
+                failed(live, participant, &e);
+                live.update(participant, |p| p.prepare_failed = Some(e.to_string()));
+                return Err(e.into());
+            }
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(1));
-        tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
+        let delay = delay.min(deadline.saturating_duration_since(Instant::now()));
+        back_off(live, &mut wakes, participant, delay).await;
     }
 }
 
@@ -165,14 +219,27 @@ async fn decide_once(
 /// Sends the decision until the participant acknowledges. Never gives up:
 /// a prepared participant holds locks until it hears (corner case 9); the
 /// caller's cancellation stops it when leadership moves.
-pub async fn send_decision(shared: &Shared, txn_id: &TxnId, participant: &str, outcome: &Outcome) {
+pub async fn send_decision(
+    shared: &Shared,
+    live: &Live,
+    txn_id: &TxnId,
+    participant: &str,
+    outcome: &Outcome,
+) {
     let mut delays = backoff();
+    let mut wakes = live.wakes();
     let mut attempt: u64 = 0;
     loop {
         attempt += 1;
+        live.update(participant, |p| p.decision_attempts += 1);
         let Err(e) = decide_once(shared, txn_id, participant, outcome).await else {
+            live.update(participant, |p| {
+                p.acked = true;
+                p.last_error = None;
+            });
             return;
         };
+        failed(live, participant, &e);
         shared.metrics.retry("decision");
         let code = e.code();
         let msg = match &e {
@@ -204,6 +271,7 @@ pub async fn send_decision(shared: &Shared, txn_id: &TxnId, participant: &str, o
                 "decision not acknowledged yet; retrying"
             );
         }
-        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
+        let delay = delays.next().unwrap_or(Duration::from_secs(2));
+        back_off(live, &mut wakes, participant, delay).await;
     }
 }

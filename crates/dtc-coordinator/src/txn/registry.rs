@@ -9,13 +9,20 @@
 //! entry is still its own (a later registration of the same id is left
 //! alone); a change of leadership clears the whole registry.
 //!
+//! Each entry also carries its [`Live`] side, for operators
+//! (`CoordinatorAdmin`): what the driver's calls to each participant got so
+//! far, a wake-up for calls waiting in back-off, and the way in for a
+//! decision someone else recorded (an operator's abort) for the driver to
+//! adopt.
+//!
 //! Uses nothing else of this crate.
 
-use dtc_core::{Outcome, RequestDigest, TxnId};
-use std::collections::HashMap;
+use dtc_core::{Outcome, RequestDigest, TxnId, TxnRecord, Vote};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::watch;
+use std::time::Instant;
+use tokio::sync::{mpsc, watch};
 
 /// What waiting clients can see of a running transaction.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +48,67 @@ impl DriverStatus {
     }
 }
 
+/// What this leader's driver learnt of one participant, for operators.
+/// Votes and attempts are not replicated: a new leader starts from nothing.
+#[derive(Debug, Clone, Default)]
+pub struct BranchProgress {
+    /// The vote `Prepare` returned (even one that came too late to count).
+    pub vote: Option<Vote>,
+    /// `Prepare` failed without a vote: why.
+    pub prepare_failed: Option<String>,
+    /// The participant acknowledged the decision.
+    pub acked: bool,
+    pub prepare_attempts: u32,
+    pub decision_attempts: u32,
+    /// The last failed call's error; cleared by a success.
+    pub last_error: Option<String>,
+    /// While a call waits in back-off: when it is sent again.
+    pub retry_at: Option<Instant>,
+}
+
+/// The side of a registered transaction operators reach.
+pub struct Live {
+    progress: Mutex<BTreeMap<String, BranchProgress>>,
+    /// Bumped to make every call waiting in back-off go now.
+    wake: watch::Sender<u64>,
+    /// Decisions recorded by someone else, for the driver to adopt.
+    decided: mpsc::UnboundedSender<TxnRecord>,
+}
+
+impl Live {
+    /// Every participant the driver has called so far.
+    pub fn progress(&self) -> BTreeMap<String, BranchProgress> {
+        self.lock().clone()
+    }
+
+    /// Changes what is known of `participant`.
+    pub fn update(&self, participant: &str, change: impl FnOnce(&mut BranchProgress)) {
+        change(self.lock().entry(participant.to_string()).or_default());
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, BranchProgress>> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes every call of this transaction that waits in back-off go now,
+    /// and one that is in flight go again at once if it fails.
+    pub fn wake(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// What a call waits on besides its back-off timer ([`Live::wake`]).
+    pub fn wakes(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    /// Hands the driver a decision applied through Raft that it did not
+    /// propose; it adopts it as it adopts its own (first decision wins, so
+    /// the applied record is the truth). False when no driver listens.
+    pub fn adopt(&self, record: TxnRecord) -> bool {
+        self.decided.send(record).is_ok()
+    }
+}
+
 /// A registered transaction, as seen by callers that join it.
 #[derive(Clone)]
 pub struct DriverHandle {
@@ -51,6 +119,7 @@ pub struct DriverHandle {
     /// of a record created without a request, and for claims).
     pub digest: Option<RequestDigest>,
     pub status: watch::Receiver<DriverStatus>,
+    pub live: Arc<Live>,
 }
 
 /// The registry. Cheap to clone; clones share the entries.
@@ -111,10 +180,17 @@ impl Entries<'_> {
     ) -> (Registration, DriverHandle) {
         let (status, rx) = watch::channel(DriverStatus::default());
         let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        let (decided, decisions) = mpsc::unbounded_channel();
+        let live = Arc::new(Live {
+            progress: Mutex::default(),
+            wake: watch::channel(0).0,
+            decided,
+        });
         let handle = DriverHandle {
             serial,
             digest,
             status: rx,
+            live: live.clone(),
         };
         self.map.insert(txn_id.clone(), handle.clone());
         let registration = Registration {
@@ -122,6 +198,8 @@ impl Entries<'_> {
             txn_id: txn_id.clone(),
             serial,
             status,
+            live,
+            decisions: Some(decisions),
         };
         (registration, handle)
     }
@@ -142,9 +220,17 @@ pub struct Registration {
     txn_id: TxnId,
     serial: u64,
     status: watch::Sender<DriverStatus>,
+    pub live: Arc<Live>,
+    decisions: Option<mpsc::UnboundedReceiver<TxnRecord>>,
 }
 
 impl Registration {
+    /// The decisions others hand this transaction ([`Live::adopt`]), for
+    /// the driver to receive. `None` after the first call.
+    pub fn take_decisions(&mut self) -> Option<mpsc::UnboundedReceiver<TxnRecord>> {
+        self.decisions.take()
+    }
+
     /// Changes the status every joined caller sees.
     pub fn update(&self, change: impl FnOnce(&mut DriverStatus)) {
         self.status.send_modify(change);
