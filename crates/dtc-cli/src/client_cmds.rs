@@ -26,6 +26,8 @@ pub struct ClusterArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub(crate) json: bool,
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
 }
 
 #[derive(clap::Args)]
@@ -170,7 +172,12 @@ pub fn parse_target(s: &str) -> anyhow::Result<(String, String)> {
 }
 
 pub(crate) fn client(cmd: &str, args: &ClusterArgs) -> Result<Client, ExitCode> {
-    Client::connect(args.coordinators.clone()).map_err(|e| usage(cmd, e))
+    let tls = args.tls.load().map_err(|e| usage(cmd, e))?;
+    let config = dtc_client::ClientConfig {
+        tls,
+        ..Default::default()
+    };
+    Client::with_config(args.coordinators.clone(), config).map_err(|e| usage(cmd, e))
 }
 
 /// Exit code and one-line message for a failed call.

@@ -22,6 +22,8 @@ pub struct HealthArgs {
     #[arg(long, default_value_t = 2000, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     timeout_ms: u64,
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
 }
 
 enum Failed {
@@ -34,8 +36,14 @@ enum Failed {
 /// address.
 pub async fn run(args: HealthArgs) -> ExitCode {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let endpoint = match tonic::transport::Endpoint::from_shared(dtc_util::endpoint_uri(&args.addr))
-    {
+    let tls = match args.tls.load() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("dtc health: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let endpoint = match dtc_proto::tls::endpoint(&args.addr, tls.as_ref()) {
         Ok(e) => e.connect_timeout(timeout).timeout(timeout),
         Err(e) => {
             eprintln!("dtc health: invalid --addr {:?}: {e}", args.addr);

@@ -22,6 +22,7 @@ mod health;
 mod participant;
 mod participant_cmds;
 mod status;
+mod tls;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
@@ -189,6 +190,8 @@ struct CoordinatorArgs {
     #[arg(long, env = "DTC_SHUTDOWN_GRACE_SECS", value_name = "SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(0..=600))]
     shutdown_grace_secs: u64,
+    #[command(flatten)]
+    tls: tls::TlsArgs,
     /// Log lines as `text` or `json` (one object per line); which events
     /// is set by the DTC_LOG filter (default info).
     #[arg(long, value_enum, default_value = "text", env = "DTC_LOG_FORMAT")]
@@ -343,8 +346,16 @@ fn main() -> ExitCode {
             config.metrics_listen = args.metrics_listen;
             config.disk_reserve_bytes = args.disk_reserve_mb.saturating_mul(1 << 20);
             config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
+            config.tls = match args.tls.load() {
+                Ok(tls) => tls,
+                Err(e) => {
+                    eprintln!("dtc coordinator: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             // Once, as the node will run it (flags, environment and
-            // defaults resolved). There are no secrets in it to leave out.
+            // defaults resolved). TLS shows as its file paths: no key
+            // material is logged.
             tracing::info!(config = ?config, "effective configuration");
             match rt.block_on(dtc_coordinator::run(config, dtc_harness::shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,

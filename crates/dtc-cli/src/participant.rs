@@ -56,6 +56,8 @@ pub struct ParticipantArgs {
     #[arg(long, env = "DTC_DISK_RESERVE_MB", value_name = "MIB",
           default_value_t = dtc_participant::DEFAULT_DISK_RESERVE_BYTES >> 20)]
     disk_reserve_mb: u64,
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
     /// Log lines as `text` or `json` (one object per line); which events
     /// is set by the DTC_LOG filter (default info).
     #[arg(long, value_enum, default_value = "text", env = "DTC_LOG_FORMAT")]
@@ -105,6 +107,14 @@ pub async fn run(
     }
     if let Some(a) = &args.advertise {
         builder = builder.advertise(a.clone());
+    }
+    match args.tls.load() {
+        Ok(Some(tls)) => builder = builder.tls(tls),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("dtc participant: {e}");
+            return ExitCode::from(2);
+        }
     }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,

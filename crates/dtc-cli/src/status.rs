@@ -15,11 +15,20 @@ pub struct StatusArgs {
     /// Per-node timeout.
     #[arg(long, default_value_t = 2000, value_name = "MS")]
     timeout_ms: u64,
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
 }
 
 pub async fn run(args: StatusArgs) -> ExitCode {
     let timeout = Duration::from_millis(args.timeout_ms);
-    let (status, reachable) = status::gather(&args.coordinators, timeout).await;
+    let tls = match args.tls.load() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("dtc status: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (status, reachable) = status::gather(&args.coordinators, timeout, tls.as_ref()).await;
     if args.json {
         match serde_json::to_string_pretty(&status) {
             Ok(s) => println!("{s}"),

@@ -30,6 +30,7 @@ impl Env {
             coordinators: 3,
             ledgers: ledgers.iter().map(|l| l.to_string()).collect(),
             lock_wait_ms: 0,
+            tls: None,
         };
         Env {
             cluster: LocalCluster::start(&spec).unwrap(),

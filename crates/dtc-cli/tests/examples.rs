@@ -47,6 +47,7 @@ async fn the_sdk_examples_run_against_a_local_cluster() {
         coordinators: 3,
         ledgers: vec!["bank-a".into()],
         lock_wait_ms: 0,
+        tls: None,
     };
     let mut cluster = LocalCluster::start(&spec).unwrap();
     let coordinators = cluster.coordinators_arg();

@@ -80,6 +80,7 @@ pub use error::ClientError;
 pub use participants::InDoubtBranch;
 pub use txn::{TxnBuilder, TxnOutcome, TxnState, TxnStatus};
 
+pub use dtc_proto::tls::{Tls, TlsError, TlsFiles};
 use dtc_proto::v1 as pb;
 use pb::coordinator_admin_client::CoordinatorAdminClient;
 use pb::coordinator_client::CoordinatorClient;
@@ -88,7 +89,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::debug;
 
@@ -127,6 +128,11 @@ pub struct ClientConfig {
     /// instead of retrying until its deadline (default 2 s). A request that
     /// reached no coordinator ran nowhere, so there is no outcome to wait for.
     pub unreachable_after: Duration,
+    /// Mutual TLS on every connection (to coordinators and participants):
+    /// this client's certificate and the cluster's CA. `None`: plaintext.
+    /// [`Client::from_env`] loads it from `DTC_TLS_CERT`, `DTC_TLS_KEY` and
+    /// `DTC_TLS_CA`.
+    pub tls: Option<Tls>,
 }
 
 impl Default for ClientConfig {
@@ -139,6 +145,7 @@ impl Default for ClientConfig {
             min_backoff: Duration::from_millis(25),
             max_backoff: Duration::from_secs(1),
             unreachable_after: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -188,8 +195,12 @@ pub fn is_retryable(status: &Status) -> bool {
 
 /// Whether a failed call never reached a node: the connection itself could
 /// not be made (refused, timed out, no route, a name that does not
-/// resolve). Such a request was not sent, so it ran nowhere.
+/// resolve), or TLS refused it ([`tls_refusal`]). Such a request was not
+/// sent, so it ran nowhere.
 fn not_connected(status: &Status) -> Option<String> {
+    if let Some(why) = tls_refusal(status) {
+        return Some(why);
+    }
     if status.code() != Code::Unavailable {
         return None;
     }
@@ -205,6 +216,54 @@ fn not_connected(status: &Status) -> Option<String> {
         source = e.source();
     }
     connect.then(|| last.unwrap_or_else(|| status.message().to_string()))
+}
+
+/// Whether the connection failed in the TLS handshake, or because one side
+/// speaks TLS and the other does not, with a message that says which and
+/// what to change. No request is processed on such a connection: a TLS
+/// server reads no application data from a peer whose handshake failed,
+/// and a plaintext HTTP/2 request sent to a TLS port (or the reverse) is
+/// garbage to the other side.
+fn tls_refusal(status: &Status) -> Option<String> {
+    tls_problem(status)
+}
+
+/// [`tls_refusal`] for any error (a failed `connect`, a status): what is
+/// wrong with TLS on this connection, said so that it can be fixed, or
+/// `None` if the failure is not about TLS.
+pub fn tls_problem(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if text.starts_with("invalid peer certificate") {
+            return Some(format!(
+                "TLS: the node's certificate is not trusted ({text}): --tls-ca / DTC_TLS_CA must \
+                 be the CA that signed the cluster's certificates, and the certificate must name \
+                 the host dialed"
+            ));
+        }
+        if text.starts_with("received fatal alert") {
+            return Some(format!(
+                "TLS: the node refused this client's certificate ({text}): it must be signed by \
+                 the cluster's CA"
+            ));
+        }
+        if text.contains("received corrupt message") {
+            return Some(format!(
+                "TLS: the node does not speak TLS ({text}): drop the --tls-* flags, or start the \
+                 cluster with them"
+            ));
+        }
+        if text.contains("frame with invalid size") {
+            return Some(
+                "the node does not speak plaintext gRPC: it probably requires TLS (give \
+                 --tls-cert, --tls-key and --tls-ca, or DTC_TLS_CERT, DTC_TLS_KEY and DTC_TLS_CA)"
+                    .into(),
+            );
+        }
+        source = e.source();
+    }
+    None
 }
 
 pub(crate) fn classify(status: &Status) -> Retry {
@@ -255,14 +314,23 @@ impl Client {
     }
 
     /// A client for the nodes listed in `DTC_COORDINATORS` (comma
-    /// separated, as the `dtc` CLI reads it), with default tunables.
+    /// separated, as the `dtc` CLI reads it), with default tunables and,
+    /// when `DTC_TLS_CERT`, `DTC_TLS_KEY` and `DTC_TLS_CA` are set, mutual
+    /// TLS with those files.
     pub fn from_env() -> Result<Client, ClientError> {
-        Client::from_list(std::env::var(COORDINATORS_VAR).ok().as_deref())
+        let tls = Tls::from_env().map_err(|e| ClientError::Config(e.to_string()))?;
+        Client::from_list(std::env::var(COORDINATORS_VAR).ok().as_deref(), tls)
     }
 
-    fn from_list(list: Option<&str>) -> Result<Client, ClientError> {
+    fn from_list(list: Option<&str>, tls: Option<Tls>) -> Result<Client, ClientError> {
         match list.map(str::trim).filter(|l| !l.is_empty()) {
-            Some(list) => Client::connect(list.split(',')),
+            Some(list) => Client::with_config(
+                list.split(','),
+                ClientConfig {
+                    tls,
+                    ..ClientConfig::default()
+                },
+            ),
             None => Err(ClientError::Config(format!(
                 "{COORDINATORS_VAR} is not set: give the coordinators as HOST:PORT,HOST:PORT,..."
             ))),
@@ -323,7 +391,7 @@ impl Client {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(dtc_util::endpoint_uri(addr))
+        let ch = dtc_proto::tls::endpoint(addr, self.inner.config.tls.as_ref())
             .map_err(|e| ClientError::Config(format!("address {addr:?}: {e}")))?
             .connect_timeout(self.inner.config.connect_timeout)
             .tcp_nodelay(true)
@@ -402,7 +470,17 @@ impl Client {
         let started = Instant::now();
         // Why each address could not be connected to, until some node answers.
         let mut unreachable: std::collections::BTreeMap<String, String> = Default::default();
-        let mut reached = false;
+        // Addresses an attempt may have reached (it failed ambiguously), and
+        // those that refused this client in the TLS handshake. A node that
+        // refuses our handshake refuses every connection of ours the same
+        // way (its certificate and CA do not change between attempts), so
+        // the attempts to it that ended with a bare "connection closed" (the
+        // same refusal, seen before the alert arrived) sent nothing either.
+        type Addrs = std::collections::BTreeSet<String>;
+        let mut answered = Addrs::new(); // any status but a refused connection
+        let mut maybe_ran = Addrs::new(); // an ambiguous failure: the request may have run
+        let mut tls_refused = Addrs::new();
+        let any_outside = |set: &Addrs, tls: &Addrs| set.iter().any(|a| !tls.contains(a));
         loop {
             attempt += 1;
             let left = until.saturating_duration_since(Instant::now());
@@ -422,11 +500,20 @@ impl Client {
             let refused = not_connected(&status);
             match &refused {
                 Some(why) => {
+                    if tls_refusal(&status).is_some() {
+                        tls_refused.insert(target.clone());
+                    }
                     unreachable.insert(target.clone(), why.clone());
                 }
-                None => reached = true,
+                None => {
+                    answered.insert(target.clone());
+                    if classify(&status) == Retry::Ambiguous {
+                        maybe_ran.insert(target.clone());
+                    }
+                }
             }
-            if !reached
+            ambiguous = any_outside(&maybe_ran, &tls_refused);
+            if !any_outside(&answered, &tls_refused)
                 && started.elapsed() >= config.unreachable_after
                 && self.inner.addrs.iter().all(|a| unreachable.contains_key(a))
             {
@@ -438,8 +525,6 @@ impl Client {
                 Retry::Never => return Ok((Err(status), ambiguous)),
                 Retry::Overloaded => {}
                 Retry::Ambiguous => {
-                    // A request that could not even connect was not sent.
-                    ambiguous |= refused.is_none();
                     match leader_hint(&status) {
                         Some(hint) if hint != target => target = hint,
                         _ => {
@@ -777,14 +862,14 @@ mod tests {
 
     #[test]
     fn the_coordinator_list_comes_from_a_comma_separated_variable() {
-        let c = Client::from_list(Some(" 127.0.0.1:7001, 127.0.0.1:7002 ")).unwrap();
+        let c = Client::from_list(Some(" 127.0.0.1:7001, 127.0.0.1:7002 "), None).unwrap();
         assert_eq!(c.addrs(), ["127.0.0.1:7001", "127.0.0.1:7002"]);
         for missing in [None, Some(""), Some("  ")] {
-            let e = Client::from_list(missing).unwrap_err();
+            let e = Client::from_list(missing, None).unwrap_err();
             assert!(e.to_string().contains(COORDINATORS_VAR), "{e}");
         }
         assert!(matches!(
-            Client::from_list(Some("nohost")),
+            Client::from_list(Some("nohost"), None),
             Err(ClientError::Config(_))
         ));
         // Any iterator of strings will do.

@@ -4,14 +4,17 @@
 //! re-registers on a new endpoint, the next lookup of its name yields the new
 //! address and so a new channel (corner case 15).
 
+use dtc_proto::tls::Tls;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(Clone, Default)]
 pub struct Channels {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Every channel is TLS with this node's certificate when set.
+    tls: Option<Tls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -22,12 +25,19 @@ pub struct BadEndpoint {
 }
 
 impl Channels {
+    pub fn new(tls: Option<Tls>) -> Channels {
+        Channels {
+            inner: Arc::default(),
+            tls,
+        }
+    }
+
     pub fn get(&self, addr: &str) -> Result<Channel, BadEndpoint> {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let endpoint = Endpoint::from_shared(dtc_util::endpoint_uri(addr))
+        let endpoint = dtc_proto::tls::endpoint(addr, self.tls.as_ref())
             .map_err(|source| BadEndpoint {
                 addr: addr.to_string(),
                 source,

@@ -53,6 +53,9 @@ pub struct NodeConfig {
     /// On shutdown, how long a leader waits for the transactions it runs to
     /// be decided (and the answers to reach their clients) before it stops.
     pub shutdown_grace: Duration,
+    /// Mutual TLS on the server and on every channel this node dials (none:
+    /// plaintext).
+    pub tls: Option<dtc_proto::tls::Tls>,
 }
 
 impl NodeConfig {
@@ -85,6 +88,7 @@ impl NodeConfig {
             disk_reserve_bytes: dtc_util::disk::DEFAULT_RESERVE_BYTES,
             // Below `docker stop`'s 10 s before SIGKILL.
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
         }
     }
 

@@ -63,7 +63,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         None => None,
     };
 
-    let channels = Channels::default();
+    // Every channel this node dials (Raft, forwarding, participants) uses
+    // its TLS settings, if any.
+    let channels = Channels::new(config.tls.clone());
     let raft = crate::raft::start(&config, &channels, log_store, state_machine).await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -103,7 +105,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 
     let max_msg =
         shared.config.limits.max_payload_bytes * shared.config.limits.max_branches + 1024 * 1024;
-    let server = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &shared.config.tls {
+        // A client certificate signed by the cluster's CA is required on
+        // every connection: peers, clients and participants alike.
+        server = server.tls_config(tls.server_config())?;
+    }
+    let server = server
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
@@ -113,7 +121,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 raft: raft.clone(),
                 cluster: shared.config.cluster.clone(),
             })
-            .max_decoding_message_size(usize::MAX),
+            .max_decoding_message_size(raft_message_limit(max_msg)),
         )
         .add_service(
             CoordinatorServer::new(CoordinatorService::new(shared.clone()))
@@ -272,4 +280,16 @@ async fn hand_over(shared: &Shared, health: &tonic_health::server::HealthReporte
             "every transaction in flight is decided"
         );
     }
+}
+
+/// The largest Raft message a node decodes. An AppendEntries carries about
+/// 256 KiB of entries plus at most one more entry, and an entry holds at
+/// most 64 KiB of commands plus one command no larger than an `Execute`
+/// request (`max_msg`); snapshot chunks are 3 MiB. Four times `max_msg`
+/// (at least the 64 MiB every dtc client accepts) covers all of them with
+/// room to spare, and still refuses a peer that sends gigabytes.
+fn raft_message_limit(max_msg: usize) -> usize {
+    max_msg
+        .saturating_mul(4)
+        .max(dtc_proto::wire::MAX_MESSAGE_BYTES)
 }

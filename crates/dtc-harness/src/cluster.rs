@@ -54,6 +54,9 @@ pub struct ClusterSpec {
     pub ledgers: Vec<String>,
     /// The ledgers' `--lock-wait-ms`.
     pub lock_wait_ms: u64,
+    /// Mutual TLS for every process (each gets these files as
+    /// `--tls-cert/--tls-key/--tls-ca`) and for the harness's own probes.
+    pub tls: Option<dtc_client::TlsFiles>,
 }
 
 impl ClusterSpec {
@@ -66,6 +69,7 @@ impl ClusterSpec {
             coordinators: 3,
             ledgers: LEDGERS.iter().map(|l| l.to_string()).collect(),
             lock_wait_ms: 0,
+            tls: None,
         })
     }
 }
@@ -204,9 +208,13 @@ impl LocalCluster {
             .zip(metrics_ports)
             .map(|(name, p)| (name, loopback(*p)))
             .collect();
+        let tls = match &spec.tls {
+            Some(files) => Some(dtc_client::Tls::load(files.clone())?),
+            None => None,
+        };
         let probes = nodes
             .iter()
-            .map(|(id, a)| Ok((*id, probe_client(*a)?)))
+            .map(|(id, a)| Ok((*id, probe_client(*a, tls.clone())?)))
             .collect::<Result<Vec<_>>>()?;
         let mut cluster = LocalCluster {
             dir,
@@ -234,6 +242,15 @@ impl LocalCluster {
     /// Starts process `name` with `args` and its metrics port.
     fn add(&mut self, spec: &ClusterSpec, name: &str, mut args: Vec<String>) -> Result<()> {
         args.extend(["--metrics-listen".into(), self.metrics[name].to_string()]);
+        if let Some(tls) = &spec.tls {
+            for (flag, path) in [
+                ("--tls-cert", &tls.cert),
+                ("--tls-key", &tls.key),
+                ("--tls-ca", &tls.ca),
+            ] {
+                args.extend([flag.to_string(), path.display().to_string()]);
+            }
+        }
         let mut p = Process::new(name, &spec.exe, args, self.log_path(name))
             .current_dir(self.root())
             .log_filter("info,openraft=warn");
@@ -486,8 +503,9 @@ impl LocalCluster {
     }
 }
 
-fn probe_client(addr: SocketAddr) -> Result<Client> {
+fn probe_client(addr: SocketAddr, tls: Option<dtc_client::Tls>) -> Result<Client> {
     let config = ClientConfig {
+        tls,
         connect_timeout: Duration::from_millis(200),
         call_deadline: Duration::from_millis(400),
         min_backoff: Duration::from_millis(10),

@@ -8,6 +8,7 @@ use dtc_proto::v1::{
 };
 use serde::Serialize;
 use std::time::Duration;
+use tonic::Code;
 
 #[derive(Serialize)]
 pub struct NodeView {
@@ -35,26 +36,51 @@ pub struct Status {
 }
 
 /// Node `addr`'s own view, or why there is none.
-pub async fn ask(addr: &str, timeout: Duration) -> anyhow::Result<ClusterStatusResponse> {
-    let endpoint = tonic::transport::Endpoint::from_shared(dtc_util::endpoint_uri(addr))
+pub async fn ask(
+    addr: &str,
+    timeout: Duration,
+    tls: Option<&dtc_client::Tls>,
+) -> anyhow::Result<ClusterStatusResponse> {
+    let endpoint = dtc_proto::tls::endpoint(addr, tls)
         .map_err(|e| anyhow!("invalid address: {e}"))?
         .connect_timeout(timeout)
         .timeout(timeout);
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| anyhow!("cannot connect: {e}"))?;
+        .map_err(|e| match dtc_client::tls_problem(&e) {
+            Some(tls) => anyhow!("cannot connect: {tls}"),
+            None => anyhow!("cannot connect: {e}"),
+        })?;
     CoordinatorClient::new(channel)
         .cluster_status(ClusterStatusRequest {})
         .await
         .map(|r| r.into_inner())
-        .map_err(|s| anyhow!("{}: {}", s.code(), s.message()))
+        .map_err(|s| match dtc_client::tls_problem(&s) {
+            Some(tls) => anyhow!("{tls}"),
+            // A plaintext call to a TLS port often ends this way, before
+            // the TLS alert that would say so arrives.
+            None if tls.is_none()
+                && matches!(s.code(), Code::Unknown | Code::Internal | Code::Cancelled) =>
+            {
+                anyhow!(
+                    "{}: {} (if the cluster uses TLS, give --tls-cert, --tls-key and --tls-ca)",
+                    s.code(),
+                    s.message()
+                )
+            }
+            None => anyhow!("{}: {}", s.code(), s.message()),
+        })
 }
 
 /// Asks every node in `addrs` (at most `timeout` each) and merges the
 /// answers; the second value is false when no node answered.
-pub async fn gather(addrs: &[String], timeout: Duration) -> (Status, bool) {
-    let answers = futures::future::join_all(addrs.iter().map(|a| ask(a, timeout))).await;
+pub async fn gather(
+    addrs: &[String],
+    timeout: Duration,
+    tls: Option<&dtc_client::Tls>,
+) -> (Status, bool) {
+    let answers = futures::future::join_all(addrs.iter().map(|a| ask(a, timeout, tls))).await;
     let reachable: Vec<&ClusterStatusResponse> =
         answers.iter().filter_map(|r| r.as_ref().ok()).collect();
     let leader_view = crate::cluster::leader_view(reachable.iter().copied());

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
 /// Where registration with the coordinators stands.
@@ -27,10 +27,14 @@ pub(crate) struct Coordinators {
 }
 
 impl Coordinators {
-    pub(crate) fn new(addrs: &[String], rpc_timeout: Duration) -> Result<Self, ParticipantError> {
+    pub(crate) fn new(
+        addrs: &[String],
+        rpc_timeout: Duration,
+        tls: Option<&dtc_proto::tls::Tls>,
+    ) -> Result<Self, ParticipantError> {
         let mut nodes = Vec::new();
         for addr in addrs {
-            let endpoint = Endpoint::from_shared(dtc_util::endpoint_uri(addr))
+            let endpoint = dtc_proto::tls::endpoint(addr, tls)
                 .map_err(|e| {
                     ParticipantError::Config(format!("coordinator address {addr:?}: {e}"))
                 })?

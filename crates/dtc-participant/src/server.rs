@@ -90,6 +90,7 @@ impl ParticipantServer {
             resource: Arc::new(resource),
             coordinators: Vec::new(),
             require_registration: None,
+            tls: None,
             advertise: None,
             register: true,
             in_doubt_interval: Duration::from_secs(5),
@@ -119,6 +120,7 @@ pub struct ParticipantBuilder {
     resource: Arc<dyn ErasedResource>,
     coordinators: Vec<String>,
     require_registration: Option<Duration>,
+    tls: Option<dtc_proto::tls::Tls>,
     advertise: Option<String>,
     register: bool,
     in_doubt_interval: Duration,
@@ -172,6 +174,15 @@ impl ParticipantBuilder {
     /// participant runs (see [`RunningParticipant::wait_registered`]).
     pub fn require_registration(mut self, within: Duration) -> Self {
         self.require_registration = Some(within);
+        self
+    }
+
+    /// Mutual TLS (`dtc_proto::tls`): the server requires a client
+    /// certificate signed by the CA of every caller (coordinators, tools),
+    /// and the calls to the coordinators present this certificate. The
+    /// registered endpoint is then `https://`.
+    pub fn tls(mut self, tls: dtc_proto::tls::Tls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -291,12 +302,17 @@ impl ParticipantBuilder {
                 what: "cannot read the listener's address".into(),
                 source,
             })?;
-        let coordinators = Arc::new(Coordinators::new(&self.coordinators, self.rpc_timeout)?);
+        let coordinators = Arc::new(Coordinators::new(
+            &self.coordinators,
+            self.rpc_timeout,
+            self.tls.as_ref(),
+        )?);
         let register = self.register && !coordinators.is_empty();
+        let tls = self.tls.is_some();
         let endpoint = match &self.advertise {
-            Some(e) => Some(dtc_util::endpoint_uri(e)),
+            Some(e) => Some(dtc_proto::tls::uri(e, tls)),
             None if local_addr.ip().is_unspecified() => None,
-            None => Some(format!("http://{local_addr}")),
+            None => Some(dtc_proto::tls::uri(&local_addr.to_string(), tls)),
         };
         if register && endpoint.is_none() {
             return Err(ParticipantError::Config(format!(
@@ -401,8 +417,12 @@ impl ParticipantBuilder {
         // ~40 ms each for Nagle's algorithm.
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            server = server.tls_config(tls.server_config())?;
+        }
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
+            server
                 .tcp_nodelay(true)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned()),

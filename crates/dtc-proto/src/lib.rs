@@ -2,12 +2,14 @@
 //!
 //! Generated from `proto/dtc/v1/*.proto` by `build.rs` (tonic + prost with a
 //! vendored protoc), plus conversions between wire enums and `dtc-core` types,
-//! and the header names and size limit every node and client shares
-//! ([`wire`]).
+//! the header names and size limit every node and client shares
+//! ([`wire`]), and mutual TLS for every link ([`tls`]).
 //!
 //! ```text
 //! proto/dtc/v1/*.proto ──build.rs──► OUT_DIR/dtc.v1.rs ──include!──► dtc_proto::v1
 //! ```
+
+pub mod tls;
 
 /// Generated messages, clients and servers of package `dtc.v1`.
 #[allow(clippy::all, missing_docs)]
