@@ -18,6 +18,7 @@
 //! error, 3 unavailable or outcome unknown, 4 `txn retry`: still waiting.
 
 mod client_cmds;
+mod config_file;
 mod health;
 mod participant;
 mod participant_cmds;
@@ -196,6 +197,11 @@ struct CoordinatorArgs {
     /// is set by the DTC_LOG filter (default info).
     #[arg(long, value_enum, default_value = "text", env = "DTC_LOG_FORMAT")]
     log_format: LogFormat,
+    /// A TOML file whose keys are these flags' long names (`data-dir =
+    /// "/var/lib/dtc"`, `peers = ["1=a:7000", "2=b:7000"]`). A flag on the
+    /// command line, then its DTC_* variable, win over the file.
+    #[arg(long, env = config_file::CONFIG_VAR, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 /// The member addresses with this node's own: `advertise` fills it in or
@@ -297,7 +303,15 @@ fn init_logging_with(default: &str) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::CommandFactory;
+    let argv = match config_file::expand(std::env::args_os().collect(), &Cli::command()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("dtc: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     // Crash points for the failover tests (docs/testing.md): armed from
     // $FAILPOINTS when compiled in (feature `failpoints`), refused when not,
     // so a test never silently runs without the crash it asked for.

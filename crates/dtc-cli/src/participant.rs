@@ -65,6 +65,11 @@ pub struct ParticipantArgs {
     /// Print the start-up line as JSON.
     #[arg(long, env = "DTC_JSON")]
     json: bool,
+    /// A TOML file whose keys are these flags' long names (`data-dir =
+    /// "/var/lib/dtc"`, `coordinators = ["a:7000", "b:7000"]`). A flag on
+    /// the command line, then its DTC_* variable, win over the file.
+    #[arg(long, env = crate::config_file::CONFIG_VAR, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
 }
 
 impl ParticipantArgs {

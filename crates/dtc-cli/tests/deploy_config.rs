@@ -330,3 +330,68 @@ fn a_transfer_with_only_unreachable_coordinators_fails_fast_naming_them() {
     }
     assert!(stderr.contains("nothing was sent"), "{}", text(&o));
 }
+
+/// `--config FILE`: a coordinator configured by a TOML file of its flags'
+/// names, where the command line and then the environment win over the
+/// file; and files that cannot be used are refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_sets_the_flags_it_names_below_flags_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cport = free_port();
+    let caddr = format!("127.0.0.1:{cport}");
+    let file = dir.path().join("dtc.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "id = 1\nlisten = \"{caddr}\"\npeers = [\"1={caddr}\"]\ndata-dir = \"{}\"\n\
+             cluster = \"from-file\"\nheartbeat-ms = 30\nelection-timeout-ms = \"100-200\"\n\
+             max-in-flight = 7\n",
+            dir.path().join("coord").display()
+        ),
+    )
+    .unwrap();
+    let mut coord = dtc();
+    coord
+        .args(["coordinator", "--config"])
+        .arg(&file)
+        .args(["--max-in-flight", "9"])
+        .env("DTC_CLUSTER", "from-env");
+    let _coord = spawn(coord, &dir.path().join("coord.log"));
+    let s = wait_for(Duration::from_secs(30), "the node to lead", || async {
+        status(&caddr)
+            .await
+            .filter(|s| s.role == "leader" && s.leader_id == Some(1))
+    })
+    .await;
+    assert_eq!(s.cluster, "from-env", "the environment wins over the file");
+    // The effective configuration is logged once: the flag won over the file.
+    let log = std::fs::read_to_string(dir.path().join("coord.log")).unwrap();
+    assert!(log.contains("max_in_flight: 9"), "{log}");
+
+    let bad = |body: &str| {
+        std::fs::write(&file, body).unwrap();
+        run(dtc().args(["coordinator", "--config"]).arg(&file))
+    };
+    let o = bad("id = 1\ndata_dirr = \"x\"\n");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("unknown key \"data_dirr\""),
+        "{}",
+        text(&o)
+    );
+    let o = bad("id = [\n");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not valid TOML"), "{}", text(&o));
+    let o = bad(
+        "id = \"one\"\nlisten = \"127.0.0.1:1\"\npeers = \"1=127.0.0.1:1\"\ndata-dir = \"d\"\n",
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--id"),
+        "clap names the flag: {}",
+        text(&o)
+    );
+    let o = run(dtc().args(["participant", "--config", "/nonexistent/dtc.toml"]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("/nonexistent/dtc.toml"), "{}", text(&o));
+}
