@@ -112,8 +112,10 @@ async fn nodes_configured_by_environment_advertise_their_address_and_answer_heal
         .env("DTC_DATA_DIR", dir.path().join("coord"))
         .env("DTC_CLUSTER", "env-test")
         .env("DTC_HEARTBEAT_MS", "30")
-        .env("DTC_ELECTION_TIMEOUT_MS", "100-200");
-    let _coord = spawn(coord, &dir.path().join("coord.log"));
+        .env("DTC_ELECTION_TIMEOUT_MS", "100-200")
+        .env("DTC_LOG", SPAN_LOG);
+    let coord_log = dir.path().join("coord.log");
+    let _coord = spawn(coord, &coord_log);
 
     let s = wait_for(Duration::from_secs(30), "the node to lead", || async {
         status(&caddr)
@@ -182,7 +184,8 @@ async fn nodes_configured_by_environment_advertise_their_address_and_answer_heal
         .env("DTC_DATA_DIR", dir.path().join("ledger"))
         .env("DTC_COORDINATORS", &caddr)
         .env("DTC_IN_DOUBT_INTERVAL_MS", "500")
-        .env("DTC_JSON", "true");
+        .env("DTC_JSON", "true")
+        .env("DTC_LOG", SPAN_LOG);
     let ledger_log = dir.path().join("ledger.log");
     let _ledger = spawn(ledger, &ledger_log);
     let endpoint = format!("http://{laddr}");
@@ -214,7 +217,33 @@ async fn nodes_configured_by_environment_advertise_their_address_and_answer_heal
         "dtc.v1.Participant",
     ]));
     assert!(o.status.success(), "{}", text(&o));
+
+    // A transaction's log lines carry its id in a `txn` span, on the
+    // coordinator and at the participant alike.
+    let o = run(dtc().args([
+        "deposit",
+        "--coordinators",
+        &caddr,
+        "--to",
+        "env-ledger/alice",
+        "--amount",
+        "5",
+        "--txn-id",
+        "span-check-1",
+    ]));
+    assert!(o.status.success(), "{}", text(&o));
+    for log in [&coord_log, &ledger_log] {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            text.lines().any(|l| l.contains("txn{txn_id=span-check-1")),
+            "no line of {} in the transaction's span:\n{text}",
+            log.display()
+        );
+    }
 }
+
+/// Debug lines of dtc's own crates, where a transaction's steps are logged.
+const SPAN_LOG: &str = "info,openraft=warn,dtc_coordinator=debug,dtc_participant=debug";
 
 #[test]
 fn bad_environment_and_disagreeing_advertise_are_refused_by_name() {

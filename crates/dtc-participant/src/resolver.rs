@@ -13,7 +13,7 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 /// What one pass over the prepared transactions found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -119,6 +119,11 @@ impl Resolver {
     }
 
     async fn resolve(&self, txn_id: String) -> Resolution {
+        let span = crate::service::txn_span(&txn_id, &self.name);
+        self.resolve_in_span(txn_id).instrument(span).await
+    }
+
+    async fn resolve_in_span(&self, txn_id: String) -> Resolution {
         let Some(answer) = self.query(&txn_id).await else {
             return Resolution::Failed;
         };

@@ -7,6 +7,7 @@ use dtc_proto::v1 as pb;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 pub(crate) struct ParticipantService {
     pub(crate) name: String,
@@ -28,6 +29,13 @@ pub(crate) fn status_of(e: OpError) -> Status {
         // coordinator; a decision is resent later.
         OpError::Overloaded(_) => Status::resource_exhausted(e.to_string()),
     }
+}
+
+/// The span of one transaction's call here: every log line it causes
+/// carries the transaction id, as the coordinators' lines for it do
+/// (`txn{txn_id=...}`).
+pub(crate) fn txn_span(txn_id: &str, participant: &str) -> tracing::Span {
+    tracing::info_span!("txn", txn_id = %txn_id, participant = %participant)
 }
 
 impl ParticipantService {
@@ -60,39 +68,44 @@ impl pb::participant_server::Participant for ParticipantService {
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<pb::PrepareResponse>, Status> {
         let msg = request.into_inner();
-        self.check(&msg.participant, &msg.txn_id)?;
-        // Relative on the wire (corner case 17); 0 means the time is up.
-        let arrived = Instant::now();
-        let deadline = arrived + Duration::from_millis(u64::from(msg.remaining_ms));
-        let vote = self
-            .writer
-            .prepare(msg.txn_id.clone(), msg.payload, deadline)
-            .await
-            .map_err(status_of)?;
-        // Crash point: the vote is logged and synced but not sent.
-        dtc_util::crash_point!("participant.prepare.before_reply", txn = &msg.txn_id);
-        let (vote, reason) = match vote {
-            Vote::Prepared => (pb::Vote::Prepared, String::new()),
-            Vote::ReadOnly => (pb::Vote::ReadOnly, String::new()),
-            // The writer turns Busy into a recorded abort; mapped for completeness.
-            Vote::Abort(reason) | Vote::Busy(reason) => (pb::Vote::Abort, reason),
-        };
-        let label = match vote {
-            pb::Vote::Prepared => "prepared",
-            pb::Vote::ReadOnly => "read_only",
-            _ => "abort",
-        };
-        self.metrics
-            .prepares
-            .get_or_create(&crate::metrics::VoteLabel { vote: label })
-            .inc();
-        self.metrics
-            .prepare_duration
-            .observe(arrived.elapsed().as_secs_f64());
-        Ok(Response::new(pb::PrepareResponse {
-            vote: vote as i32,
-            reason,
-        }))
+        let span = txn_span(&msg.txn_id, &self.name);
+        async {
+            self.check(&msg.participant, &msg.txn_id)?;
+            // Relative on the wire (corner case 17); 0 means the time is up.
+            let arrived = Instant::now();
+            let deadline = arrived + Duration::from_millis(u64::from(msg.remaining_ms));
+            let vote = self
+                .writer
+                .prepare(msg.txn_id.clone(), msg.payload, deadline)
+                .await
+                .map_err(status_of)?;
+            // Crash point: the vote is logged and synced but not sent.
+            dtc_util::crash_point!("participant.prepare.before_reply", txn = &msg.txn_id);
+            let (vote, reason) = match vote {
+                Vote::Prepared => (pb::Vote::Prepared, String::new()),
+                Vote::ReadOnly => (pb::Vote::ReadOnly, String::new()),
+                // The writer turns Busy into a recorded abort; mapped for completeness.
+                Vote::Abort(reason) | Vote::Busy(reason) => (pb::Vote::Abort, reason),
+            };
+            let label = match vote {
+                pb::Vote::Prepared => "prepared",
+                pb::Vote::ReadOnly => "read_only",
+                _ => "abort",
+            };
+            self.metrics
+                .prepares
+                .get_or_create(&crate::metrics::VoteLabel { vote: label })
+                .inc();
+            self.metrics
+                .prepare_duration
+                .observe(arrived.elapsed().as_secs_f64());
+            Ok(Response::new(pb::PrepareResponse {
+                vote: vote as i32,
+                reason,
+            }))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn commit(
@@ -100,17 +113,22 @@ impl pb::participant_server::Participant for ParticipantService {
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
         let msg = request.into_inner();
-        self.check(&msg.participant, &msg.txn_id)?;
-        // Crash points: the decision arrived and is not handled yet; then,
-        // it is applied and synced but not acknowledged.
-        dtc_util::crash_point!("participant.decision.on_receipt", txn = &msg.txn_id);
-        self.writer
-            .commit(msg.txn_id.clone())
-            .await
-            .map_err(status_of)?;
-        self.decided("commit");
-        dtc_util::crash_point!("participant.decision.before_ack", txn = &msg.txn_id);
-        Ok(Response::new(pb::CommitResponse {}))
+        let span = txn_span(&msg.txn_id, &self.name);
+        async {
+            self.check(&msg.participant, &msg.txn_id)?;
+            // Crash points: the decision arrived and is not handled yet; then,
+            // it is applied and synced but not acknowledged.
+            dtc_util::crash_point!("participant.decision.on_receipt", txn = &msg.txn_id);
+            self.writer
+                .commit(msg.txn_id.clone())
+                .await
+                .map_err(status_of)?;
+            self.decided("commit");
+            dtc_util::crash_point!("participant.decision.before_ack", txn = &msg.txn_id);
+            Ok(Response::new(pb::CommitResponse {}))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn abort(
@@ -118,14 +136,19 @@ impl pb::participant_server::Participant for ParticipantService {
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::AbortResponse>, Status> {
         let msg = request.into_inner();
-        self.check(&msg.participant, &msg.txn_id)?;
-        dtc_util::crash_point!("participant.decision.on_receipt", txn = &msg.txn_id);
-        self.writer
-            .abort(msg.txn_id.clone(), msg.reason)
-            .await
-            .map_err(status_of)?;
-        self.decided("abort");
-        dtc_util::crash_point!("participant.decision.before_ack", txn = &msg.txn_id);
-        Ok(Response::new(pb::AbortResponse {}))
+        let span = txn_span(&msg.txn_id, &self.name);
+        async {
+            self.check(&msg.participant, &msg.txn_id)?;
+            dtc_util::crash_point!("participant.decision.on_receipt", txn = &msg.txn_id);
+            self.writer
+                .abort(msg.txn_id.clone(), msg.reason)
+                .await
+                .map_err(status_of)?;
+            self.decided("abort");
+            dtc_util::crash_point!("participant.decision.before_ack", txn = &msg.txn_id);
+            Ok(Response::new(pb::AbortResponse {}))
+        }
+        .instrument(span)
+        .await
     }
 }

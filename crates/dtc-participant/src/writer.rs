@@ -597,6 +597,7 @@ impl Worker {
         may_wait: bool,
         waited: Option<(Duration, &str)>,
     ) -> Result<Prepared, OpError> {
+        let _span = crate::service::txn_span(txn_id, &self.name).entered();
         let after_waiting = |reason: &str, w: Duration| {
             format!(
                 "{reason} (after waiting {} ms for other transactions' decisions)",
@@ -719,6 +720,7 @@ impl Worker {
     }
 
     fn commit_txn(&mut self, txn_id: &str) -> Result<(Answer, bool), OpError> {
+        let _span = crate::service::txn_span(txn_id, &self.name).entered();
         let tx = self.begin()?;
         let Some(rec) = log::get_in(&tx, txn_id)? else {
             tx.abort()?;
@@ -791,6 +793,7 @@ impl Worker {
     }
 
     fn abort_txn(&mut self, txn_id: &str, reason: &str) -> Result<(Answer, bool), OpError> {
+        let _span = crate::service::txn_span(txn_id, &self.name).entered();
         let tx = self.begin()?;
         let Some(rec) = log::get_in(&tx, txn_id)? else {
             // Abort before prepare: a tombstone makes a late prepare vote

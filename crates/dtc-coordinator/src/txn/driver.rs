@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info};
+use tracing::{Instrument, debug, error, info};
 
 /// How a driver starts.
 pub enum Start {
@@ -78,6 +78,10 @@ pub fn spawn(
     let decisions = registration
         .take_decisions()
         .expect("a fresh registration has its decisions");
+    // Every log line of this transaction on this node (its prepares and
+    // decisions included: the tasks below run in the span too) carries its
+    // id, as the participant SDK's lines do: `txn{txn_id=...}`.
+    let span = tracing::info_span!("txn", txn_id = %txn_id);
     let task = DriverTask {
         shared: shared.clone(),
         txn_id,
@@ -86,7 +90,7 @@ pub fn spawn(
         live: registration.live.clone(),
         registration,
     };
-    tokio::spawn(task.run(start, decisions));
+    tokio::spawn(task.run(start, decisions).instrument(span));
     handle
 }
 
@@ -254,7 +258,7 @@ impl DriverTask {
     ) {
         let applied = self.shared.proposer.submit(begin);
         let tx = tx.clone();
-        tokio::spawn(async move {
+        spawn_in_span(async move {
             let input = match applied.await {
                 Ok(CommandResult::Begun { record, created }) => {
                     if !created && record.digest.is_some() && record.digest != Some(digest) {
@@ -301,7 +305,7 @@ impl DriverTask {
                 dtc_util::crash_point!("coordinator.prepare.before_send", txn = txn_id.as_str());
                 let payload = payloads.get(&participant).cloned().unwrap_or_default();
                 let cancel = self.prepares.clone();
-                tokio::spawn(async move {
+                spawn_in_span(async move {
                     let deadline = Instant::now() + Duration::from_millis(remaining_ms);
                     let run =
                         send_prepare(&shared, &live, &txn_id, &participant, payload, deadline);
@@ -331,7 +335,7 @@ impl DriverTask {
                         txn = txn_id.as_str()
                     );
                 }
-                tokio::spawn(async move {
+                spawn_in_span(async move {
                     let cmd = Command::Decide {
                         txn_id,
                         outcome,
@@ -358,7 +362,7 @@ impl DriverTask {
                 participant,
                 outcome,
             } => {
-                tokio::spawn(async move {
+                spawn_in_span(async move {
                     let run = send_decision(&shared, &live, &txn_id, &participant, &outcome);
                     tokio::select! {
                         () = run => {
@@ -370,7 +374,7 @@ impl DriverTask {
             }
             Action::ProposeComplete => {
                 self.registration.update(|s| s.acked = true);
-                tokio::spawn(async move {
+                spawn_in_span(async move {
                     let cmd = Command::Complete {
                         txn_id,
                         at_ms: dtc_util::wall_ms(),
@@ -389,4 +393,14 @@ impl DriverTask {
             }
         }
     }
+}
+
+/// `tokio::spawn` in the current span (the transaction's), which a spawned
+/// task would otherwise leave.
+fn spawn_in_span<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(task.in_current_span())
 }
