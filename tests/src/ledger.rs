@@ -31,6 +31,10 @@ pub struct LedgerProc {
     process: Process,
     /// Coordinators → this participant (the registered endpoint), if proxied.
     pub inbound: Option<Arc<Link>>,
+    /// Coordinator i → this participant, if proxied: what coordinator i
+    /// dials instead of the registered endpoint (its
+    /// `--participant-addr-override`), so one coordinator's link can be cut.
+    pub inbound_from: Vec<(u64, Arc<Link>)>,
     /// This participant → coordinator i (its `--coordinators`), if proxied.
     pub outbound: Vec<(u64, Arc<Link>)>,
     channel: Channel,
@@ -59,6 +63,14 @@ impl LedgerProc {
     ) -> LedgerProc {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let inbound = proxied.then(|| Link::start(format!("coord->{name}"), listen));
+        let inbound_from = if proxied {
+            coordinators
+                .iter()
+                .map(|(id, _)| (*id, Link::start(format!("c{id}->{name}"), listen)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let outbound = if proxied {
             coordinators
                 .iter()
@@ -98,6 +110,7 @@ impl LedgerProc {
                 .current_dir(root),
             log_path,
             inbound,
+            inbound_from,
             outbound,
             channel: Endpoint::from_shared(format!("http://{listen}"))
                 .expect("valid endpoint")
@@ -171,13 +184,48 @@ impl LedgerProc {
         self.process.try_exit()
     }
 
-    /// Sets every link of this participant (inbound and outbound).
-    pub fn set_links(&self, mode: LinkMode) {
-        if let Some(l) = &self.inbound {
+    fn links(&self) -> impl Iterator<Item = &Arc<Link>> {
+        self.inbound
+            .iter()
+            .chain(self.inbound_from.iter().map(|(_, l)| l))
+            .chain(self.outbound.iter().map(|(_, l)| l))
+    }
+
+    /// Every coordinator's link to this participant (the registered
+    /// endpoint's and each coordinator's own); outbound links untouched.
+    pub fn set_inbound(&self, mode: LinkMode) {
+        for l in self
+            .inbound
+            .iter()
+            .chain(self.inbound_from.iter().map(|(_, l)| l))
+        {
             l.set(mode);
         }
-        for (_, l) in &self.outbound {
+    }
+
+    /// Coordinator `id`'s link to this participant, if proxied.
+    pub fn link_from(&self, id: u64) -> Option<&Arc<Link>> {
+        self.inbound_from
+            .iter()
+            .find(|(c, _)| *c == id)
+            .map(|(_, l)| l)
+    }
+
+    /// Sets every link of this participant (inbound and outbound); `Up`
+    /// also calms their weather.
+    pub fn set_links(&self, mode: LinkMode) {
+        for l in self.links() {
             l.set(mode);
+            if mode == LinkMode::Up {
+                l.set_weather(crate::net::Weather::CALM);
+            }
+        }
+    }
+
+    /// The same weather on every link of this participant.
+    pub fn set_weather(&self, weather: crate::net::Weather) {
+        for l in self.links() {
+            l.set_weather(weather);
         }
     }
 

@@ -406,6 +406,19 @@ impl Cluster {
         args
     }
 
+    /// More flags for node `id`, on every later start (for flags known only
+    /// after the layout, such as the addresses of proxies to participants).
+    pub fn extend_args(&self, id: u64, more: Vec<String>) {
+        self.node(id).process().extend_args(more);
+    }
+
+    /// Starts every node laid out by [`Cluster::prepare_options`].
+    pub fn spawn_all(&mut self) {
+        for id in self.ids() {
+            self.spawn(id);
+        }
+    }
+
     fn spawn(&mut self, id: u64) {
         if let Err(e) = self.node(id).process().start() {
             panic!("node {id}: {e:#}");

@@ -8,7 +8,7 @@
 
 use crate::bank::{Bank, BankOptions};
 use crate::checker::{self, Anomalies};
-use crate::net::LinkMode;
+use crate::net::{LinkMode, Weather};
 use crate::report::{OpCounts, Report};
 use crate::testbed::{Testbed, TestbedOptions};
 use fastrand::Rng;
@@ -41,11 +41,24 @@ pub enum FaultKind {
     /// Restart both followers with a coordinator crash point armed, then
     /// kill the leader so one of them leads and hits it.
     CoordinatorCrashPoint,
+    /// Every link (coordinators among themselves, to and from the ledgers)
+    /// slow, jittery and lossy for the hold: nothing cut (needs proxies).
+    SlowNetwork,
+    /// Overlapping: the leader isolated while a follower is paused, so no
+    /// side has a quorum until both are undone (needs proxies).
+    PartitionWhilePaused,
+    /// Overlapping: SIGKILL the leader and a ledger at once, so the new
+    /// leader's takeover meets a dead participant.
+    KillLeaderAndLedger,
+    /// Only the leader cannot call one ledger; the other coordinators can
+    /// (a cut per coordinator, not per participant; needs proxies).
+    CutLedgerFromLeader,
 }
 
 impl FaultKind {
-    /// Every kind; the partition kinds need [`TestbedOptions::proxied`].
-    pub const ALL: [FaultKind; 10] = [
+    /// Every kind; the partition and network kinds need
+    /// [`TestbedOptions::proxied`].
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::KillLedger,
@@ -56,7 +69,24 @@ impl FaultKind {
         FaultKind::CutLedger,
         FaultKind::LedgerCrashPoint,
         FaultKind::CoordinatorCrashPoint,
+        FaultKind::SlowNetwork,
+        FaultKind::PartitionWhilePaused,
+        FaultKind::KillLeaderAndLedger,
+        FaultKind::CutLedgerFromLeader,
     ];
+
+    /// Whether the kind works on the test proxies.
+    pub fn needs_proxies(self) -> bool {
+        matches!(
+            self,
+            FaultKind::IsolateLeader
+                | FaultKind::LeaderOutboundCut
+                | FaultKind::CutLedger
+                | FaultKind::SlowNetwork
+                | FaultKind::PartitionWhilePaused
+                | FaultKind::CutLedgerFromLeader
+        )
+    }
 }
 
 /// Participant crash points the nemesis arms.
@@ -88,6 +118,10 @@ pub enum Fault {
     CutLedger { ledger: usize, mode: LinkMode },
     LedgerCrashPoint { ledger: usize, point: String },
     CoordinatorCrashPoint { point: String },
+    SlowNetwork { weather: Weather },
+    PartitionWhilePaused { mode: LinkMode },
+    KillLeaderAndLedger { ledger: usize },
+    CutLedgerFromLeader { ledger: usize, mode: LinkMode },
 }
 
 /// A fault at `at_ms` after the workload starts, undone `hold_ms` later.
@@ -134,6 +168,16 @@ pub fn schedule(seed: u64, kinds: &[FaultKind], workload: Duration, ledgers: usi
             FaultKind::CoordinatorCrashPoint => Fault::CoordinatorCrashPoint {
                 point: COORDINATOR_POINTS[rng.usize(..COORDINATOR_POINTS.len())].to_string(),
             },
+            FaultKind::SlowNetwork => Fault::SlowNetwork {
+                weather: Weather {
+                    latency_ms: rng.u64(1..=20),
+                    jitter_ms: rng.u64(0..=40),
+                    loss_percent: rng.u8(0..=5),
+                },
+            },
+            FaultKind::PartitionWhilePaused => Fault::PartitionWhilePaused { mode },
+            FaultKind::KillLeaderAndLedger => Fault::KillLeaderAndLedger { ledger },
+            FaultKind::CutLedgerFromLeader => Fault::CutLedgerFromLeader { ledger, mode },
         };
         steps.push(Step {
             at_ms: t,
@@ -158,6 +202,10 @@ enum Undo {
     DisarmLedger(usize, u32),
     /// Restart the killed leader; disarm the armed nodes still running.
     RestartAndDisarm(u64, Vec<(u64, u32)>),
+    /// Calm weather on every link.
+    CalmNetwork,
+    /// Several, in order (overlapping faults).
+    All(Vec<Undo>),
 }
 
 /// Injects and later undoes the faults of a schedule.
@@ -316,8 +364,8 @@ impl Nemesis {
             }
             Fault::CutLedger { ledger, mode } => {
                 let l = &tb.ledgers[*ledger];
-                let link = l.inbound.as_ref().expect("CutLedger needs proxies");
-                link.set(*mode);
+                assert!(l.inbound.is_some(), "CutLedger needs proxies");
+                l.set_inbound(*mode);
                 t.push(format!(
                     "nemesis: cut coordinators -> {} ({mode}); it can still call them",
                     l.name
@@ -368,6 +416,77 @@ impl Nemesis {
                 ));
                 Undo::RestartAndDisarm(l, armed)
             }
+            Fault::SlowNetwork { weather } => {
+                let mesh = tb
+                    .cluster
+                    .mesh()
+                    .expect("SlowNetwork needs proxies")
+                    .clone();
+                mesh.set_weather(*weather);
+                for l in &tb.ledgers {
+                    l.set_weather(*weather);
+                }
+                tb.timeline
+                    .push(format!("nemesis: every link slow: {weather}; nothing cut"));
+                Undo::CalmNetwork
+            }
+            Fault::PartitionWhilePaused { mode } => {
+                let Some(l) = self.leader(tb).await else {
+                    return Undo::Nothing;
+                };
+                let Some(f) = self.follower(tb, l) else {
+                    return Undo::Nothing;
+                };
+                let mesh = tb
+                    .cluster
+                    .mesh()
+                    .expect("PartitionWhilePaused needs proxies")
+                    .clone();
+                mesh.isolate(l, *mode);
+                tb.cluster.pause(f);
+                tb.timeline.push(format!(
+                    "nemesis: isolate leader coordinator-{l} ({mode}) while follower \
+                     coordinator-{f} is paused: no side has a quorum"
+                ));
+                Undo::All(vec![Undo::Resume(f), Undo::HealMesh])
+            }
+            Fault::CutLedgerFromLeader { ledger, mode } => {
+                let Some(leader) = self.leader(tb).await else {
+                    return Undo::Nothing;
+                };
+                let l = &tb.ledgers[*ledger];
+                let link = l
+                    .link_from(leader)
+                    .expect("CutLedgerFromLeader needs proxies");
+                link.set(*mode);
+                tb.timeline.push(format!(
+                    "nemesis: cut coordinator-{leader} (leader) -> {} ({mode}); the other \
+                     coordinators still reach it",
+                    l.name
+                ));
+                Undo::LedgerLinksUp(*ledger)
+            }
+            Fault::KillLeaderAndLedger { ledger } => {
+                let Some(l) = self.leader(tb).await else {
+                    return Undo::Nothing;
+                };
+                let mut undo = Vec::new();
+                if tb.cluster.is_running(l) {
+                    tb.cluster.kill(l);
+                    undo.push(Undo::Restart(l));
+                }
+                let p = &mut tb.ledgers[*ledger];
+                if p.is_running() {
+                    p.kill();
+                    undo.push(Undo::StartLedger(*ledger));
+                }
+                tb.timeline.push(format!(
+                    "nemesis: SIGKILL leader coordinator-{l} and {} together: the next \
+                     leader's takeover meets a dead participant",
+                    tb.ledgers[*ledger].name
+                ));
+                Undo::All(undo)
+            }
         }
     }
 
@@ -375,6 +494,20 @@ impl Nemesis {
         tb.supervise();
         match undo {
             Undo::Nothing => {}
+            Undo::All(undos) => {
+                for u in undos {
+                    Box::pin(self.undo(tb, u)).await;
+                }
+            }
+            Undo::CalmNetwork => {
+                if let Some(mesh) = tb.cluster.mesh() {
+                    mesh.set_weather(Weather::CALM);
+                }
+                for l in &tb.ledgers {
+                    l.set_weather(Weather::CALM);
+                }
+                tb.timeline.push("nemesis: every link calm again");
+            }
             Undo::Restart(id) => {
                 if !tb.cluster.is_running(id) {
                     tb.cluster.restart(id);
@@ -470,12 +603,7 @@ pub fn seed_from_env(default: u64) -> u64 {
 impl Scenario {
     /// A scenario with the default testbed (3 ledgers) and workload.
     pub fn new(name: &str, seed: u64, faults: &[FaultKind]) -> Self {
-        let needs_proxies = faults.iter().any(|k| {
-            matches!(
-                k,
-                FaultKind::IsolateLeader | FaultKind::LeaderOutboundCut | FaultKind::CutLedger
-            )
-        });
+        let needs_proxies = faults.iter().any(|k| k.needs_proxies());
         Scenario {
             name: name.to_string(),
             seed,

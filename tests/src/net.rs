@@ -21,6 +21,13 @@
 //!   keep-alives give up (like dropped packets, a firewall DROP rule). On
 //!   heal, the held connections are closed and callers reconnect.
 //!
+//! On an `Up` link, [`Weather`] degrades the traffic without cutting it:
+//! every chunk of bytes is held for a latency plus a random jitter, and
+//! with some probability for a retransmission timeout more, as a lost
+//! segment would be. Within one connection TCP keeps the order (so does
+//! the proxy); across connections the independent delays reorder what two
+//! callers sent, which is the reordering an RPC system can see.
+//!
 //! Why proxies and not network namespaces: see docs/testing.md.
 
 use std::collections::BTreeMap;
@@ -51,6 +58,49 @@ impl fmt::Display for LinkMode {
     }
 }
 
+/// How an `Up` link delays traffic (all zero: not at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Weather {
+    /// Added to every chunk.
+    pub latency_ms: u64,
+    /// Up to this much more, uniformly, per chunk.
+    pub jitter_ms: u64,
+    /// Percentage of chunks held for a retransmission timeout (200 ms)
+    /// more, as a lost segment is.
+    pub loss_percent: u8,
+}
+
+impl Weather {
+    pub const CALM: Weather = Weather {
+        latency_ms: 0,
+        jitter_ms: 0,
+        loss_percent: 0,
+    };
+
+    fn is_calm(&self) -> bool {
+        self.latency_ms == 0 && self.jitter_ms == 0 && self.loss_percent == 0
+    }
+
+    /// How long to hold the next chunk.
+    fn delay(&self, rng: &mut fastrand::Rng) -> Duration {
+        let mut ms = self.latency_ms + rng.u64(0..=self.jitter_ms);
+        if rng.u8(0..100) < self.loss_percent {
+            ms += 200;
+        }
+        Duration::from_millis(ms)
+    }
+}
+
+impl fmt::Display for Weather {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "latency {} ms + jitter up to {} ms, {} % of chunks held 200 ms more",
+            self.latency_ms, self.jitter_ms, self.loss_percent
+        )
+    }
+}
+
 /// A proxy for one directed link, listening on a loopback port. Stops when
 /// dropped (its held connections close).
 pub struct Link {
@@ -58,6 +108,7 @@ pub struct Link {
     listen: SocketAddr,
     target: SocketAddr,
     mode: watch::Sender<LinkMode>,
+    weather: watch::Sender<Weather>,
     accepted: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -85,11 +136,13 @@ impl Link {
         let listen = std_listener.local_addr().expect("proxy local_addr");
         let listener = TcpListener::from_std(std_listener).expect("tokio proxy listener");
         let (mode, _) = watch::channel(LinkMode::Up);
+        let (weather, _) = watch::channel(Weather::CALM);
         let accepted = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(accept_loop(
             listener,
             target,
             mode.subscribe(),
+            weather.subscribe(),
             accepted.clone(),
         ));
         Arc::new(Link {
@@ -97,6 +150,7 @@ impl Link {
             listen,
             target,
             mode,
+            weather,
             accepted,
             task,
         })
@@ -128,6 +182,16 @@ impl Link {
         *self.mode.borrow()
     }
 
+    /// Degrades (or, with [`Weather::CALM`], restores) the traffic of open
+    /// and new connections while the link is up.
+    pub fn set_weather(&self, weather: Weather) {
+        self.weather.send_replace(weather);
+    }
+
+    pub fn weather(&self) -> Weather {
+        *self.weather.borrow()
+    }
+
     /// Connections accepted so far (to check that traffic really goes
     /// through the proxy).
     pub fn accepted(&self) -> u64 {
@@ -150,6 +214,7 @@ async fn accept_loop(
     listener: TcpListener,
     target: SocketAddr,
     mode: watch::Receiver<LinkMode>,
+    weather: watch::Receiver<Weather>,
     accepted: Arc<AtomicU64>,
 ) {
     loop {
@@ -166,7 +231,7 @@ async fn accept_loop(
                 tokio::spawn(hold(inbound, None, mode.clone()));
             }
             LinkMode::Up => {
-                tokio::spawn(pipe(inbound, target, mode.clone()));
+                tokio::spawn(pipe(inbound, target, mode.clone(), weather.clone()));
             }
         }
     }
@@ -186,7 +251,12 @@ async fn hold(
     }
 }
 
-async fn pipe(mut inbound: TcpStream, target: SocketAddr, mut mode: watch::Receiver<LinkMode>) {
+async fn pipe(
+    mut inbound: TcpStream,
+    target: SocketAddr,
+    mut mode: watch::Receiver<LinkMode>,
+    weather: watch::Receiver<Weather>,
+) {
     let outbound =
         match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(target)).await {
             Ok(Ok(s)) => s,
@@ -199,9 +269,15 @@ async fn pipe(mut inbound: TcpStream, target: SocketAddr, mut mode: watch::Recei
         };
     let _ = outbound.set_nodelay(true);
     let mut outbound = outbound;
-    let changed = tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => None,
-        m = mode.wait_for(|m| *m != LinkMode::Up) => m.ok().map(|m| *m),
+    let changed = {
+        let (in_read, in_write) = inbound.split();
+        let (out_read, out_write) = outbound.split();
+        let forward = pump(in_read, out_write, weather.clone());
+        let backward = pump(out_read, in_write, weather);
+        tokio::select! {
+            _ = futures::future::join(forward, backward) => None,
+            m = mode.wait_for(|m| *m != LinkMode::Up) => m.ok().map(|m| *m),
+        }
     };
     match changed {
         Some(LinkMode::Blackhole) => hold(inbound, Some(outbound), mode).await,
@@ -211,6 +287,34 @@ async fn pipe(mut inbound: TcpStream, target: SocketAddr, mut mode: watch::Recei
         }
         None => {}
     }
+}
+
+/// Copies one direction of a connection, holding each chunk as the
+/// link's current weather says (in order: a chunk waits for the one before).
+/// Ends when either side closes; then shuts the write side down so the
+/// other direction's peer sees the end too.
+async fn pump(
+    mut from: tokio::net::tcp::ReadHalf<'_>,
+    mut to: tokio::net::tcp::WriteHalf<'_>,
+    weather: watch::Receiver<Weather>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut rng = fastrand::Rng::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let w = *weather.borrow();
+        if !w.is_calm() {
+            tokio::time::sleep(w.delay(&mut rng)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// The links between coordinator nodes: one [`Link`] per ordered pair.
@@ -286,19 +390,89 @@ impl Mesh {
         self.partition(&[id], &others, mode);
     }
 
-    /// Every link up.
+    /// Every link up, in calm weather.
     pub fn heal(&self) {
         for l in self.links.values() {
             l.set(LinkMode::Up);
+            l.set_weather(Weather::CALM);
         }
     }
 
-    /// Links not up, as `name=mode`.
+    /// The same weather on every link.
+    pub fn set_weather(&self, weather: Weather) {
+        for l in self.links.values() {
+            l.set_weather(weather);
+        }
+    }
+
+    /// Links not up, or up in bad weather, as `name=mode`.
     pub fn faults(&self) -> Vec<String> {
         self.links
             .values()
-            .filter(|l| l.mode() != LinkMode::Up)
-            .map(|l| format!("{}={}", l.name(), l.mode()))
+            .filter(|l| l.mode() != LinkMode::Up || !l.weather().is_calm())
+            .map(|l| match l.mode() {
+                LinkMode::Up => format!("{}=degraded ({})", l.name(), l.weather()),
+                m => format!("{}={m}", l.name()),
+            })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An echo server on a loopback port.
+    async fn echo() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn round_trip(link: &Link) -> Duration {
+        let mut s = TcpStream::connect(link.addr()).await.unwrap();
+        let started = std::time::Instant::now();
+        s.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping", "the bytes arrive unchanged");
+        started.elapsed()
+    }
+
+    #[tokio::test]
+    async fn weather_delays_each_direction_and_calm_restores_it() {
+        let link = Link::start("test", echo().await);
+        link.set_weather(Weather {
+            latency_ms: 150,
+            jitter_ms: 0,
+            loss_percent: 0,
+        });
+        // Both directions are held: at least twice the latency.
+        let slow = round_trip(&link).await;
+        assert!(slow >= Duration::from_millis(300), "{slow:?}");
+        // Every chunk is "lost" once: 200 ms more each way.
+        link.set_weather(Weather {
+            latency_ms: 0,
+            jitter_ms: 0,
+            loss_percent: 100,
+        });
+        let lossy = round_trip(&link).await;
+        assert!(lossy >= Duration::from_millis(400), "{lossy:?}");
+        link.set_weather(Weather::CALM);
+        let calm = round_trip(&link).await;
+        assert!(calm < slow, "calm {calm:?} vs slow {slow:?}");
     }
 }

@@ -152,7 +152,7 @@ impl Testbed {
         copts.election_timeout_ms = options.election_timeout_ms;
         copts.extra_args = options.coordinator_args.clone();
         copts.first_start_env = options.coordinator_env.clone();
-        let cluster = Cluster::with_options(copts);
+        let mut cluster = Cluster::prepare_options(copts);
         cluster.expect_crashes(true);
         let coordinators: Vec<(u64, SocketAddr)> = cluster
             .ids()
@@ -170,6 +170,19 @@ impl Testbed {
                 )
             })
             .collect();
+        // With proxies, each coordinator reaches each ledger through a link
+        // of its own, so that one coordinator's link can be cut.
+        for (id, _) in &coordinators {
+            let overrides = ledgers.iter().filter_map(|l| {
+                l.link_from(*id)
+                    .map(|link| format!("{}={}", l.name, link.addr()))
+            });
+            let args: Vec<String> = overrides
+                .flat_map(|o| ["--participant-addr-override".to_string(), o])
+                .collect();
+            cluster.extend_args(*id, args);
+        }
+        cluster.spawn_all();
         let client = dtc_client::Client::with_config(
             coordinators.iter().map(|(_, a)| a.to_string()),
             dtc_client::ClientConfig {

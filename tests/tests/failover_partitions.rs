@@ -261,8 +261,8 @@ async fn coordinator_cut_from_one_participant_aborts_and_finishes_after_heal() {
     let started = Instant::now();
     let (mut tb, bank) = proxied_testbed().await;
     bounded(secs(150), async {
-        let link = tb.ledgers[1].inbound.clone().expect("proxied");
-        link.set(LinkMode::Refuse);
+        assert!(tb.ledgers[1].inbound.is_some(), "proxied");
+        tb.ledgers[1].set_inbound(LinkMode::Refuse);
         tb.timeline.push("cut coordinators -> bank-1 (refuse)");
         let r = bank
             .transfer(
@@ -307,7 +307,7 @@ async fn coordinator_cut_from_one_participant_aborts_and_finishes_after_heal() {
             )
             .await;
         assert_eq!(r, OpResult::Committed, "a transfer not touching bank-1");
-        link.set(LinkMode::Up);
+        tb.ledgers[1].set_inbound(LinkMode::Up);
         tb.timeline.push("healed coordinators -> bank-1");
         let report = check_and_report(
             &mut tb,

@@ -91,3 +91,23 @@ async fn nemesis_soak() {
     s.quiesce_bound = Duration::from_secs(90);
     bounded(Duration::from_secs(secs + 600), s.run_and_assert()).await;
 }
+
+/// Gray and overlapping faults: every link slow, jittery and lossy (nothing
+/// cut); the leader isolated while a follower is paused (no quorum on
+/// either side); the leader and a ledger killed together (the takeover
+/// meets a dead participant); only the leader cut from a ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nemesis_gray_and_overlapping_faults() {
+    let mut s = Scenario::new(
+        "gray and overlapping faults",
+        seed_from_env(6),
+        &[
+            FaultKind::SlowNetwork,
+            FaultKind::PartitionWhilePaused,
+            FaultKind::KillLeaderAndLedger,
+            FaultKind::CutLedgerFromLeader,
+        ],
+    );
+    s.bank.op_deadline = Duration::from_secs(6);
+    bounded(Duration::from_secs(240), s.run_and_assert()).await;
+}

@@ -128,6 +128,13 @@ struct CoordinatorArgs {
     #[arg(long = "peer-addr-override", env = "DTC_PEER_ADDR_OVERRIDE", value_name = "ID=HOST:PORT", value_delimiter = ',',
           value_parser = parse_override)]
     peer_addr_override: Vec<(u64, String)>,
+    /// Address this node uses to reach participant NAME instead of the
+    /// endpoint it registered, as NAME=HOST:PORT; repeat it or separate with
+    /// commas. For a participant behind NAT for this node; the failover
+    /// tests cut one coordinator's link to a participant this way.
+    #[arg(long = "participant-addr-override", env = "DTC_PARTICIPANT_ADDR_OVERRIDE", value_name = "NAME=HOST:PORT",
+          value_delimiter = ',', value_parser = parse_participant_override)]
+    participant_addr_override: Vec<(String, String)>,
     /// Cluster name; a node refuses data and messages of another cluster.
     #[arg(long, env = "DTC_CLUSTER", default_value = "dtc")]
     cluster: String,
@@ -243,6 +250,17 @@ fn parse_peers_arg(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(dtc_coordinator::parse_peers(s)?)
 }
 
+fn parse_participant_override(s: &str) -> anyhow::Result<(String, String)> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow!("{s:?} is not NAME=HOST:PORT"))?;
+    dtc_core::validate_participant_name(name).map_err(|e| anyhow!("{s:?}: {e}"))?;
+    // Checked as a member address is, so both name a bad address alike.
+    let parsed = dtc_coordinator::parse_peers(&format!("1={addr}"))
+        .map_err(|_| anyhow!("{s:?}: expected NAME=HOST:PORT"))?;
+    Ok((name.to_string(), parsed[&1].clone()))
+}
+
 fn parse_override(s: &str) -> anyhow::Result<(u64, String)> {
     let map = dtc_coordinator::parse_peers(s)?;
     map.into_iter()
@@ -346,6 +364,8 @@ fn main() -> ExitCode {
             let mut config =
                 dtc_coordinator::NodeConfig::new(args.id, args.listen, args.data_dir, peers);
             config.peer_addr_overrides = args.peer_addr_override.into_iter().collect();
+            config.participant_addr_overrides =
+                args.participant_addr_override.into_iter().collect();
             config.cluster = args.cluster;
             config.heartbeat_ms = args.heartbeat_ms;
             (

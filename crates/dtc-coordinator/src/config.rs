@@ -22,6 +22,11 @@ pub struct NodeConfig {
     /// forwarding and start-up probes use it; the membership, leader hints
     /// and `ClusterStatus` keep the member address.
     pub peer_addr_overrides: BTreeMap<u64, String>,
+    /// Participant name -> the address *this* node dials for it instead of
+    /// the endpoint it registered (a participant behind NAT for this node;
+    /// the failover tests cut one coordinator's link to a participant this
+    /// way). Every other node, and the registry, keep the registered one.
+    pub participant_addr_overrides: BTreeMap<String, String>,
     /// Cluster name: written into the data directory and checked on every
     /// Raft message, so nodes of two clusters never mix.
     pub cluster: String,
@@ -72,6 +77,7 @@ impl NodeConfig {
             data_dir,
             peers,
             peer_addr_overrides: BTreeMap::new(),
+            participant_addr_overrides: BTreeMap::new(),
             cluster: "dtc".into(),
             // Failover takes about max + (min+max)/2 + 1.5 heartbeats (see
             // docs/design.md, "Failover timing"): 200-270 ms with these.

@@ -77,6 +77,12 @@ impl Process {
         &self.name
     }
 
+    /// Adds arguments for every later start (the harness learns some, such
+    /// as proxy addresses, only after laying a process out).
+    pub fn extend_args(&mut self, more: impl IntoIterator<Item = String>) {
+        self.args.extend(more);
+    }
+
     pub fn args(&self) -> &[String] {
         &self.args
     }

@@ -18,6 +18,11 @@ const EXPIRE_SLICE: u32 = 4096;
 pub async fn expire_outcomes(shared: Arc<Shared>) {
     let retention = shared.config.outcome_retention;
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    // The wall clock read once, then advanced by the monotonic clock: a jump
+    // of this machine's clock while it runs (a forward jump would expire
+    // outcomes early and shorten the window in which a same-id retry is
+    // answered) does not move the expiry (docs/design.md, "Clocks").
+    let anchor = (dtc_util::wall_ms(), std::time::Instant::now());
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -27,7 +32,7 @@ pub async fn expire_outcomes(shared: Arc<Shared>) {
         }
         // In slices: a backlog (after an outage, or a shorter retention)
         // must not become one huge write that stalls every apply behind it.
-        let now_ms = dtc_util::wall_ms();
+        let now_ms = anchor.0 + anchor.1.elapsed().as_millis() as u64;
         let mut total = 0u64;
         loop {
             let cmd = Command::ExpireAtMost {

@@ -77,10 +77,15 @@ fn client(
     shared: &Shared,
     participant: &str,
 ) -> Result<ParticipantClient<tonic::transport::Channel>, CallError> {
-    let endpoint = shared
+    let registered = shared
         .reader
         .participant(participant)?
         .ok_or_else(|| CallError::NotRegistered(participant.to_string()))?;
+    // Registered, so known to the cluster; this node may reach it elsewhere.
+    let endpoint = match shared.config.participant_addr_overrides.get(participant) {
+        Some(addr) => addr.clone(),
+        None => registered,
+    };
     let channel = shared.channels.get(&endpoint)?;
     Ok(ParticipantClient::new(channel)
         .max_decoding_message_size(dtc_proto::wire::MAX_MESSAGE_BYTES))
