@@ -54,6 +54,7 @@ pub mod metrics;
 pub mod ports;
 pub mod process;
 pub mod report;
+pub mod small_disk;
 pub mod status;
 pub mod up;
 pub mod wait;

@@ -6,6 +6,7 @@ use dtc_participant::redb::{self, ReadableDatabase, ReadableTable, TableDefiniti
 use dtc_participant::{
     BranchState, ParticipantServer, PreparedTxn, Resource, ResourceError, RunningParticipant, Vote,
 };
+use dtc_harness::small_disk::SmallDisk;
 use dtc_proto::v1 as pb;
 use pb::participant_client::ParticipantClient;
 use std::collections::HashMap;
@@ -793,77 +794,6 @@ async fn calls_past_the_writer_queue_bound_are_refused_not_queued() {
         running.shutdown().await;
     })
     .await
-}
-
-/// A size-limited tmpfs mounted for one test (the disk-full tests need a
-/// filesystem that really fills); unmounted when dropped. `None`, with the
-/// reason printed, where mounting is not allowed (not root).
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(SmallDisk { dir }),
-            Ok(o) => {
-                eprintln!(
-                    "SKIPPED: cannot mount a {size} tmpfs (needs root): {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: cannot run mount: {e}");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn free(&self) -> u64 {
-        dtc_util::disk::free_bytes(self.path()).unwrap()
-    }
-
-    /// Writes a ballast file until at most `left` bytes are free (all of
-    /// it, to ENOSPC, with `left` = 0).
-    fn fill_until(&self, left: u64) {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path().join("ballast"))
-            .unwrap();
-        let chunk = vec![0xa5u8; 64 * 1024];
-        while self.free() > left {
-            let n = (self.free() - left).min(chunk.len() as u64) as usize;
-            if f.write_all(&chunk[..n.max(1)]).is_err() {
-                break; // full
-            }
-            let _ = f.sync_all();
-        }
-    }
-
-    fn free_the_ballast(&self) {
-        std::fs::remove_file(self.path().join("ballast")).unwrap();
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
 }
 
 async fn start_with(
