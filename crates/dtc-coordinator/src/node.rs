@@ -52,6 +52,7 @@ pub enum NodeError {
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     config.validate()?;
     claim_data_dir(&config.data_dir, config.id, &config.cluster)?;
+    let admission = crate::raft::admission::Admission::prepare(&config)?;
     let (log_store, state_machine) = dtc_store::open(&config.data_dir)?;
     let reader = state_machine.reader();
     // Never purge the log past what the state machine durably covers.
@@ -77,7 +78,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         source,
     })?;
 
-    let shared = Arc::new(Shared::new(config, raft.clone(), reader, channels));
+    let shared = Arc::new(
+        Shared::new(config, raft.clone(), reader, channels).with_admission(admission.clone()),
+    );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -112,6 +115,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             RaftTransportServer::new(RaftService {
                 raft: raft.clone(),
                 cluster: shared.config.cluster.clone(),
+                admission: admission.clone(),
             })
             .max_decoding_message_size(usize::MAX),
         )
@@ -137,6 +141,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     info!(id = shared.config.id, addr = %local, cluster = %shared.config.cluster, "coordinator listening");
 
     crate::raft::form_cluster(&raft, &shared.config, &shared.channels).await?;
+    let admitting = tokio::spawn(admission.watch(raft.clone(), shared.config.id));
 
     if let Some(listener) = metrics_listener {
         let mut registry = dtc_metrics::Registry::default();
@@ -206,6 +211,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     watcher.abort();
     health.abort();
     expirer.abort();
+    admitting.abort();
     if let Leadership::Leader { cancel, .. } = &*shared.leadership.borrow() {
         cancel.cancel();
     }
