@@ -807,6 +807,12 @@ impl Client {
     }
 }
 
+/// A wait as the membership calls carry it: at least 1 ms (0 would mean
+/// the server's default).
+fn wait_ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -862,10 +868,4 @@ mod tests {
         // Any iterator of strings will do.
         assert!(Client::connect(["127.0.0.1:1"]).is_ok());
     }
-}
-
-/// A wait as the membership calls carry it: at least 1 ms (0 would mean
-/// the server's default).
-fn wait_ms(d: Duration) -> u32 {
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
 }
