@@ -7,7 +7,7 @@
 //! candidate that lacks committed entries (which the lost disk held), or
 //! vote twice in one term. The cluster must first remove the old voter and
 //! add the empty node as a learner (`dtc cluster replace`, docs/design.md
-//! §6a). A membership that lists this node as a learner proves exactly
+//! §5b). A membership that lists this node as a learner proves exactly
 //! that, so seeing one opens the gate; until then, Vote requests are
 //! refused ([`crate::raft::transport`]) and elections are off.
 //!

@@ -214,7 +214,7 @@ impl dtc_proto::v1::raft_transport_server::RaftTransport for RaftService {
         self.check_sender(&req.vote)?;
         if self.admission.is_awaiting() {
             // An empty node's vote is worthless and may be harmful: it
-            // forgot any vote it cast before (docs/design.md §6a).
+            // forgot any vote it cast before (docs/design.md §5b).
             return Err(Status::failed_precondition(
                 "this node joined empty and has not been added as a learner yet: it does not vote",
             ));
