@@ -16,7 +16,8 @@
 //!   `dtc bench` measures one (crates/dtc-bench). Their flags are those
 //!   crates' option structs; this binary parses them and calls in.
 //!
-//! Exit codes: 0 ok / committed, 1 aborted (`txn`: not found), 2 usage
+//! Exit codes: 0 ok / committed, 1 aborted (`txn`: not found; `cluster`: not
+//! finished, run it again), 2 usage
 //! error, 3 unavailable or outcome unknown, 4 `txn retry`: still waiting.
 
 mod client_cmds;
