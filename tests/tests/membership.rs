@@ -376,6 +376,65 @@ async fn unsafe_and_malformed_membership_changes_are_refused() {
     .await;
 }
 
+/// Where a node cannot start with `--join` (one pod template for all):
+/// the dead node is removed first, comes back empty with its usual
+/// `--peers`, finds the cluster formed and waits as a non-member (members
+/// refuse its votes), and `dtc cluster add` takes it back in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_then_restarted_empty_with_peers_is_added_back() {
+    let mut cluster = Cluster::start(3);
+    let alpha = TestParticipant::start("alpha").await;
+    let beta = TestParticipant::start("beta").await;
+    bounded(secs(180), async {
+        let leader = cluster.wait_for_stable_leader(secs(30)).await;
+        cluster.register(&alpha, secs(15)).await;
+        cluster.register(&beta, secs(15)).await;
+        commit(&cluster, &[leader], "before").await;
+        let lost = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+        cluster.kill(lost);
+        let (code, out) = dtc_cluster(
+            &["remove", "--id", &lost.to_string()],
+            &cluster.addr(leader).to_string(),
+        );
+        assert_eq!(code, 0, "{out}");
+        commit(&cluster, &[leader], "while-removed").await;
+        let dir = cluster.root().join(format!("node-{lost}"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        cluster.restart(lost);
+        let s = wait_for_ok(secs(20), "the empty node to answer", || async {
+            cluster.status(lost).await.ok_or("no answer")
+        })
+        .await;
+        assert!(s.members.is_empty() && s.last_applied == 0, "{s:?}");
+        let term = cluster.status(leader).await.expect("status").term;
+        let e = vote_from(cluster.addr(leader), lost, term)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+        let addr = cluster.addr(lost);
+        let (code, out) = dtc_cluster(
+            &[
+                "add",
+                "--id",
+                &lost.to_string(),
+                "--addr",
+                &addr.to_string(),
+            ],
+            &cluster.addrs_arg(),
+        );
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains(&format!("promoted node {lost} to voter")),
+            "{out}"
+        );
+        wait_voters(&cluster, &[1, 2, 3], lost, addr).await;
+        cluster.wait_caught_up(lost, secs(30)).await;
+        commit(&cluster, &[lost], "after").await;
+    })
+    .await;
+}
+
 /// A follower loses its disk under load: SIGKILL, data directory deleted,
 /// started EMPTY with `--join` on a new port; `dtc cluster replace` removes
 /// the old voter, adds the empty node as a learner, which catches up by
