@@ -334,6 +334,27 @@ async fn unsafe_and_malformed_membership_changes_are_refused() {
         assert_eq!(code, 0, "{out}");
         let (voters, _) = membership(&cluster, leader).await.expect("status");
         assert_eq!(voters, BTreeSet::from([leader, alive]));
+        // The leader may remove itself: the answer still comes, and the
+        // one voter left leads.
+        let (code, out) = dtc_cluster(&["remove", "--id", &leader.to_string()], &addr(alive));
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains(&format!("removed node {leader}")), "{out}");
+        let next = wait_for_ok(secs(30), "the remaining voter to lead", || async {
+            let s = cluster.status(alive).await.ok_or("no answer".to_string())?;
+            if s.role == "leader" {
+                Ok(s)
+            } else {
+                Err(format!("{} term {}", s.role, s.term))
+            }
+        })
+        .await;
+        let voters: BTreeSet<u64> = next
+            .members
+            .iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(voters, BTreeSet::from([alive]));
 
         // Start-up flags: --join excludes --peers; a wildcard needs --advertise.
         let dir = tempfile::tempdir().unwrap();

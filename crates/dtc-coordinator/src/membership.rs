@@ -183,12 +183,16 @@ impl<'a> Change<'a> {
         changes: ChangeMembers<u64, BasicNode>,
         retain: bool,
     ) -> Result<(), MembershipError> {
-        let raft = &self.shared.raft;
-        let r = tokio::select! {
-            r = raft.change_membership(changes, retain) => r,
-            _ = self.cancel.cancelled() => return Err(lost_leadership()),
-        };
-        r.map(|_| ()).map_err(write_error)
+        // Not raced against the end of this leader's term: a leader that
+        // removes itself steps down as its change commits, and the answer
+        // still comes (openraft answers on apply, or ForwardToLeader if the
+        // entry is overwritten). The caller's deadline bounds the wait.
+        self.shared
+            .raft
+            .change_membership(changes, retain)
+            .await
+            .map(|_| ())
+            .map_err(write_error)
     }
 
     /// Finishes a joint configuration a previous change left behind.
@@ -278,11 +282,11 @@ impl<'a> Change<'a> {
     async fn add_and_promote(&mut self, id: u64, addr: &str) -> Result<bool, MembershipError> {
         let view = View::of(self.shared);
         if !view.learners.contains(&id) {
-            let r = tokio::select! {
-                r = self.shared.raft.add_learner(id, BasicNode::new(addr), false) => r,
-                _ = self.cancel.cancelled() => return Err(lost_leadership()),
-            };
-            r.map_err(write_error)?;
+            self.shared
+                .raft
+                .add_learner(id, BasicNode::new(addr), false)
+                .await
+                .map_err(write_error)?;
             self.step(format!("added node {id} at {addr} as a learner"));
         }
         if !self.wait_caught_up(id, addr).await? {
