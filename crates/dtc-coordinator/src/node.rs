@@ -66,6 +66,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 
     let channels = Channels::default();
     let raft = crate::raft::start(&config, &channels, log_store, state_machine).await?;
+    // Elections off before any message can arrive, if this node is gated.
+    let admitting = tokio::spawn(admission.clone().watch(raft.clone(), config.id));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -141,7 +143,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     info!(id = shared.config.id, addr = %local, cluster = %shared.config.cluster, "coordinator listening");
 
     crate::raft::form_cluster(&raft, &shared.config, &shared.channels).await?;
-    let admitting = tokio::spawn(admission.watch(raft.clone(), shared.config.id));
 
     if let Some(listener) = metrics_listener {
         let mut registry = dtc_metrics::Registry::default();

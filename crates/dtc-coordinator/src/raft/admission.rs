@@ -70,14 +70,25 @@ impl Admission {
         self.awaiting.load(Ordering::SeqCst)
     }
 
-    /// Turns elections off while awaiting and opens the gate when the
-    /// membership lists this node as a learner. Returns at once if not
-    /// awaiting; otherwise runs until admitted or Raft stops.
-    pub async fn watch(self, raft: Raft<TypeConfig>, id: u64) {
+    /// Turns elections off at once (before the returned future first
+    /// runs) while awaiting; the future opens the gate when the membership
+    /// lists this node as a learner. It ends at once if not awaiting;
+    /// otherwise when admitted or when Raft stops.
+    pub fn watch(
+        self,
+        raft: Raft<TypeConfig>,
+        id: u64,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        if self.is_awaiting() {
+            raft.runtime_config().elect(false);
+        }
+        self.admit_when_learner(raft, id)
+    }
+
+    async fn admit_when_learner(self, raft: Raft<TypeConfig>, id: u64) {
         if !self.is_awaiting() {
             return;
         }
-        raft.runtime_config().elect(false);
         info!(
             id,
             "started empty with --join: waiting to be added (dtc cluster add --id {id} \
