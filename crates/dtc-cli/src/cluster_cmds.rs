@@ -87,8 +87,11 @@ pub async fn run(cmd: ClusterCmd) -> ExitCode {
             if *catch_up_secs == 0 || *catch_up_secs > 600 {
                 return usage(name, "--catch-up-secs must be 1..=600");
             }
-            c.add_member(node.id, &node.addr, Duration::from_secs(*catch_up_secs))
-                .await
+            with_progress(
+                &node.addr,
+                c.add_member(node.id, &node.addr, Duration::from_secs(*catch_up_secs)),
+            )
+            .await
         }
         ClusterCmd::Remove { id, .. } => c.remove_member(*id).await,
         ClusterCmd::Replace {
@@ -99,8 +102,11 @@ pub async fn run(cmd: ClusterCmd) -> ExitCode {
             if *catch_up_secs == 0 || *catch_up_secs > 600 {
                 return usage(name, "--catch-up-secs must be 1..=600");
             }
-            c.replace_member(node.id, &node.addr, Duration::from_secs(*catch_up_secs))
-                .await
+            with_progress(
+                &node.addr,
+                c.replace_member(node.id, &node.addr, Duration::from_secs(*catch_up_secs)),
+            )
+            .await
         }
     };
     match r {
@@ -112,6 +118,40 @@ pub async fn run(cmd: ClusterCmd) -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => fail(name, args.json, &e),
+    }
+}
+
+/// Runs `call`, and while it runs (after a first quiet stretch) prints to
+/// stderr every few seconds how far the node at `addr` has got, as it says
+/// itself; the leader's answer lists the steps once the change is done.
+/// The node may not be reachable from here (a container's host name):
+/// then the line says only how long the change has taken.
+async fn with_progress<T>(addr: &str, call: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let mut call = std::pin::pin!(call);
+    loop {
+        let report = async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let secs = started.elapsed().as_secs();
+            match dtc_harness::status::ask(addr, Duration::from_secs(1)).await {
+                Ok(s) => {
+                    let state = if s.awaiting_admission {
+                        "waiting to be added"
+                    } else {
+                        s.role.as_str()
+                    };
+                    eprintln!(
+                        "... {secs} s: node {} at {addr} is {state}, applied index {}",
+                        s.node_id, s.last_applied
+                    );
+                }
+                Err(_) => eprintln!("... {secs} s: the change is still running"),
+            }
+        };
+        tokio::select! {
+            r = &mut call => return r,
+            () = report => {}
+        }
     }
 }
 
