@@ -19,7 +19,9 @@
 //!   `<tmp>/node-<id>.log` (`DTC_LOG=info` unless `DTC_LOG` is set), and can
 //!   [`Cluster::kill`] (SIGKILL) and [`Cluster::restart`] them with the same
 //!   flags ([`Cluster::prepare`] + [`Cluster::start_node`] start nodes one
-//!   at a time). [`Cluster::leader`] asks every live node for `ClusterStatus`;
+//!   at a time; [`Cluster::add_joining_node`] and [`Cluster::replace_node`]
+//!   start a node empty with `--join`, the latter after deleting the data
+//!   directory of the node it replaces). [`Cluster::leader`] asks every live node for `ClusterStatus`;
 //!   [`Cluster::wait_for_stable_leader`] waits until all nodes follow it. A
 //!   node that exits without being killed fails the test at once, with its
 //!   log ([`Cluster::assert_no_crash`]).
