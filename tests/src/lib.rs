@@ -425,7 +425,7 @@ impl Cluster {
     /// `--join` at the addresses of the other nodes, and starts it. A node
     /// that had this id is replaced (it must be killed first). Returns the
     /// new node's address.
-    fn start_joining(&mut self, id: u64) -> SocketAddr {
+    fn start_joining(&mut self, id: u64, env: &[(&str, &str)]) -> SocketAddr {
         let port = free_ports(1)[0];
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let n = self.nodes.get(&id).map_or(0, |_| {
@@ -472,8 +472,10 @@ impl Cluster {
             );
         }
         let args = self.args(id);
-        *self.node(id).process() = Process::new(&format!("node {id}"), &self.bin, args, log_path)
+        let mut process = Process::new(&format!("node {id}"), &self.bin, args, log_path)
             .current_dir(&self.root_path);
+        process.set_next_start_env(env);
+        *self.node(id).process() = process;
         self.spawn(id);
         addr
     }
@@ -481,8 +483,14 @@ impl Cluster {
     /// Starts a new node `id` (not yet a member) empty with `--join`; the
     /// cluster takes it in only when told (`dtc cluster add`).
     pub fn add_joining_node(&mut self, id: u64) -> SocketAddr {
+        self.add_joining_node_with_env(id, &[])
+    }
+
+    /// [`Cluster::add_joining_node`] with environment for its first start
+    /// (e.g. `FAILPOINTS`).
+    pub fn add_joining_node_with_env(&mut self, id: u64, env: &[(&str, &str)]) -> SocketAddr {
         assert!(!self.nodes.contains_key(&id), "node {id} exists already");
-        self.start_joining(id)
+        self.start_joining(id, env)
     }
 
     /// Node `id` lost its disk: SIGKILLs it (if it runs), deletes its data
@@ -495,7 +503,7 @@ impl Cluster {
         }
         let dir = self.node(id).member.data_dir.clone();
         std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
-        self.start_joining(id)
+        self.start_joining(id, &[])
     }
 
     fn spawn(&mut self, id: u64) {

@@ -409,6 +409,68 @@ async fn unsafe_and_malformed_membership_changes_are_refused() {
     .await;
 }
 
+/// An add that runs out of time while the new node still catches up (its
+/// snapshot install is slowed by 4 s with a fail point's `sleep` action)
+/// stops at a safe point: exit 1, the node a learner that counts for
+/// nothing, the step saying to run the command again. Run again, it
+/// continues from the learner and promotes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_that_runs_out_of_time_leaves_a_learner_and_continues_when_run_again() {
+    let mut cluster = Cluster::start_with(3, &["--snapshot-every", "40"]);
+    let alpha = TestParticipant::start("alpha").await;
+    let beta = TestParticipant::start("beta").await;
+    bounded(secs(240), async {
+        let leader = cluster.wait_for_stable_leader(secs(30)).await;
+        cluster.register(&alpha, secs(15)).await;
+        cluster.register(&beta, secs(15)).await;
+        // Past the 1000 entries a snapshot keeps: a new node needs the snapshot.
+        cluster.grow_log_by(leader, &[leader], 1300).await;
+        let addr4 = cluster
+            .add_joining_node_with_env(4, &[("FAILPOINTS", "store.snapshot.install=sleep(4000)")]);
+        wait_for_ok(secs(20), "node 4 to answer", || async {
+            cluster.status(4).await.ok_or("no answer")
+        })
+        .await;
+        let coords = cluster.addrs_arg();
+        let add = [
+            "add",
+            "--id",
+            "4",
+            "--addr",
+            &addr4.to_string(),
+            "--catch-up-secs",
+            "1",
+        ];
+        let (code, out) = dtc_cluster(&add, &coords);
+        assert_eq!(code, 1, "{out}");
+        for needle in [
+            "added node 4",
+            "as a learner",
+            "node 4 has not caught up",
+            "run the same command again",
+        ] {
+            assert!(out.contains(needle), "no {needle:?} in:\n{out}");
+        }
+        let (voters, learners) = membership(&cluster, leader).await.expect("status");
+        assert_eq!(voters, BTreeSet::from([1, 2, 3]));
+        assert_eq!(learners, BTreeSet::from([4]));
+
+        let add = ["add", "--id", "4", "--addr", &addr4.to_string()];
+        let (code, out) = dtc_cluster(&add, &coords);
+        assert_eq!(code, 0, "{out}");
+        for needle in [
+            "node 4 is already a learner",
+            "node 4 caught up by snapshot",
+            "promoted node 4 to voter",
+        ] {
+            assert!(out.contains(needle), "no {needle:?} in:\n{out}");
+        }
+        wait_voters(&cluster, &[1, 2, 3, 4], 4, addr4).await;
+        commit(&cluster, &[4], "after").await;
+    })
+    .await;
+}
+
 /// Where a node cannot start with `--join` (one pod template for all):
 /// the dead node is removed first, comes back empty with its usual
 /// `--peers`, finds the cluster formed and waits as a non-member (members
