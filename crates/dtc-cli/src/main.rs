@@ -52,6 +52,8 @@ enum Cmd {
     ///
     /// Fresh nodes started with the same --peers form the cluster by
     /// themselves; a node restarted with the same flags rejoins with its data.
+    /// A node started with --join waits until `dtc cluster add` (or
+    /// `replace`) takes it into a running cluster.
     Coordinator(CoordinatorArgs),
     /// Show the members, leader, term, applied index, pending transactions
     /// and registered participants.
