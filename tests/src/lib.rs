@@ -19,7 +19,9 @@
 //!   `<tmp>/node-<id>.log` (`DTC_LOG=info` unless `DTC_LOG` is set), and can
 //!   [`Cluster::kill`] (SIGKILL) and [`Cluster::restart`] them with the same
 //!   flags ([`Cluster::prepare`] + [`Cluster::start_node`] start nodes one
-//!   at a time). [`Cluster::leader`] asks every live node for `ClusterStatus`;
+//!   at a time; [`Cluster::add_joining_node`] and [`Cluster::replace_node`]
+//!   start a node empty with `--join`, the latter after deleting the data
+//!   directory of the node it replaces). [`Cluster::leader`] asks every live node for `ClusterStatus`;
 //!   [`Cluster::wait_for_stable_leader`] waits until all nodes follow it. A
 //!   node that exits without being killed fails the test at once, with its
 //!   log ([`Cluster::assert_no_crash`]).
@@ -224,6 +226,10 @@ pub struct Node {
     /// `FAILPOINTS`) is not kept for a restart unless set again.
     process: Mutex<Process>,
     channel: Channel,
+    /// `--join` addresses when the node joined a running cluster
+    /// ([`Cluster::add_joining_node`], [`Cluster::replace_node`]) instead
+    /// of forming it with `--peers`.
+    join: Option<String>,
 }
 
 impl Node {
@@ -334,6 +340,7 @@ impl Cluster {
                 // The arguments are set below, once the mesh is known.
                 process: Mutex::new(Process::new("", &bin, Vec::new(), PathBuf::new())),
                 member: m,
+                join: None,
             };
             nodes.insert(node.id, node);
         }
@@ -386,7 +393,14 @@ impl Cluster {
 
     /// The arguments node `id` runs with (the same on every restart).
     pub fn args(&self, id: u64) -> Vec<String> {
-        let mut args = self.node(id).member.args(&self.peers);
+        let node = self.node(id);
+        let mut args = node.member.args(&self.peers);
+        if let Some(join) = &node.join {
+            // `--peers LIST` becomes `--join ADDRS`.
+            let at = args.len() - 2;
+            args[at] = "--join".into();
+            args[at + 1] = join.clone();
+        }
         args.extend([
             "--election-timeout-ms".into(),
             format!(
@@ -417,6 +431,92 @@ impl Cluster {
         for id in self.ids() {
             self.spawn(id);
         }
+    }
+
+    /// Lays out node `id` on a fresh loopback port and an empty data
+    /// directory (`node-<id>-<n>`, a new one per layout), started with
+    /// `--join` at the addresses of the other nodes, and starts it. A node
+    /// that had this id is replaced (it must be killed first). Returns the
+    /// new node's address.
+    fn start_joining(&mut self, id: u64, env: &[(&str, &str)]) -> SocketAddr {
+        let port = free_ports(1)[0];
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let n = self.nodes.get(&id).map_or(0, |_| {
+            (1..)
+                .find(|n| !self.root_path.join(format!("node-{id}-{n}")).exists())
+                .unwrap_or(1)
+        });
+        let (data_dir, log_path) = if n == 0 {
+            (
+                self.root_path.join(format!("node-{id}")),
+                self.root_path.join(format!("node-{id}.log")),
+            )
+        } else {
+            (
+                self.root_path.join(format!("node-{id}-{n}")),
+                self.root_path.join(format!("node-{id}-{n}.log")),
+            )
+        };
+        let join = self
+            .nodes
+            .values()
+            .filter(|n| n.id != id)
+            .map(|n| n.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let member = Member {
+            id,
+            addr,
+            data_dir,
+            log_path: log_path.clone(),
+        };
+        let node = Node {
+            id,
+            addr,
+            channel: channel_for(addr),
+            process: Mutex::new(Process::new("", &self.bin, Vec::new(), PathBuf::new())),
+            member,
+            join: Some(join),
+        };
+        if let Some(old) = self.nodes.insert(id, node) {
+            assert!(
+                !old.process().is_running(),
+                "node {id} must be killed before it is replaced"
+            );
+        }
+        let args = self.args(id);
+        let mut process = Process::new(&format!("node {id}"), &self.bin, args, log_path)
+            .current_dir(&self.root_path);
+        process.set_next_start_env(env);
+        *self.node(id).process() = process;
+        self.spawn(id);
+        addr
+    }
+
+    /// Starts a new node `id` (not yet a member) empty with `--join`; the
+    /// cluster takes it in only when told (`dtc cluster add`).
+    pub fn add_joining_node(&mut self, id: u64) -> SocketAddr {
+        self.add_joining_node_with_env(id, &[])
+    }
+
+    /// [`Cluster::add_joining_node`] with environment for its first start
+    /// (e.g. `FAILPOINTS`).
+    pub fn add_joining_node_with_env(&mut self, id: u64, env: &[(&str, &str)]) -> SocketAddr {
+        assert!(!self.nodes.contains_key(&id), "node {id} exists already");
+        self.start_joining(id, env)
+    }
+
+    /// Node `id` lost its disk: SIGKILLs it (if it runs), deletes its data
+    /// directory, and starts it again EMPTY with `--join` on a new port (as
+    /// a replacement machine would). Returns the new address; the cluster
+    /// takes it back only when told (`dtc cluster replace`).
+    pub fn replace_node(&mut self, id: u64) -> SocketAddr {
+        if self.is_running(id) {
+            self.kill(id);
+        }
+        let dir = self.node(id).member.data_dir.clone();
+        std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
+        self.start_joining(id, &[])
     }
 
     fn spawn(&mut self, id: u64) {

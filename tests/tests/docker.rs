@@ -5,8 +5,11 @@
 //! ports compose publishes on 127.0.0.1. Faults come from Docker itself:
 //! `docker kill` of the leader, `docker stop` of the leader under load (it
 //! finishes what it runs, exits 0, and no transfer fails), `docker network
-//! disconnect` of a coordinator, and a ledger killed and started again while
-//! it holds prepared (in-doubt) transactions.
+//! disconnect` of a coordinator, a ledger killed and started again while
+//! it holds prepared (in-doubt) transactions, and a coordinator whose
+//! container and volume are deleted, brought back as a new empty container
+//! under the same host name with `--join`, and put back with `dtc cluster
+//! replace` (docs/operations.md, "Replacing a dead node").
 //!
 //! Without a Docker engine (or docker-compose) the test prints that it is
 //! skipped and passes, unless DTC_REQUIRE_DOCKER=1 (set by .ci/run when an
@@ -95,6 +98,9 @@ struct Project {
     image: String,
     ports: [u16; 3],
     dtc: PathBuf,
+    /// Containers started with `docker run` (not compose's): removed, with
+    /// their anonymous volumes, before the project goes down.
+    extra: std::cell::RefCell<Vec<String>>,
 }
 
 impl Project {
@@ -252,6 +258,12 @@ impl Drop for Project {
                 String::from_utf8_lossy(&o.stderr)
             );
         }
+        for c in self.extra.borrow().iter() {
+            let o = output(Command::new("docker").args(["rm", "-f", "-v", c]));
+            if !o.status.success() {
+                eprintln!("docker rm -f -v {c} failed: {}", text(&o));
+            }
+        }
         // A disconnected container is reconnected by nothing but us; `down`
         // removes it whatever its networks.
         let o = output(self.compose().args([
@@ -311,6 +323,7 @@ fn compose_cluster_survives_leader_kill_partition_and_ledger_restart() {
         image,
         ports: [free_port(), free_port(), free_port()],
         dtc: dtc_tests::dtc_bin(),
+        extra: Default::default(),
     };
     let o = output(
         project
@@ -539,6 +552,80 @@ fn compose_cluster_survives_leader_kill_partition_and_ledger_restart() {
         "ledger-a restarted holding {reserved} reserved ({} in doubt at start); outcomes {outcomes:?}; \
          total {total} conserved; whole test {:?}",
         recovered.last().unwrap(),
+        started.elapsed()
+    );
+
+    // A coordinator loses its machine and disk: its container and volume
+    // are deleted. A new empty container takes its host name with --join
+    // (not --peers), and `dtc cluster replace` removes the old voter, adds
+    // the new node as a learner, lets it catch up, and promotes it.
+    let leader = project.leader().expect("a leader");
+    let lost = (1..=3).find(|id| *id != leader).unwrap();
+    let service = format!("coord-{lost}");
+    must(Command::new("docker").args(["rm", "-f", &project.container(&service)]));
+    must(Command::new("docker").args(["volume", "rm", &format!("{}_{service}", project.name)]));
+    project.commit_transfers(4);
+    let replacement = format!("{}_{service}_replaced", project.name);
+    project.extra.borrow_mut().push(replacement.clone());
+    let join = (1..=3)
+        .filter(|id| *id != lost)
+        .map(|id| format!("coord-{id}:7000"))
+        .collect::<Vec<_>>()
+        .join(",");
+    must(Command::new("docker").args([
+        "run",
+        "-d",
+        "--name",
+        &replacement,
+        "--hostname",
+        &service,
+        "--network",
+        &project.network(),
+        "--network-alias",
+        &service,
+        "-p",
+        &format!("127.0.0.1:{}:7000", project.ports[lost as usize - 1]),
+        "-e",
+        &format!("DTC_ID={lost}"),
+        "-e",
+        "DTC_LISTEN=0.0.0.0:7000",
+        "-e",
+        &format!("DTC_ADVERTISE={service}:7000"),
+        "-e",
+        "DTC_DATA_DIR=/data",
+        "-e",
+        "DTC_CLUSTER=dtc-compose",
+        "-e",
+        &format!("DTC_JOIN={join}"),
+        &project.image,
+        "coordinator",
+    ]));
+    let o = wait_for(Duration::from_secs(60), "dtc cluster replace", || {
+        let o = output(project.dtc().args([
+            "cluster",
+            "replace",
+            "--id",
+            &lost.to_string(),
+            "--addr",
+            &format!("{service}:7000"),
+        ]));
+        // "nothing answers" while the new container is still starting.
+        (o.status.code() != Some(2) || !text(&o).contains("nothing answers")).then_some(o)
+    });
+    let out = text(&o);
+    assert!(o.status.success(), "dtc cluster replace: {out}");
+    for needle in [
+        format!("removed node {lost}"),
+        format!("added node {lost} at {service}:7000 as a learner"),
+        format!("promoted node {lost} to voter"),
+    ] {
+        assert!(out.contains(&needle), "no {needle:?} in: {out}");
+    }
+    project.wait_converged(Duration::from_secs(60), "the replaced node to catch up");
+    project.commit_transfers(4);
+    assert_eq!(project.settled_total(Duration::from_secs(30)), total);
+    eprintln!(
+        "coordinator {lost} replaced on an empty volume after {:?}:\n{out}",
         started.elapsed()
     );
 }

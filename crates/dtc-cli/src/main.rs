@@ -6,6 +6,8 @@
 //! - `dtc participant ...` runs a ledger participant (crates/dtc-ledger).
 //! - `dtc health --addr HOST:PORT` asks a node's `grpc.health.v1` service
 //!   (for container health checks; exit 0 only when SERVING).
+//! - `dtc cluster add | remove | replace` change the coordinators'
+//!   membership (`cluster_cmds`).
 //! - `dtc deposit | transfer | balance | txn show | list | retry | resolve`
 //!   are clients (crates/dtc-client); see `client_cmds` for their output.
 //! - `dtc query P KEY` and `dtc participant-admin list P` read one
@@ -14,10 +16,12 @@
 //!   `dtc bench` measures one (crates/dtc-bench). Their flags are those
 //!   crates' option structs; this binary parses them and calls in.
 //!
-//! Exit codes: 0 ok / committed, 1 aborted (`txn`: not found), 2 usage
+//! Exit codes: 0 ok / committed, 1 aborted (`txn`: not found; `cluster`: not
+//! finished, run it again), 2 usage
 //! error, 3 unavailable or outcome unknown, 4 `txn retry`: still waiting.
 
 mod client_cmds;
+mod cluster_cmds;
 mod config_file;
 mod health;
 mod participant;
@@ -50,6 +54,8 @@ enum Cmd {
     ///
     /// Fresh nodes started with the same --peers form the cluster by
     /// themselves; a node restarted with the same flags rejoins with its data.
+    /// A node started with --join waits until `dtc cluster add` (or
+    /// `replace`) takes it into a running cluster.
     Coordinator(CoordinatorArgs),
     /// Show the members, leader, term, applied index, pending transactions
     /// and registered participants.
@@ -68,6 +74,10 @@ enum Cmd {
     /// Inspect transactions, and retry or resolve stuck ones.
     #[command(subcommand)]
     Txn(client_cmds::TxnCmd),
+    /// Change the coordinators' membership: add a node, remove one, or
+    /// replace one that lost its disk (docs/operations.md).
+    #[command(subcommand)]
+    Cluster(cluster_cmds::ClusterCmd),
     /// Ask a participant's query hook for a key (for a ledger, an
     /// account's committed balance): prints the value, or exits 1 when the
     /// participant has none.
@@ -98,7 +108,8 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct CoordinatorArgs {
-    /// This node's id (a key of --peers).
+    /// This node's id (a key of --peers; with --join, an id the cluster
+    /// does not use, or the id of the node it replaces).
     #[arg(long, env = "DTC_ID")]
     id: u64,
     /// Address to listen on, e.g. 127.0.0.1:7001, or 0.0.0.0:7001 in a
@@ -109,11 +120,25 @@ struct CoordinatorArgs {
     /// Directory for this node's Raft log and state (created if missing).
     #[arg(long, env = "DTC_DATA_DIR")]
     data_dir: PathBuf,
-    /// Every member as ID=HOST:PORT, comma separated: the addresses peers
-    /// and clients use. This node's own entry may be left out when
-    /// --advertise gives it.
-    #[arg(long, env = "DTC_PEERS", value_parser = parse_peers_arg)]
-    peers: BTreeMap<u64, String>,
+    /// The members a NEW cluster is formed with, as ID=HOST:PORT, comma
+    /// separated: the addresses peers and clients use. This node's own
+    /// entry may be left out when --advertise gives it. Only bootstraps:
+    /// once formed, the membership lives in the cluster (`dtc cluster`).
+    #[arg(long, env = "DTC_PEERS", value_parser = parse_peers_arg,
+          required_unless_present = "join", conflicts_with = "join")]
+    peers: Option<BTreeMap<u64, String>>,
+    /// Join a RUNNING cluster instead of forming one: HOST:PORT of some of
+    /// its members, comma separated. The node starts empty, serves, and
+    /// waits until an operator runs `dtc cluster add` (or `replace`); it
+    /// never forms a cluster of its own. Its address is --advertise, else
+    /// --listen.
+    #[arg(
+        long,
+        env = "DTC_JOIN",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    join: Vec<String>,
     /// This node's address as peers and clients reach it (HOST:PORT, e.g. a
     /// container's host name), when --listen is a wildcard or a port is
     /// forwarded. It becomes this node's member address and must agree with
@@ -246,6 +271,31 @@ fn member_addresses(
     }
 }
 
+/// A joining node's own entry: `advertise`, else `listen` (which must then
+/// not be a wildcard: nobody could dial it). Checks the `--join` list.
+fn joining_address(
+    id: u64,
+    listen: SocketAddr,
+    join: &[String],
+    advertise: Option<&str>,
+) -> anyhow::Result<BTreeMap<u64, String>> {
+    if join.is_empty() {
+        bail!("give --peers (form a new cluster) or --join (join a running one)");
+    }
+    for addr in join {
+        dtc_coordinator::parse_peers(&format!("0={addr}"))
+            .map_err(|_| anyhow!("invalid --join address {addr:?}: expected HOST:PORT"))?;
+    }
+    if advertise.is_none() && listen.ip().is_unspecified() {
+        bail!(
+            "--listen {listen} is a wildcard address: with --join give --advertise HOST:PORT, \
+             the address the cluster adds this node at"
+        );
+    }
+    let own = advertise.map_or_else(|| listen.to_string(), str::to_string);
+    member_addresses(id, BTreeMap::new(), Some(&own))
+}
+
 fn parse_peers_arg(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(dtc_coordinator::parse_peers(s)?)
 }
@@ -354,7 +404,13 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Coordinator(args) => {
             init_logging(args.log_format);
-            let peers = match member_addresses(args.id, args.peers, args.advertise.as_deref()) {
+            let peers = match &args.peers {
+                Some(peers) => member_addresses(args.id, peers.clone(), args.advertise.as_deref()),
+                None => {
+                    joining_address(args.id, args.listen, &args.join, args.advertise.as_deref())
+                }
+            };
+            let peers = match peers {
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("dtc coordinator: {e}");
@@ -363,6 +419,7 @@ fn main() -> ExitCode {
             };
             let mut config =
                 dtc_coordinator::NodeConfig::new(args.id, args.listen, args.data_dir, peers);
+            config.join = args.join;
             config.peer_addr_overrides = args.peer_addr_override.into_iter().collect();
             config.participant_addr_overrides =
                 args.participant_addr_override.into_iter().collect();
@@ -422,6 +479,10 @@ fn main() -> ExitCode {
         Cmd::Txn(cmd) => {
             init_logging_with("warn");
             rt.block_on(client_cmds::txn(cmd))
+        }
+        Cmd::Cluster(cmd) => {
+            init_logging_with("warn");
+            rt.block_on(cluster_cmds::run(cmd))
         }
         Cmd::Query(args) => {
             init_logging_with("warn");

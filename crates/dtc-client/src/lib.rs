@@ -751,6 +751,78 @@ impl Client {
         .await
     }
 
+    /// Adds coordinator `id` at `addr` (started empty with `--join`): as a
+    /// learner, waits at most `catch_up` for it to catch up, then promotes
+    /// it to voter. The answer lists the steps taken; `done` is false when
+    /// the node is still a learner catching up (call again to continue).
+    pub async fn add_member(
+        &self,
+        id: u64,
+        addr: &str,
+        catch_up: Duration,
+    ) -> Result<pb::MembershipChangeResponse, ClientError> {
+        let req = pb::AddMemberRequest {
+            id,
+            addr: addr.to_string(),
+            catch_up_wait_ms: wait_ms(catch_up),
+        };
+        self.membership_call(catch_up, |mut c, t| {
+            let req = req.clone();
+            async move { c.add_member(with_timeout(req, t)).await }
+        })
+        .await
+    }
+
+    /// Removes coordinator `id` from the cluster (refused when it would
+    /// leave no voter or lose the quorum).
+    pub async fn remove_member(
+        &self,
+        id: u64,
+    ) -> Result<pb::MembershipChangeResponse, ClientError> {
+        let req = pb::RemoveMemberRequest { id };
+        self.membership_call(Duration::ZERO, |mut c, t| async move {
+            c.remove_member(with_timeout(req, t)).await
+        })
+        .await
+    }
+
+    /// Replaces coordinator `id`, which lost its disk and now runs empty
+    /// with `--join` at `addr`: removes the old voter, adds the empty node
+    /// as a learner, waits at most `catch_up`, promotes it.
+    pub async fn replace_member(
+        &self,
+        id: u64,
+        addr: &str,
+        catch_up: Duration,
+    ) -> Result<pb::MembershipChangeResponse, ClientError> {
+        let req = pb::ReplaceMemberRequest {
+            id,
+            addr: addr.to_string(),
+            catch_up_wait_ms: wait_ms(catch_up),
+        };
+        self.membership_call(catch_up, |mut c, t| {
+            let req = req.clone();
+            async move { c.replace_member(with_timeout(req, t)).await }
+        })
+        .await
+    }
+
+    /// One membership call: each attempt may wait `catch_up` on the leader
+    /// plus the joint-consensus rounds before it answers.
+    async fn membership_call<T, F, Fut>(
+        &self,
+        catch_up: Duration,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(AdminClient, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let per_call = catch_up + Duration::from_secs(15);
+        let until = Instant::now() + self.inner.config.call_deadline.max(per_call);
+        self.admin(until, per_call, call).await
+    }
+
     /// Registers (or moves) participant `name` at `endpoint` (`http://host:port`).
     pub async fn register(&self, name: &str, endpoint: &str) -> Result<(), ClientError> {
         let (until, per_call) = self.call_deadline();
@@ -818,6 +890,12 @@ impl Client {
             _ => Err(ClientError::UnknownParticipant(name.to_string())),
         }
     }
+}
+
+/// A wait as the membership calls carry it: at least 1 ms (0 would mean
+/// the server's default).
+fn wait_ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
 }
 
 #[cfg(test)]

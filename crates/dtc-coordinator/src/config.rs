@@ -14,8 +14,17 @@ pub struct NodeConfig {
     /// Address the gRPC server binds.
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// Every member: id -> address other nodes use to reach it.
+    /// The members a fresh cluster is formed with: id -> address other
+    /// nodes use to reach it. Only bootstraps: once formed, the membership
+    /// (ids and addresses) lives in Raft and changes with `dtc cluster`.
+    /// With [`NodeConfig::join`] it holds this node's own entry only.
     pub peers: BTreeMap<u64, String>,
+    /// Addresses of members of a running cluster this node is to join
+    /// (`--join`). Non-empty: the node never forms a cluster; it serves its
+    /// Raft port and waits until an operator adds it (`dtc cluster add` or
+    /// `replace`). A fresh joining node neither votes nor campaigns until
+    /// the cluster has taken it in as a learner ([`crate::raft::admission`]).
+    pub join: Vec<String>,
     /// Peer id -> the address *this* node dials to reach that peer instead
     /// of its member address (a peer behind NAT or a port forward; the
     /// failover tests route links through fault-injecting proxies). Raft,
@@ -76,6 +85,7 @@ impl NodeConfig {
             listen,
             data_dir,
             peers,
+            join: Vec::new(),
             peer_addr_overrides: BTreeMap::new(),
             participant_addr_overrides: BTreeMap::new(),
             cluster: "dtc".into(),
@@ -102,10 +112,15 @@ impl NodeConfig {
         if !self.peers.contains_key(&self.id) {
             return Err(ConfigError::IdNotInPeers(self.id));
         }
+        if !self.join.is_empty() && self.peers.len() != 1 {
+            return Err(ConfigError::JoinWithPeers);
+        }
+        // A joining node does not know the members from its flags (they
+        // live in Raft), so it may override any other node's address.
         if let Some(id) = self
             .peer_addr_overrides
             .keys()
-            .find(|id| **id == self.id || !self.peers.contains_key(id))
+            .find(|id| **id == self.id || (self.join.is_empty() && !self.peers.contains_key(id)))
         {
             return Err(ConfigError::BadOverride(*id));
         }
@@ -140,6 +155,11 @@ pub enum ConfigError {
     IdNotInPeers(u64),
     #[error("--peer-addr-override names node {0}, which is this node or not one of the --peers")]
     BadOverride(u64),
+    #[error(
+        "--join and --peers exclude each other: --peers forms a new cluster, --join waits to be \
+         added to a running one (give this node's own address with --advertise or --listen)"
+    )]
+    JoinWithPeers,
     #[error("{0}")]
     Timing(String),
     #[error(

@@ -17,7 +17,8 @@
 //! | `channels` | lazily connecting gRPC channels by address | — |
 //! | `metrics` | the Prometheus metrics | — |
 //! | `raft` | openraft's configuration, start-up and cluster formation | config, channels |
-//! | `raft::transport` | the Raft transport over tonic (client and server) | channels |
+//! | `raft::admission` | a fresh `--join` node neither votes nor campaigns until added as a learner | config |
+//! | `raft::transport` | the Raft transport over tonic (client and server) | channels, admission |
 //! | `txn::proposer` | packs queued commands into one batched log entry | — |
 //! | `txn::registry` | `DriverRegistry`: running transactions by id (register, claim, join, removal) | — |
 //! | `txn::shared` | `Shared` (what every task holds) and `Leadership` | config, channels, metrics, proposer, registry |
@@ -27,6 +28,7 @@
 //! | `txn::expiry` | drops completed outcomes past the retention window | shared |
 //! | `txn::execute` | runs one `Execute`: join, answer stored, or start a driver | shared, registry, driver |
 //! | `txn::outcome` | answers an outcome query (presumed abort) | shared, registry, proposer |
+//! | `membership` | add, remove, replace nodes: learners, catch-up, joint consensus | txn::shared |
 //! | `api::wire` | proto <-> core, runtime errors as gRPC statuses | txn (error types) |
 //! | `api::router` | serve here or forward to the leader (hops, deadline, hint) | txn::shared |
 //! | `api::coordinator` | the `Coordinator` service | router, wire, txn |
@@ -50,6 +52,7 @@
 mod api;
 mod channels;
 mod config;
+mod membership;
 mod metrics;
 mod node;
 mod raft;

@@ -52,6 +52,7 @@ pub enum NodeError {
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     config.validate()?;
     claim_data_dir(&config.data_dir, config.id, &config.cluster)?;
+    let admission = crate::raft::admission::Admission::prepare(&config)?;
     let (log_store, state_machine) = dtc_store::open(&config.data_dir)?;
     let reader = state_machine.reader();
     // Never purge the log past what the state machine durably covers.
@@ -67,6 +68,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // its TLS settings, if any.
     let channels = Channels::new(config.tls.clone());
     let raft = crate::raft::start(&config, &channels, log_store, state_machine).await?;
+    // Elections off before any message can arrive, if this node is gated.
+    let admitting = tokio::spawn(admission.clone().watch(raft.clone(), config.id));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -79,7 +82,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         source,
     })?;
 
-    let shared = Arc::new(Shared::new(config, raft.clone(), reader, channels));
+    let shared = Arc::new(
+        Shared::new(config, raft.clone(), reader, channels).with_admission(admission.clone()),
+    );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -120,6 +125,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             RaftTransportServer::new(RaftService {
                 raft: raft.clone(),
                 cluster: shared.config.cluster.clone(),
+                admission: admission.clone(),
             })
             .max_decoding_message_size(raft_message_limit(max_msg)),
         )
@@ -214,6 +220,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     watcher.abort();
     health.abort();
     expirer.abort();
+    admitting.abort();
     if let Leadership::Leader { cancel, .. } = &*shared.leadership.borrow() {
         cancel.cancel();
     }

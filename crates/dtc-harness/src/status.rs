@@ -96,7 +96,13 @@ pub async fn gather(
             Ok(s) => NodeView {
                 id: Some(s.node_id),
                 addr: addr.clone(),
-                role: s.role.clone(),
+                // Started with --join and not added yet (it says
+                // "learner", but it is not a member of anything).
+                role: if s.awaiting_admission {
+                    "joining".into()
+                } else {
+                    s.role.clone()
+                },
                 last_applied: Some(s.last_applied),
                 error: None,
             },

@@ -119,7 +119,7 @@ impl Resolver {
     }
 
     async fn resolve(&self, txn_id: String) -> Resolution {
-        let span = crate::service::txn_span(&txn_id, &self.name);
+        let span = crate::writer::txn_span(&txn_id, &self.name);
         self.resolve_in_span(txn_id).instrument(span).await
     }
 

@@ -2,7 +2,7 @@
 //! writer, and turns the writer's answer into a response or a status.
 
 use crate::Vote;
-use crate::writer::{OpError, Writer};
+use crate::writer::{OpError, Writer, txn_span};
 use dtc_proto::v1 as pb;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,13 +29,6 @@ pub(crate) fn status_of(e: OpError) -> Status {
         // coordinator; a decision is resent later.
         OpError::Overloaded(_) => Status::resource_exhausted(e.to_string()),
     }
-}
-
-/// The span of one transaction's call here: every log line it causes
-/// carries the transaction id, as the coordinators' lines for it do
-/// (`txn{txn_id=...}`).
-pub(crate) fn txn_span(txn_id: &str, participant: &str) -> tracing::Span {
-    tracing::info_span!("txn", txn_id = %txn_id, participant = %participant)
 }
 
 impl ParticipantService {

@@ -113,6 +113,13 @@ enum Op {
 /// An application write run by the writer (see [`Writer::write`]).
 pub(crate) type WriteFn = Box<dyn FnOnce(&WriteTransaction) -> Result<(), ResourceError> + Send>;
 
+/// The span of one transaction's call or operation here: every log line it causes
+/// carries the transaction id, as the coordinators' lines for it do
+/// (`txn{txn_id=...}`).
+pub(crate) fn txn_span(txn_id: &str, participant: &str) -> tracing::Span {
+    tracing::info_span!("txn", txn_id = %txn_id, participant = %participant)
+}
+
 /// Handle to the writer thread.
 pub(crate) struct Writer {
     ops: Mutex<Option<mpsc::SyncSender<Op>>>,
@@ -597,7 +604,7 @@ impl Worker {
         may_wait: bool,
         waited: Option<(Duration, &str)>,
     ) -> Result<Prepared, OpError> {
-        let _span = crate::service::txn_span(txn_id, &self.name).entered();
+        let _span = txn_span(txn_id, &self.name).entered();
         let after_waiting = |reason: &str, w: Duration| {
             format!(
                 "{reason} (after waiting {} ms for other transactions' decisions)",
@@ -720,7 +727,7 @@ impl Worker {
     }
 
     fn commit_txn(&mut self, txn_id: &str) -> Result<(Answer, bool), OpError> {
-        let _span = crate::service::txn_span(txn_id, &self.name).entered();
+        let _span = txn_span(txn_id, &self.name).entered();
         let tx = self.begin()?;
         let Some(rec) = log::get_in(&tx, txn_id)? else {
             tx.abort()?;
@@ -793,7 +800,7 @@ impl Worker {
     }
 
     fn abort_txn(&mut self, txn_id: &str, reason: &str) -> Result<(Answer, bool), OpError> {
-        let _span = crate::service::txn_span(txn_id, &self.name).entered();
+        let _span = txn_span(txn_id, &self.name).entered();
         let tx = self.begin()?;
         let Some(rec) = log::get_in(&tx, txn_id)? else {
             // Abort before prepare: a tombstone makes a late prepare vote

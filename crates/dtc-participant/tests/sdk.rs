@@ -2,11 +2,11 @@
 //! idempotency under duplicate and reordered messages, tombstones, refused
 //! commits, deadlines, and restarts at each point of a branch's life.
 
+use dtc_harness::small_disk::SmallDisk;
 use dtc_participant::redb::{self, ReadableDatabase, ReadableTable, TableDefinition};
 use dtc_participant::{
     BranchState, ParticipantServer, PreparedTxn, Resource, ResourceError, RunningParticipant, Vote,
 };
-use dtc_harness::small_disk::SmallDisk;
 use dtc_proto::v1 as pb;
 use pb::participant_client::ParticipantClient;
 use std::collections::HashMap;

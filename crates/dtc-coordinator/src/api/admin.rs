@@ -10,6 +10,7 @@
 
 use super::router::{Route, Router};
 use super::wire;
+use crate::membership::{self, MembershipError};
 use crate::txn::Shared;
 use crate::txn::admin::{self, Resolved, Retried, TxnView};
 use dtc_proto::v1 as pb;
@@ -307,6 +308,126 @@ impl pb::coordinator_admin_server::CoordinatorAdmin for AdminService {
                     .await
             }
         }
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
+        let (meta, _, msg) = request.into_parts();
+        let addr = membership::check_addr(&msg.addr).map_err(invalid)?;
+        let wait = catch_up_wait(msg.catch_up_wait_ms)?;
+        match self.router.route(&meta).await? {
+            Route::Local(cancel) => {
+                let wait = within_deadline(&meta, wait);
+                let outcome = membership::add(self.shared(), msg.id, &addr, wait, cancel)
+                    .await
+                    .map_err(|e| membership_status("add", msg.id, e))?;
+                Ok(Response::new(change_response(outcome)))
+            }
+            Route::Forward { addr, hops } => {
+                self.router
+                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
+                        admin_client(ch).add_member(req).await
+                    })
+                    .await
+            }
+        }
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
+        let (meta, _, msg) = request.into_parts();
+        match self.router.route(&meta).await? {
+            Route::Local(cancel) => {
+                let outcome = membership::remove(self.shared(), msg.id, cancel)
+                    .await
+                    .map_err(|e| membership_status("remove", msg.id, e))?;
+                Ok(Response::new(change_response(outcome)))
+            }
+            Route::Forward { addr, hops } => {
+                self.router
+                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
+                        admin_client(ch).remove_member(req).await
+                    })
+                    .await
+            }
+        }
+    }
+
+    async fn replace_member(
+        &self,
+        request: Request<pb::ReplaceMemberRequest>,
+    ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
+        let (meta, _, msg) = request.into_parts();
+        let addr = membership::check_addr(&msg.addr).map_err(invalid)?;
+        let wait = catch_up_wait(msg.catch_up_wait_ms)?;
+        match self.router.route(&meta).await? {
+            Route::Local(cancel) => {
+                let wait = within_deadline(&meta, wait);
+                let outcome = membership::replace(self.shared(), msg.id, &addr, wait, cancel)
+                    .await
+                    .map_err(|e| membership_status("replace", msg.id, e))?;
+                Ok(Response::new(change_response(outcome)))
+            }
+            Route::Forward { addr, hops } => {
+                self.router
+                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
+                        admin_client(ch).replace_member(req).await
+                    })
+                    .await
+            }
+        }
+    }
+}
+
+/// How long a membership change waits for a learner to catch up, by
+/// default and at most.
+const DEFAULT_CATCH_UP_WAIT_MS: u32 = 60_000;
+const MAX_CATCH_UP_WAIT_MS: u32 = 600_000;
+
+fn catch_up_wait(ms: u32) -> Result<Duration, Status> {
+    match ms {
+        0 => Ok(Duration::from_millis(u64::from(DEFAULT_CATCH_UP_WAIT_MS))),
+        n if n > MAX_CATCH_UP_WAIT_MS => Err(Status::invalid_argument(format!(
+            "catch_up_wait_ms {n} is over the maximum of {MAX_CATCH_UP_WAIT_MS}"
+        ))),
+        n => Ok(Duration::from_millis(u64::from(n))),
+    }
+}
+
+/// `wait`, cut so that the answer (with what was done so far) reaches the
+/// caller before its deadline.
+fn within_deadline(meta: &tonic::metadata::MetadataMap, wait: Duration) -> Duration {
+    match super::router::incoming_deadline(meta) {
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            wait.min(left.saturating_sub(Duration::from_secs(2)))
+        }
+        None => wait,
+    }
+}
+
+fn invalid(e: MembershipError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn membership_status(what: &str, id: u64, e: MembershipError) -> Status {
+    warn!(id, error = %e, "membership {what} refused");
+    match e {
+        MembershipError::NotFound(m) => Status::not_found(m),
+        MembershipError::Refused(m) => Status::failed_precondition(m),
+        MembershipError::Retry(m) => Status::unavailable(m),
+    }
+}
+
+fn change_response(o: membership::Outcome) -> pb::MembershipChangeResponse {
+    pb::MembershipChangeResponse {
+        steps: o.steps,
+        done: o.done,
+        members: o.view.members(),
     }
 }
 

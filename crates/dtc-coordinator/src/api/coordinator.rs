@@ -158,12 +158,13 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
-        let members = m
-            .membership_config
+        let membership = m.membership_config.membership();
+        let members = membership
             .nodes()
             .map(|(id, node)| pb::Member {
                 id: *id,
                 addr: node.addr.clone(),
+                voter: membership.voter_ids().any(|v| v == *id),
             })
             .collect();
         let participants = shared
@@ -184,6 +185,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             pending: shared.reader.pending_count().map_err(wire::store_error)?,
             participants,
             cluster: shared.config.cluster.clone(),
+            awaiting_admission: shared.admission.is_awaiting(),
         }))
     }
 

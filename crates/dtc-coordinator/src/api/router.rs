@@ -103,20 +103,23 @@ impl Router {
                     }
                 }
                 Some(id) if state != ServerState::Leader => {
-                    let config = &self.shared.config;
-                    let member = config.peers.get(&id).ok_or_else(|| {
-                        Status::unavailable(format!("leader {id} is not in this node's peer list"))
+                    // The leader's address comes from the membership in
+                    // Raft (a node added later is in no --peers list).
+                    let member = self.shared.member_addr(id).ok_or_else(|| {
+                        Status::unavailable(format!(
+                            "leader {id} is not in this node's membership yet; retry"
+                        ))
                     })?;
                     if hops >= MAX_HOPS {
                         return Err(unavailable_with_hint(
                             format!(
                                 "request forwarded {hops} times without reaching the leader; retry"
                             ),
-                            Some((id, member)),
+                            Some((id, &member)),
                         ));
                     }
                     return Ok(Route::Forward {
-                        addr: config.dial_addr(id).unwrap_or(member).to_string(),
+                        addr: self.shared.dial_addr(id).unwrap_or(member),
                         hops: hops + 1,
                     });
                 }
@@ -149,7 +152,8 @@ impl Router {
                 if status.metadata().get(LEADER_HINT_HEADER).is_none() =>
             {
                 // The hint names the member address (what clients dial).
-                let hint = self.shared.config.peer_dialed_at(addr);
+                let hint = self.shared.peer_dialed_at(addr);
+                let hint = hint.as_ref().map(|(id, a)| (*id, a.as_str()));
                 unavailable_with_hint(
                     format!(
                         "forwarding to the leader at {addr} failed ({}: {}); retry with the same txn_id",

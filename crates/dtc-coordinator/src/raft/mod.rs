@@ -3,6 +3,7 @@
 //!
 //! Uses [`crate::config`] and [`crate::channels`] only.
 
+pub mod admission;
 pub mod transport;
 
 use crate::channels::Channels;
@@ -82,11 +83,16 @@ pub async fn start(
 /// Forms the cluster on first start. Every node of a fresh cluster calls
 /// this with the same member set, which openraft allows; a node that
 /// already has state (or learned it from a peer) refuses, harmlessly.
+/// A node started with `--join` never forms one: it waits to be added.
 pub async fn form_cluster(
     raft: &Raft<TypeConfig>,
     config: &NodeConfig,
     channels: &Channels,
 ) -> Result<(), RaftStartError> {
+    if !config.join.is_empty() {
+        info!(join = ?config.join, "--join: not forming a cluster; waiting to be added");
+        return Ok(());
+    }
     if raft.is_initialized().await? || peers_already_formed(config, channels).await {
         return Ok(());
     }

@@ -151,6 +151,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 pub struct RaftService {
     pub raft: Raft<TypeConfig>,
     pub cluster: String,
+    /// Votes are refused until a fresh `--join` node is admitted.
+    pub admission: super::admission::Admission,
 }
 
 impl RaftService {
@@ -210,6 +212,13 @@ impl dtc_proto::v1::raft_transport_server::RaftTransport for RaftService {
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let req: VoteRequest<NodeId> = self.decode(request.into_inner())?;
         self.check_sender(&req.vote)?;
+        if self.admission.is_awaiting() {
+            // An empty node's vote is worthless and may be harmful: it
+            // forgot any vote it cast before (docs/design.md §5b).
+            return Err(Status::failed_precondition(
+                "this node joined empty and has not been added as a learner yet: it does not vote",
+            ));
+        }
         let result = self.raft.vote(req).await;
         self.encode(&result)
     }

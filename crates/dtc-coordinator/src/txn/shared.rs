@@ -49,6 +49,8 @@ pub struct Shared {
     /// Free space kept on the data directory; checked (one statvfs) before
     /// each new transaction.
     pub disk_reserve: dtc_util::disk::Reserve,
+    /// Whether this node still waits to be admitted (`--join`).
+    pub admission: crate::raft::admission::Admission,
     /// Monotonic origin for driver deadlines.
     started: Instant,
     pub metrics: CoordinatorMetrics,
@@ -76,9 +78,55 @@ impl Shared {
             drivers: DriverRegistry::default(),
             draining: AtomicBool::new(false),
             leadership: watch::channel(Leadership::NotLeader).0,
+            admission: Default::default(),
             started: Instant::now(),
             metrics: Default::default(),
         }
+    }
+
+    /// The same state with this node's admission gate.
+    pub fn with_admission(mut self, admission: crate::raft::admission::Admission) -> Shared {
+        self.admission = admission;
+        self
+    }
+
+    /// Node `id`'s member address: from the membership in Raft, which
+    /// `dtc cluster` changes; `--peers` only until the cluster has formed.
+    pub fn member_addr(&self, id: u64) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .or_else(|| self.config.peers.get(&id).cloned())
+    }
+
+    /// The address this node dials to reach node `id`: its override, else
+    /// its member address.
+    pub fn dial_addr(&self, id: u64) -> Option<String> {
+        self.config
+            .peer_addr_overrides
+            .get(&id)
+            .cloned()
+            .or_else(|| self.member_addr(id))
+    }
+
+    /// The node this node dials at `dial_addr`, with its member address.
+    pub fn peer_dialed_at(&self, dial_addr: &str) -> Option<(u64, String)> {
+        let ids: Vec<u64> = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .chain(self.config.peers.keys().copied())
+                .collect()
+        };
+        ids.into_iter()
+            .find(|id| self.dial_addr(*id).as_deref() == Some(dial_addr))
+            .and_then(|id| Some((id, self.member_addr(id)?)))
     }
 
     /// Monotonic milliseconds since the node started: the driver's clock.
