@@ -591,6 +591,12 @@ impl Cluster {
         self.node(id).process().is_paused()
     }
 
+    /// Node `id`'s exit status if it has exited by itself, without waiting
+    /// (the node counts as stopped afterwards).
+    pub fn try_exit(&self, id: u64) -> Option<ExitStatus> {
+        self.node(id).process().try_exit()
+    }
+
     /// Waits until node `id` exits by itself (a crash point fired); returns
     /// its status. The node counts as stopped afterwards.
     pub async fn wait_exit(&self, id: u64, within: Duration) -> ExitStatus {
@@ -670,6 +676,11 @@ impl Cluster {
 
     pub fn root(&self) -> &Path {
         &self.root_path
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.node(id).member.data_dir.clone()
     }
 
     pub fn log_path(&self, id: u64) -> &Path {
