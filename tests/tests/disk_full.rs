@@ -109,11 +109,7 @@ async fn coordinators_on_filling_disks_refuse_new_work_stop_cleanly_and_recover_
         assert!(alpha.record("while-full").is_none());
         assert!(alpha.violations().is_empty(), "{:?}", alpha.violations());
         let log = std::fs::read_to_string(cluster.log_path(follower)).unwrap_or_default();
-        let why = log
-            .lines()
-            .filter(|l| l.contains("ERROR"))
-            .last()
-            .unwrap_or("");
+        let why = log.lines().rfind(|l| l.contains("ERROR")).unwrap_or("");
         eprintln!("its last error: {why}");
     })
     .await;
