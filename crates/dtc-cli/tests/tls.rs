@@ -217,8 +217,14 @@ async fn a_tls_cluster_runs_transfers_and_refuses_every_connection_without_a_val
         err.contains("refused this client's certificate") && err.contains("nothing was sent"),
         "{err}"
     );
+    // TLS 1.3 tells a client that its certificate was refused only after
+    // its side of the handshake is done, so some attempts end with a bare
+    // "connection closed" before one carries the alert that settles it;
+    // on a loaded machine that has taken over 20 s. The bound is the
+    // client's retry deadline (35 s): what matters is that it says why and
+    // that nothing was sent, not "outcome unknown".
     assert!(
-        secs < 10.0,
+        secs < 35.0,
         "a foreign certificate took {secs} s to fail: {err}"
     );
     let mut half = args(&transfer);
