@@ -140,7 +140,7 @@ impl LogStore {
         }
         let reader = state.clone();
         let applied = run_blocking(move || reader.last_applied()).await?;
-        if !applied.is_some_and(|a| a.index >= upto.index) {
+        if applied.is_none_or(|a| a.index < upto.index) {
             return Ok(false);
         }
         let reader = state.clone();

@@ -170,6 +170,12 @@ impl Entries<'_> {
         self.map.get(txn_id)
     }
 
+    /// How many transactions are registered: running drivers (undecided,
+    /// or decided and waiting for acknowledgements) and claims.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
     /// Registers `txn_id` for a driver about to start: the driver keeps the
     /// registration, the caller gets the handle to wait on. The caller has
     /// checked the id is free.
