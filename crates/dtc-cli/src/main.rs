@@ -155,7 +155,7 @@ struct CoordinatorArgs {
     /// for a participant's acknowledgement included (a dead participant
     /// piles them up), before Execute answers RESOURCE_EXHAUSTED. Raised to
     /// --max-in-flight when below it.
-    #[arg(long, env = "DTC_MAX_PENDING", default_value_t = 16 * 1024)]
+    #[arg(long, env = "DTC_MAX_PENDING", default_value_t = 8 * 1024)]
     max_pending: usize,
     /// Outcome queries (participants asking about in-doubt transactions)
     /// answered at once before more get RESOURCE_EXHAUSTED.

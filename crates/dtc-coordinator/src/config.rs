@@ -95,7 +95,7 @@ impl NodeConfig {
             snapshot_every: 5000,
             limits: Limits::default(),
             max_in_flight: 1024,
-            max_pending: 16 * 1024,
+            max_pending: 8 * 1024,
             max_outcome_queries: 1024,
             max_forwarded: 1024,
             outcome_retention: Duration::from_secs(3600),
