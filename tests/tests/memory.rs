@@ -30,9 +30,9 @@ const OVERLOAD: Duration = Duration::from_secs(50);
 const AT_THE_PENDING_BOUND: Duration = Duration::from_secs(15);
 
 /// The bounds this test holds (docs/design.md §3 states them and why).
-/// Measured (debug build, 2 shared cores, 2026-11-29): leaders peaked at
-/// 37-39 MiB in (a) and 55-66 MiB in (b), followers at 36-39 MiB, ledgers
-/// at 24-26 MiB. About twice that, so that a slower machine or allocator
+/// Measured (debug build, 2 shared cores, 2026-11-29): coordinators
+/// peaked at 35-39 MiB in (a), the leader at 55 MiB in (b) (66 MiB before
+/// the drivers' channels were boxed), ledgers at 24-26 MiB. About twice that, so that a slower machine or allocator
 /// passes while a pile that grows without bound (about 18 KiB a pending
 /// transaction) does not.
 const COORDINATOR_RSS_BOUND_MIB: u64 = 128;
