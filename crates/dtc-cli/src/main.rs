@@ -183,6 +183,22 @@ struct CoordinatorArgs {
     /// Transactions in flight on the leader before Execute answers RESOURCE_EXHAUSTED.
     #[arg(long, env = "DTC_MAX_IN_FLIGHT", default_value_t = 1024)]
     max_in_flight: usize,
+    /// Transactions the leader drives at once, decided ones still waiting
+    /// for a participant's acknowledgement included (a dead participant
+    /// piles them up), before Execute answers RESOURCE_EXHAUSTED. Raised to
+    /// --max-in-flight when below it.
+    #[arg(long, env = "DTC_MAX_PENDING", default_value_t = 8 * 1024)]
+    max_pending: usize,
+    /// Outcome queries (participants asking about in-doubt transactions)
+    /// answered at once before more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "DTC_MAX_OUTCOME_QUERIES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_outcome_queries: u64,
+    /// Calls a follower forwards to the leader at once before more get
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "DTC_MAX_FORWARDED", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_forwarded: u64,
     /// How long completed outcomes stay queryable for idempotent retries.
     #[arg(
         long,
@@ -430,6 +446,10 @@ fn main() -> ExitCode {
                 config.election_timeout_max_ms,
             ) = args.election_timeout_ms;
             config.max_in_flight = args.max_in_flight;
+            config.max_pending = args.max_pending.max(args.max_in_flight);
+            config.max_outcome_queries =
+                usize::try_from(args.max_outcome_queries).unwrap_or(usize::MAX);
+            config.max_forwarded = usize::try_from(args.max_forwarded).unwrap_or(usize::MAX);
             config.outcome_retention = Duration::from_secs(args.outcome_retention_secs);
             config.limits.max_payload_bytes = args.max_payload_bytes;
             config.limits.default_timeout_ms = args.default_timeout_ms;

@@ -50,6 +50,20 @@ pub struct NodeConfig {
     /// Transactions driven at once on the leader; past it `Execute` gets
     /// RESOURCE_EXHAUSTED instead of queueing without bound.
     pub max_in_flight: usize,
+    /// Transactions a leader drives at once, decided ones waiting for a
+    /// participant's acknowledgement included; past it `Execute` gets
+    /// RESOURCE_EXHAUSTED. Without it a dead participant makes decided
+    /// transactions (each a driver task retrying its decision) pile up
+    /// without bound while new ones keep coming (docs/design.md §7).
+    pub max_pending: usize,
+    /// Outcome queries (`InDoubt.QueryOutcome`) this node answers at once;
+    /// past it a query gets RESOURCE_EXHAUSTED (the participant asks again
+    /// on its next round).
+    pub max_outcome_queries: usize,
+    /// Calls this node forwards to the leader at once; past it a call gets
+    /// RESOURCE_EXHAUSTED instead of holding its request while the leader
+    /// is slow.
+    pub max_forwarded: usize,
     /// How long completed outcomes stay queryable (idempotent retries).
     pub outcome_retention: Duration,
     /// After the decision, how long `Execute` waits for acknowledgements
@@ -97,6 +111,9 @@ impl NodeConfig {
             snapshot_every: 5000,
             limits: Limits::default(),
             max_in_flight: 1024,
+            max_pending: 8 * 1024,
+            max_outcome_queries: 1024,
+            max_forwarded: 1024,
             outcome_retention: Duration::from_secs(3600),
             ack_wait: Duration::from_secs(1),
             rpc_timeout: Duration::from_secs(2),
@@ -137,6 +154,18 @@ impl NodeConfig {
         if self.max_in_flight == 0 {
             return Err(ConfigError::Timing(
                 "max in-flight must be at least 1".into(),
+            ));
+        }
+        if self.max_pending < self.max_in_flight {
+            return Err(ConfigError::Timing(format!(
+                "max pending ({}) must be at least max in-flight ({}): every transaction in \
+                 flight is pending",
+                self.max_pending, self.max_in_flight
+            )));
+        }
+        if self.max_outcome_queries == 0 || self.max_forwarded == 0 {
+            return Err(ConfigError::Timing(
+                "max outcome queries and max forwarded calls must be at least 1".into(),
             ));
         }
         Ok(())
@@ -318,6 +347,23 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::BadOverride(1))));
         c.peer_addr_overrides = parse_peers("4=127.0.0.1:9004").unwrap();
         assert!(matches!(c.validate(), Err(ConfigError::BadOverride(4))));
+    }
+
+    #[test]
+    fn bounds_below_their_minimum_are_refused() {
+        let peers = parse_peers("1=127.0.0.1:7001").unwrap();
+        let mut c = NodeConfig::new(1, "127.0.0.1:7001".parse().unwrap(), "d".into(), peers);
+        c.validate().unwrap();
+        c.max_pending = c.max_in_flight - 1;
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("max pending"), "{err}");
+        c.max_pending = c.max_in_flight;
+        c.validate().unwrap();
+        c.max_forwarded = 0;
+        assert!(c.validate().is_err());
+        c.max_forwarded = 1;
+        c.max_outcome_queries = 0;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -28,12 +28,22 @@ const LOG_CACHE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    /// When set, `purge` waits until this state machine durably covers the
-    /// purge point (see [`LogStore::purge_covered_by`]).
+    /// When set, `purge` never passes what this state machine durably
+    /// covers (see [`LogStore::purge_covered_by`]).
     covered_by: Option<crate::StateReader>,
     /// The last committed index openraft reported (`save_committed`), plus
     /// one (zero: none yet), for metrics; shared by clones.
     committed: Arc<std::sync::atomic::AtomicU64>,
+    /// A purge waiting for the state machine (see
+    /// [`LogStore::purge_covered_by`]); shared by clones.
+    deferred: Arc<std::sync::Mutex<Deferred>>,
+}
+
+/// The deferred purge point, and whether a task is carrying it out.
+#[derive(Default)]
+struct Deferred {
+    upto: Option<LogId>,
+    running: bool,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -70,6 +80,7 @@ impl LogStore {
             db: Arc::new(db),
             covered_by: None,
             committed: Arc::default(),
+            deferred: Arc::default(),
         })
     }
 
@@ -81,9 +92,9 @@ impl LogStore {
             .checked_sub(1)
     }
 
-    /// Makes `purge` wait until the state machine read by `state` has
-    /// durably applied the purge point (corner case 18: purging never passes
-    /// what a durable snapshot or state machine covers).
+    /// Makes `purge` never pass what the state machine read by `state` has
+    /// durably applied (corner case 18: purging never passes what a durable
+    /// snapshot or state machine covers).
     ///
     /// openraft 0.9 installs a snapshot on a follower by queueing the
     /// install to its state-machine worker and purging the log right away,
@@ -91,45 +102,122 @@ impl LogStore {
     /// point past the state machine's last applied entry, and openraft then
     /// refused to start the node (`purge_upto <= snapshot_last_log_id`
     /// panic in `Engine::startup`): found by the failover suite's crash
-    /// point `store.snapshot.install`. Waiting here keeps the order. The
-    /// state-machine worker does not need the Raft core to finish the
-    /// install, so the wait cannot deadlock; a leader's purges (after its
-    /// own snapshot) never wait.
+    /// point `store.snapshot.install`. A purge the state machine does not
+    /// cover yet is therefore *deferred*: `purge` answers at once and a
+    /// background task deletes the entries once the state machine durably
+    /// covers them, however long the install takes. Answering before the
+    /// entries are gone is safe: openraft never reads, truncates or
+    /// appends at or below a purge point it was told of, and after a crash
+    /// before the deferred purge the log still holds those entries (all
+    /// committed, so consistent with the snapshot: an install truncates a
+    /// conflicting tail first), which start-up reads as an unpurged log.
+    /// Waiting inside `purge` instead would stall the Raft core (openraft
+    /// awaits log-store calls inline) for the length of the install, and
+    /// a deadline on that wait turned a slow install into a fatal storage
+    /// error. A leader's purges (after its own snapshot, which syncs the
+    /// state machine) are covered and run at once.
     pub fn purge_covered_by(mut self, state: crate::StateReader) -> Self {
         self.covered_by = Some(state);
         self
     }
 
-    /// Waits until the covering state machine has durably applied `upto`.
-    /// Applies are synced only now and then (see `StateMachineStore`), so
-    /// once the entry is applied this forces the sync rather than wait for it.
-    async fn wait_covered(&self, upto: &LogId) -> Result<(), StoreError> {
-        let Some(state) = self.covered_by.clone() else {
-            return Ok(());
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            if state
-                .durable_applied()
-                .is_some_and(|a| a.index >= upto.index)
-            {
-                return Ok(());
-            }
-            let reader = state.clone();
-            let applied = run_blocking(move || reader.last_applied()).await?;
-            if applied.is_some_and(|a| a.index >= upto.index) {
-                let reader = state.clone();
-                run_blocking(move || reader.make_durable()).await?;
-                continue;
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(StoreError::Inconsistent(format!(
-                    "purge up to {upto} requested, but the state machine has applied only \
-                     {applied:?} after 60 s; not purging past it"
-                )));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    /// The purge point openraft asked for that is not carried out yet
+    /// (waiting for the state machine), if any.
+    pub fn deferred_purge(&self) -> Option<LogId> {
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner()).upto
+    }
+
+    /// Whether the covering state machine (if any) has durably applied
+    /// `upto`. Applies are synced only now and then (see
+    /// `StateMachineStore`), so once the entry is applied this forces the
+    /// sync rather than wait for it.
+    async fn covered(state: &crate::StateReader, upto: &LogId) -> Result<bool, StoreError> {
+        if state
+            .durable_applied()
+            .is_some_and(|a| a.index >= upto.index)
+        {
+            return Ok(true);
         }
+        let reader = state.clone();
+        let applied = run_blocking(move || reader.last_applied()).await?;
+        if applied.is_none_or(|a| a.index < upto.index) {
+            return Ok(false);
+        }
+        let reader = state.clone();
+        let durable = run_blocking(move || reader.make_durable()).await?;
+        Ok(durable.is_some_and(|a| a.index >= upto.index))
+    }
+
+    /// Deletes the entries up to `log_id` and records the purge point, in
+    /// one synced write; never moves the purge point back.
+    async fn purge_now(db: Arc<Database>, log_id: LogId) -> Result<(), StoreError> {
+        run_blocking(move || {
+            let txn = db.begin_write()?;
+            {
+                // The purge point and the deletion land together, so the log
+                // state read back after a crash is always consistent.
+                let mut meta = txn.open_table(LOG_META)?;
+                let current: Option<LogId> = get_meta(&meta, "meta", LAST_PURGED_KEY)?;
+                if current.is_some_and(|c| c >= log_id) {
+                    return Ok(());
+                }
+                meta.insert(LAST_PURGED_KEY, encode("last_purged", &log_id)?.as_slice())?;
+                txn.open_table(LOGS)?
+                    .retain_in(..=log_id.index, |_, _| false)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records `upto` as deferred and makes sure one task carries it out.
+    fn defer(&self, state: crate::StateReader, upto: LogId) {
+        let mut d = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        d.upto = d.upto.max(Some(upto));
+        if d.running {
+            return;
+        }
+        d.running = true;
+        tracing::info!(
+            %upto,
+            "log purge deferred until the state machine covers it (a snapshot install is running)"
+        );
+        // Weak: a store that is dropped (a node stopping, a test reopening
+        // the file) ends the task instead of being kept open by it.
+        let db = Arc::downgrade(&self.db);
+        let deferred = self.deferred.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let Some(db) = db.upgrade() else { return };
+                let Some(target) = deferred.lock().unwrap_or_else(|p| p.into_inner()).upto else {
+                    return;
+                };
+                let done = match Self::covered(&state, &target).await {
+                    Ok(true) => Self::purge_now(db, target).await,
+                    Ok(false) => continue,
+                    Err(e) => Err(e),
+                };
+                let mut d = deferred.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = done {
+                    // Not fatal here: the entries stay (keeping more log is
+                    // always safe), and the next purge tries again. A disk
+                    // that fails this write fails the next append, which
+                    // openraft does treat as fatal.
+                    tracing::warn!(upto = %target, error = %e, "deferred log purge failed");
+                    d.running = false;
+                    return;
+                }
+                if d.upto == Some(target) {
+                    d.upto = None;
+                    d.running = false;
+                    tracing::info!(upto = %target, "deferred log purge done");
+                    return;
+                }
+                // A later purge point arrived meanwhile: go on with it.
+            }
+        });
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -344,29 +432,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.wait_covered(&log_id)
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        let db = self.db.clone();
-        run_blocking(move || {
-            let txn = db.begin_write()?;
-            {
-                // The purge point and the deletion land together, so the log
-                // state read back after a crash is always consistent.
-                let mut meta = txn.open_table(LOG_META)?;
-                let current: Option<LogId> = get_meta(&meta, "meta", LAST_PURGED_KEY)?;
-                if current.is_some_and(|c| c >= log_id) {
-                    return Ok(());
-                }
-                meta.insert(LAST_PURGED_KEY, encode("last_purged", &log_id)?.as_slice())?;
-                txn.open_table(LOGS)?
-                    .retain_in(..=log_id.index, |_, _| false)?;
+        if let Some(state) = self.covered_by.clone() {
+            let covered = Self::covered(&state, &log_id)
+                .await
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+            if !covered {
+                self.defer(state, log_id);
+                return Ok(());
             }
-            txn.commit()?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| StorageIOError::write_logs(&e).into())
+        }
+        Self::purge_now(self.db.clone(), log_id)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }
 
@@ -375,6 +452,67 @@ mod tests {
     use super::*;
     use openraft::CommittedLeaderId;
     use openraft::storage::RaftLogStorageExt;
+
+    /// A follower's snapshot install can take long (a big snapshot, a slow
+    /// disk) and openraft asks for the purge before it finishes: the purge
+    /// answers at once without passing the state machine, and happens once
+    /// the state machine covers it. Waiting instead stalled the Raft core,
+    /// and after 60 s turned the install into a fatal storage error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_past_the_state_machine_is_deferred_not_waited_for_or_fatal() {
+        use openraft::storage::RaftStateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut sm) = crate::open(dir.path()).unwrap();
+        let mut log = log.purge_covered_by(sm.reader());
+        let entries: Vec<Entry> = (0..10)
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: openraft::EntryPayload::Blank,
+            })
+            .collect();
+        log.blocking_append(entries.clone()).await.unwrap();
+        sm.apply(entries[..4].to_vec()).await.unwrap();
+
+        // The state machine has applied up to 3 (a slow install of 7 runs).
+        let upto = entries[7].log_id;
+        tokio::time::timeout(std::time::Duration::from_secs(10), log.purge(upto))
+            .await
+            .expect("purge answered without waiting for the state machine")
+            .expect("a purge ahead of the state machine is not an error");
+        assert_eq!(log.deferred_purge(), Some(upto));
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(
+            state.last_purged_log_id, None,
+            "purged past the state machine"
+        );
+        assert_eq!(log.try_get_log_entries(0..10).await.unwrap().len(), 10);
+
+        // The install finishes: the deferred purge follows by itself.
+        sm.apply(entries[4..].to_vec()).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let state = log.get_log_state().await.unwrap();
+            if state.last_purged_log_id == Some(upto) && log.deferred_purge().is_none() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the deferred purge never happened: {state:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let left = log.try_get_log_entries(0..10).await.unwrap();
+        assert_eq!(
+            left.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            vec![8, 9]
+        );
+        assert!(
+            sm.reader()
+                .durable_applied()
+                .is_some_and(|a| a.index >= upto.index),
+            "purged past the durable mark"
+        );
+    }
 
     #[tokio::test]
     async fn corrupt_log_row_is_a_read_error_not_a_panic() {

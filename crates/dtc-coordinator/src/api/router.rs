@@ -180,6 +180,21 @@ impl Router {
     where
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
+        // Bounded: each forwarded call holds its request (payloads
+        // included) until the leader answers, and a slow leader must not
+        // make a follower queue them without end.
+        let _permit = self
+            .shared
+            .forwarded
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{} calls are being forwarded from this node to the leader at {addr}, the \
+                 configured maximum (--max-forwarded); retry later",
+                    self.shared.config.max_forwarded
+                ))
+            })?;
         let channel = self
             .shared
             .channels

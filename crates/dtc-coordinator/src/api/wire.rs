@@ -50,7 +50,7 @@ impl From<ExecuteError> for Status {
             | ExecuteError::RunningWithOtherRequest(_)
             | ExecuteError::ExistsWithOtherRequest(_)
             | ExecuteError::Rejected(_) => Status::failed_precondition(e.to_string()),
-            ExecuteError::Busy(_) | ExecuteError::DiskFull(_) => {
+            ExecuteError::Busy(_) | ExecuteError::TooManyPending(_) | ExecuteError::DiskFull(_) => {
                 Status::resource_exhausted(e.to_string())
             }
             ExecuteError::LeadershipLost(_) | ExecuteError::ShuttingDown => {
@@ -67,6 +67,7 @@ impl From<QueryError> for Status {
             QueryError::Store(e) => store_error(e),
             QueryError::Propose(_) => Status::unavailable(e.to_string()),
             QueryError::Unexpected(_) => Status::internal(e.to_string()),
+            QueryError::Busy(_) => Status::resource_exhausted(e.to_string()),
         }
     }
 }

@@ -118,7 +118,7 @@ struct DriverTask {
 
 /// Decisions applied through Raft that another party proposed (an
 /// operator's abort), handed over by [`Live::adopt`].
-type Decisions = mpsc::UnboundedReceiver<TxnRecord>;
+type Decisions = mpsc::UnboundedReceiver<Box<TxnRecord>>;
 
 impl DriverTask {
     async fn run(self, start: Start, decisions: Decisions) {
@@ -134,7 +134,10 @@ impl DriverTask {
 
     async fn drive(&self, start: Start, mut decisions: Decisions) -> Result<(), DriveError> {
         let now = self.shared.clock_ms();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
+        // Boxed: a channel allocates a block of 32 slots up front, and a
+        // slot of `Input` (a whole record) made that block most of what a
+        // driver waiting on a dead participant holds (docs/design.md §3).
+        let (tx, mut rx) = mpsc::unbounded_channel::<Box<Input>>();
         let (mut driver, actions, mut payloads, mut permit) = match start {
             Start::New {
                 txn_id,
@@ -218,7 +221,7 @@ impl DriverTask {
             let wait =
                 Duration::from_millis(driver.deadline_ms().saturating_sub(self.shared.clock_ms()));
             let input = tokio::select! {
-                input = rx.recv() => input,
+                input = rx.recv() => input.map(|i| *i),
                 _ = tokio::time::sleep(wait), if timed => {
                     Some(Input::Core(Event::Tick { now_ms: self.shared.clock_ms() }))
                 }
@@ -226,7 +229,7 @@ impl DriverTask {
                 // possibly while our prepares still wait): the applied
                 // record is the truth, adopted like our own (corner case 1).
                 Some(record) = decisions.recv() => {
-                    Some(Input::Core(Event::DecisionApplied { record }))
+                    Some(Input::Core(Event::DecisionApplied { record: *record }))
                 }
             };
             if let Some(Input::Core(Event::DecisionApplied { .. })) = &input {
@@ -254,7 +257,7 @@ impl DriverTask {
         &self,
         begin: Command,
         digest: RequestDigest,
-        tx: &mpsc::UnboundedSender<Input>,
+        tx: &mpsc::UnboundedSender<Box<Input>>,
     ) {
         let applied = self.shared.proposer.submit(begin);
         let tx = tx.clone();
@@ -280,7 +283,7 @@ impl DriverTask {
                 Ok(other) => Input::Failed(DriveError::unexpected("Begin", &other)),
                 Err(e) => Input::Failed(e.into()),
             };
-            let _ = tx.send(input);
+            let _ = tx.send(Box::new(input));
         });
     }
 
@@ -288,7 +291,7 @@ impl DriverTask {
         &self,
         action: Action,
         payloads: &HashMap<String, Vec<u8>>,
-        tx: &mpsc::UnboundedSender<Input>,
+        tx: &mpsc::UnboundedSender<Box<Input>>,
     ) {
         let shared = self.shared.clone();
         let live = self.live.clone();
@@ -319,7 +322,7 @@ impl DriverTask {
                                 },
                                 Err(PrepareError::Deadline) => return,
                             };
-                            let _ = tx.send(Input::Core(event));
+                            let _ = tx.send(Box::new(Input::Core(event)));
                         }
                         _ = cancel.cancelled() => {}
                     }
@@ -355,7 +358,7 @@ impl DriverTask {
                         Ok(other) => Input::Failed(DriveError::unexpected("Decide", &other)),
                         Err(e) => Input::Failed(e.into()),
                     };
-                    let _ = tx.send(input);
+                    let _ = tx.send(Box::new(input));
                 });
             }
             Action::SendDecision {
@@ -366,7 +369,7 @@ impl DriverTask {
                     let run = send_decision(&shared, &live, &txn_id, &participant, &outcome);
                     tokio::select! {
                         () = run => {
-                            let _ = tx.send(Input::Core(Event::Acked { participant }));
+                            let _ = tx.send(Box::new(Input::Core(Event::Acked { participant })));
                         }
                         _ = cancel.cancelled() => {}
                     }
@@ -383,7 +386,7 @@ impl DriverTask {
                         Ok(_) => Input::Core(Event::CompleteApplied),
                         Err(e) => Input::Failed(e.into()),
                     };
-                    let _ = tx.send(input);
+                    let _ = tx.send(Box::new(input));
                 });
             }
             Action::Finished { outcome } => {

@@ -25,6 +25,11 @@ pub enum ExecuteError {
     Rejected(String),
     #[error("{0} transactions in flight, the configured maximum; retry later")]
     Busy(usize),
+    #[error(
+        "{0} transactions pending on the leader (undecided, or decided and waiting for a \
+         participant's acknowledgement), the configured maximum (--max-pending); retry later"
+    )]
+    TooManyPending(usize),
     /// The leader's disk is below its reserve (the message names it).
     #[error("{0}; retry later")]
     DiskFull(String),
@@ -76,6 +81,12 @@ pub async fn execute(
             }
             if let Some(why) = shared.disk_reserve.refusal() {
                 return Err(ExecuteError::DiskFull(why));
+            }
+            // Counted under the registry lock, so concurrent calls cannot
+            // all pass. Takeover and resumed records are never refused:
+            // they are pending already.
+            if entries.len() >= shared.config.max_pending {
+                return Err(ExecuteError::TooManyPending(shared.config.max_pending));
             }
             let permit = shared
                 .in_flight

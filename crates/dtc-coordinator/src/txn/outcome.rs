@@ -18,6 +18,11 @@ pub enum QueryError {
     Propose(#[from] ProposeError),
     #[error("unexpected apply result {0}")]
     Unexpected(String),
+    #[error(
+        "{0} outcome queries are being answered on the leader, the configured maximum \
+         (--max-outcome-queries); ask again later"
+    )]
+    Busy(usize),
 }
 
 /// The outcome of `txn_id` for `participant` (may be empty), or `None`
@@ -27,6 +32,15 @@ pub async fn query_outcome(
     txn_id: TxnId,
     participant: &str,
 ) -> Result<Option<Outcome>, QueryError> {
+    // Bounded: a query of an unknown id holds a registry claim and a
+    // proposal until its abort is applied, and a flood of them (a buggy or
+    // hostile caller) must not queue without end behind a slow Raft. A
+    // refused participant asks again on its next round.
+    let _permit = shared
+        .outcome_queries
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| QueryError::Busy(shared.config.max_outcome_queries))?;
     let claim = {
         let mut entries = shared.drivers.lock();
         // Checked under the lock: drivers register (and only then propose

@@ -72,7 +72,9 @@ pub struct Live {
     /// Bumped to make every call waiting in back-off go now.
     wake: watch::Sender<u64>,
     /// Decisions recorded by someone else, for the driver to adopt.
-    decided: mpsc::UnboundedSender<TxnRecord>,
+    /// Boxed, so the channel's up-front block of slots stays small (one
+    /// per driver, rarely used).
+    decided: mpsc::UnboundedSender<Box<TxnRecord>>,
 }
 
 impl Live {
@@ -105,7 +107,7 @@ impl Live {
     /// propose; it adopts it as it adopts its own (first decision wins, so
     /// the applied record is the truth). False when no driver listens.
     pub fn adopt(&self, record: TxnRecord) -> bool {
-        self.decided.send(record).is_ok()
+        self.decided.send(Box::new(record)).is_ok()
     }
 }
 
@@ -170,6 +172,12 @@ impl Entries<'_> {
         self.map.get(txn_id)
     }
 
+    /// How many transactions are registered: running drivers (undecided,
+    /// or decided and waiting for acknowledgements) and claims.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
     /// Registers `txn_id` for a driver about to start: the driver keeps the
     /// registration, the caller gets the handle to wait on. The caller has
     /// checked the id is free.
@@ -221,13 +229,13 @@ pub struct Registration {
     serial: u64,
     status: watch::Sender<DriverStatus>,
     pub live: Arc<Live>,
-    decisions: Option<mpsc::UnboundedReceiver<TxnRecord>>,
+    decisions: Option<mpsc::UnboundedReceiver<Box<TxnRecord>>>,
 }
 
 impl Registration {
     /// The decisions others hand this transaction ([`Live::adopt`]), for
     /// the driver to receive. `None` after the first call.
-    pub fn take_decisions(&mut self) -> Option<mpsc::UnboundedReceiver<TxnRecord>> {
+    pub fn take_decisions(&mut self) -> Option<mpsc::UnboundedReceiver<Box<TxnRecord>>> {
         self.decisions.take()
     }
 

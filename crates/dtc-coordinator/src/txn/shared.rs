@@ -44,6 +44,10 @@ pub struct Shared {
     pub leadership: watch::Sender<Leadership>,
     /// Bounds transactions in flight (new ones; takeover is never refused).
     pub in_flight: Arc<Semaphore>,
+    /// Bounds outcome queries answered at once (`config.max_outcome_queries`).
+    pub outcome_queries: Arc<Semaphore>,
+    /// Bounds calls forwarded to the leader at once (`config.max_forwarded`).
+    pub forwarded: Arc<Semaphore>,
     /// The node is shutting down: no new transaction starts here.
     pub draining: AtomicBool,
     /// Free space kept on the data directory; checked (one statvfs) before
@@ -65,6 +69,8 @@ impl Shared {
     ) -> Shared {
         Shared {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            outcome_queries: Arc::new(Semaphore::new(config.max_outcome_queries)),
+            forwarded: Arc::new(Semaphore::new(config.max_forwarded)),
             disk_reserve: dtc_util::disk::Reserve {
                 dir: config.data_dir.clone(),
                 bytes: config.disk_reserve_bytes,
