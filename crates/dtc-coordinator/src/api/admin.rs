@@ -8,7 +8,7 @@
 //!
 //! Uses [`super::router`], [`super::wire`] and [`crate::txn::admin`].
 
-use super::router::{Route, Router};
+use super::router::Router;
 use super::wire;
 use crate::membership::{self, MembershipError};
 use crate::txn::Shared;
@@ -150,19 +150,17 @@ impl pb::coordinator_admin_server::CoordinatorAdmin for AdminService {
     ) -> Result<Response<pb::TransactionDetail>, Status> {
         let (meta, _, msg) = request.into_parts();
         let txn_id = wire::txn_id(msg.txn_id.clone())?;
-        match self.router.route(&meta).await? {
-            Route::Local(_) => {
-                let view = admin::view(self.shared(), &txn_id)?;
-                Ok(Response::new(detail(&view)))
-            }
-            Route::Forward { addr, hops } => {
-                self.router
-                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
-                        admin_client(ch).show_transaction(req).await
-                    })
-                    .await
-            }
-        }
+        self.router
+            .serve(
+                &meta,
+                msg,
+                |_msg, _term| async move {
+                    let view = admin::view(self.shared(), &txn_id)?;
+                    Ok(detail(&view))
+                },
+                |ch, req| async move { admin_client(ch).show_transaction(req).await },
+            )
+            .await
     }
 
     async fn list_stuck_transactions(
@@ -182,27 +180,26 @@ impl pb::coordinator_admin_server::CoordinatorAdmin for AdminService {
         if !msg.after_txn_id.is_empty() {
             wire::txn_id(msg.after_txn_id.clone())?;
         }
-        match self.router.route(&meta).await? {
-            Route::Local(_) => {
-                let min_waiting = msg.in_doubt_only.then_some(match msg.min_waiting_ms {
-                    0 => DEFAULT_MIN_WAITING_MS,
-                    n => n,
-                });
-                let after = (!msg.after_txn_id.is_empty()).then_some(msg.after_txn_id.as_str());
-                let (views, next) = admin::list_pending(self.shared(), min_waiting, after, limit)?;
-                Ok(Response::new(pb::ListStuckTransactionsResponse {
-                    transactions: views.iter().map(detail).collect(),
-                    next_after_txn_id: next.unwrap_or_default(),
-                }))
-            }
-            Route::Forward { addr, hops } => {
-                self.router
-                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
-                        admin_client(ch).list_stuck_transactions(req).await
+        self.router
+            .serve(
+                &meta,
+                msg,
+                |msg, _term| async move {
+                    let min_waiting = msg.in_doubt_only.then_some(match msg.min_waiting_ms {
+                        0 => DEFAULT_MIN_WAITING_MS,
+                        n => n,
+                    });
+                    let after = (!msg.after_txn_id.is_empty()).then_some(msg.after_txn_id.as_str());
+                    let (views, next) =
+                        admin::list_pending(self.shared(), min_waiting, after, limit)?;
+                    Ok(pb::ListStuckTransactionsResponse {
+                        transactions: views.iter().map(detail).collect(),
+                        next_after_txn_id: next.unwrap_or_default(),
                     })
-                    .await
-            }
-        }
+                },
+                |ch, req| async move { admin_client(ch).list_stuck_transactions(req).await },
+            )
+            .await
     }
 
     async fn retry_transaction(
@@ -220,37 +217,35 @@ impl pb::coordinator_admin_server::CoordinatorAdmin for AdminService {
             }
             n => n,
         };
-        match self.router.route(&meta).await? {
-            Route::Local(cancel) => {
-                // Answer before the caller's deadline, whatever it waits.
-                let mut wait = Duration::from_millis(u64::from(wait_ms));
-                if let Some(deadline) = super::router::incoming_deadline(&meta) {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    wait = wait.min(left.saturating_sub(Duration::from_millis(200)));
-                }
-                let retried = admin::retry(self.shared(), &txn_id, wait, cancel).await?;
-                let view = admin::view(self.shared(), &txn_id)?;
-                let detail = detail(&view);
-                let finished = match retried {
-                    Retried::Complete => true,
-                    Retried::Woken { finished } | Retried::Started { finished } => finished,
-                };
-                let message = retry_message(txn_id.as_str(), &retried, &detail);
-                info!(%txn_id, finished, "operator retry: {message}");
-                Ok(Response::new(pb::RetryTransactionResponse {
-                    detail: Some(detail),
-                    message,
-                    finished,
-                }))
-            }
-            Route::Forward { addr, hops } => {
-                self.router
-                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
-                        admin_client(ch).retry_transaction(req).await
-                    })
-                    .await
-            }
+        // Answer before the caller's deadline, whatever it waits.
+        let mut wait = Duration::from_millis(u64::from(wait_ms));
+        if let Some(deadline) = super::router::incoming_deadline(&meta) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            wait = wait.min(left.saturating_sub(Duration::from_millis(200)));
         }
+        self.router
+            .serve(
+                &meta,
+                msg,
+                |_msg, cancel| async move {
+                    let retried = admin::retry(self.shared(), &txn_id, wait, cancel).await?;
+                    let view = admin::view(self.shared(), &txn_id)?;
+                    let detail = detail(&view);
+                    let finished = match retried {
+                        Retried::Complete => true,
+                        Retried::Woken { finished } | Retried::Started { finished } => finished,
+                    };
+                    let message = retry_message(txn_id.as_str(), &retried, &detail);
+                    info!(%txn_id, finished, "operator retry: {message}");
+                    Ok(pb::RetryTransactionResponse {
+                        detail: Some(detail),
+                        message,
+                        finished,
+                    })
+                },
+                |ch, req| async move { admin_client(ch).retry_transaction(req).await },
+            )
+            .await
     }
 
     async fn resolve_transaction(
@@ -284,30 +279,28 @@ impl pb::coordinator_admin_server::CoordinatorAdmin for AdminService {
             msg.origin = peer.map(|a| a.ip().to_string()).unwrap_or_default();
         }
         let origin = operator_text("origin", &msg.origin, false, MAX_REQUESTED_BY_BYTES)?;
-        match self.router.route(&meta).await? {
-            Route::Local(cancel) => {
-                let recorded = recorded_reason(&by, &origin, &reason);
-                let resolved =
-                    admin::resolve_abort(self.shared(), &txn_id, recorded.clone(), cancel)
-                        .await
-                        .inspect_err(|e| warn!(%txn_id, error = %e, "operator resolve refused"))?;
-                let already = resolved == Resolved::Already;
-                info!(%txn_id, already, reason = %recorded, "operator resolved the transaction: abort");
-                let view = admin::view(self.shared(), &txn_id)?;
-                Ok(Response::new(pb::ResolveTransactionResponse {
-                    detail: Some(detail(&view)),
-                    recorded_reason: recorded,
-                    already_resolved: already,
-                }))
-            }
-            Route::Forward { addr, hops } => {
-                self.router
-                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
-                        admin_client(ch).resolve_transaction(req).await
+        self.router
+            .serve(
+                &meta,
+                msg,
+                |_msg, cancel| async move {
+                    let recorded = recorded_reason(&by, &origin, &reason);
+                    let resolved =
+                        admin::resolve_abort(self.shared(), &txn_id, recorded.clone(), cancel)
+                            .await
+                            .inspect_err(|e| warn!(%txn_id, error = %e, "operator resolve refused"))?;
+                    let already = resolved == Resolved::Already;
+                    info!(%txn_id, already, reason = %recorded, "operator resolved the transaction: abort");
+                    let view = admin::view(self.shared(), &txn_id)?;
+                    Ok(pb::ResolveTransactionResponse {
+                        detail: Some(detail(&view)),
+                        recorded_reason: recorded,
+                        already_resolved: already,
                     })
-                    .await
-            }
-        }
+                },
+                |ch, req| async move { admin_client(ch).resolve_transaction(req).await },
+            )
+            .await
     }
 
     async fn add_member(
@@ -316,23 +309,20 @@ impl pb::coordinator_admin_server::CoordinatorAdmin for AdminService {
     ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
         let (meta, _, msg) = request.into_parts();
         let addr = membership::check_addr(&msg.addr).map_err(invalid)?;
-        let wait = catch_up_wait(msg.catch_up_wait_ms)?;
-        match self.router.route(&meta).await? {
-            Route::Local(cancel) => {
-                let wait = within_deadline(&meta, wait);
-                let outcome = membership::add(self.shared(), msg.id, &addr, wait, cancel)
-                    .await
-                    .map_err(|e| membership_status("add", msg.id, e))?;
-                Ok(Response::new(change_response(outcome)))
-            }
-            Route::Forward { addr, hops } => {
-                self.router
-                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
-                        admin_client(ch).add_member(req).await
-                    })
-                    .await
-            }
-        }
+        let wait = within_deadline(&meta, catch_up_wait(msg.catch_up_wait_ms)?);
+        self.router
+            .serve(
+                &meta,
+                msg,
+                |msg, cancel| async move {
+                    let outcome = membership::add(self.shared(), msg.id, &addr, wait, cancel)
+                        .await
+                        .map_err(|e| membership_status("add", msg.id, e))?;
+                    Ok(change_response(outcome))
+                },
+                |ch, req| async move { admin_client(ch).add_member(req).await },
+            )
+            .await
     }
 
     async fn remove_member(
@@ -340,21 +330,19 @@ impl pb::coordinator_admin_server::CoordinatorAdmin for AdminService {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
         let (meta, _, msg) = request.into_parts();
-        match self.router.route(&meta).await? {
-            Route::Local(cancel) => {
-                let outcome = membership::remove(self.shared(), msg.id, cancel)
-                    .await
-                    .map_err(|e| membership_status("remove", msg.id, e))?;
-                Ok(Response::new(change_response(outcome)))
-            }
-            Route::Forward { addr, hops } => {
-                self.router
-                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
-                        admin_client(ch).remove_member(req).await
-                    })
-                    .await
-            }
-        }
+        self.router
+            .serve(
+                &meta,
+                msg,
+                |msg, cancel| async move {
+                    let outcome = membership::remove(self.shared(), msg.id, cancel)
+                        .await
+                        .map_err(|e| membership_status("remove", msg.id, e))?;
+                    Ok(change_response(outcome))
+                },
+                |ch, req| async move { admin_client(ch).remove_member(req).await },
+            )
+            .await
     }
 
     async fn replace_member(
@@ -363,23 +351,20 @@ impl pb::coordinator_admin_server::CoordinatorAdmin for AdminService {
     ) -> Result<Response<pb::MembershipChangeResponse>, Status> {
         let (meta, _, msg) = request.into_parts();
         let addr = membership::check_addr(&msg.addr).map_err(invalid)?;
-        let wait = catch_up_wait(msg.catch_up_wait_ms)?;
-        match self.router.route(&meta).await? {
-            Route::Local(cancel) => {
-                let wait = within_deadline(&meta, wait);
-                let outcome = membership::replace(self.shared(), msg.id, &addr, wait, cancel)
-                    .await
-                    .map_err(|e| membership_status("replace", msg.id, e))?;
-                Ok(Response::new(change_response(outcome)))
-            }
-            Route::Forward { addr, hops } => {
-                self.router
-                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
-                        admin_client(ch).replace_member(req).await
-                    })
-                    .await
-            }
-        }
+        let wait = within_deadline(&meta, catch_up_wait(msg.catch_up_wait_ms)?);
+        self.router
+            .serve(
+                &meta,
+                msg,
+                |msg, cancel| async move {
+                    let outcome = membership::replace(self.shared(), msg.id, &addr, wait, cancel)
+                        .await
+                        .map_err(|e| membership_status("replace", msg.id, e))?;
+                    Ok(change_response(outcome))
+                },
+                |ch, req| async move { admin_client(ch).replace_member(req).await },
+            )
+            .await
     }
 }
 

@@ -4,7 +4,7 @@
 //! Uses [`super::router`] (serve here or forward), [`super::wire`] (proto
 //! to core and back) and [`crate::txn`] (`execute`, the shared state).
 
-use super::router::{Route, Router, coordinator_client};
+use super::router::{Router, coordinator_client};
 use super::wire;
 use crate::txn::{Shared, execute};
 use dtc_core::Command;
@@ -43,27 +43,28 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let (meta, _, mut msg) = request.into_parts();
         // Validate before anything else, on whichever node received it.
         let req = wire::txn_request(&msg, &self.shared().config.limits)?;
-        match self.router.route(&meta).await? {
-            Route::Local(cancel) => {
-                let txn_id = req.txn_id.clone();
-                let outcome =
-                    execute::execute(self.shared(), req, msg.reply_at_decision, cancel).await?;
-                // Crash point: the decision is committed (and normally
-                // acknowledged by every participant); the client has not
-                // been answered.
-                dtc_util::crash_point!("coordinator.reply.before_client", txn = txn_id.as_str());
-                Ok(Response::new(wire::execute_response(&txn_id, &outcome)))
-            }
-            Route::Forward { addr, hops } => {
-                // A generated id must stay the same on the leader.
-                msg.txn_id = req.txn_id.into_string();
-                self.router
-                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
-                        coordinator_client(ch).execute(req).await
-                    })
-                    .await
-            }
-        }
+        // A generated id must stay the same on the leader.
+        msg.txn_id = req.txn_id.as_str().to_string();
+        self.router
+            .serve(
+                &meta,
+                msg,
+                |msg, cancel| async move {
+                    let txn_id = req.txn_id.clone();
+                    let outcome =
+                        execute::execute(self.shared(), req, msg.reply_at_decision, cancel).await?;
+                    // Crash point: the decision is committed (and normally
+                    // acknowledged by every participant); the client has not
+                    // been answered.
+                    dtc_util::crash_point!(
+                        "coordinator.reply.before_client",
+                        txn = txn_id.as_str()
+                    );
+                    Ok(wire::execute_response(&txn_id, &outcome))
+                },
+                |ch, req| async move { coordinator_client(ch).execute(req).await },
+            )
+            .await
     }
 
     async fn get_transaction(
@@ -72,30 +73,28 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     ) -> Result<Response<pb::GetTransactionResponse>, Status> {
         let (meta, _, msg) = request.into_parts();
         let txn_id = wire::txn_id(msg.txn_id.clone())?;
-        match self.router.route(&meta).await? {
-            Route::Local(_) => {
-                let record = self
-                    .shared()
-                    .reader
-                    .get_txn(txn_id.as_str())
-                    .map_err(wire::store_error)?
-                    .ok_or_else(|| {
-                        Status::not_found(format!(
-                            "transaction {txn_id} is unknown (never run, or past the retention window)"
-                        ))
-                    })?;
-                Ok(Response::new(pb::GetTransactionResponse {
-                    transaction: Some(wire::txn_info(&record)),
-                }))
-            }
-            Route::Forward { addr, hops } => {
-                self.router
-                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
-                        coordinator_client(ch).get_transaction(req).await
+        self.router
+            .serve(
+                &meta,
+                msg,
+                |_msg, _term| async move {
+                    let record = self
+                        .shared()
+                        .reader
+                        .get_txn(txn_id.as_str())
+                        .map_err(wire::store_error)?
+                        .ok_or_else(|| {
+                            Status::not_found(format!(
+                                "transaction {txn_id} is unknown (never run, or past the retention window)"
+                            ))
+                        })?;
+                    Ok(pb::GetTransactionResponse {
+                        transaction: Some(wire::txn_info(&record)),
                     })
-                    .await
-            }
-        }
+                },
+                |ch, req| async move { coordinator_client(ch).get_transaction(req).await },
+            )
+            .await
     }
 
     async fn list_transactions(
@@ -112,37 +111,36 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             }
             n => n as usize,
         };
-        match self.router.route(&meta).await? {
-            Route::Local(_) => {
-                let after = (!msg.after_txn_id.is_empty()).then_some(msg.after_txn_id.as_str());
-                let records = self
-                    .shared()
-                    .reader
-                    .list_txns(msg.pending_only, after, limit + 1)
-                    .map_err(wire::store_error)?;
-                let more = records.len() > limit;
-                let transactions: Vec<_> = records.iter().take(limit).map(wire::txn_info).collect();
-                let next = if more {
-                    transactions
-                        .last()
-                        .map(|t| t.txn_id.clone())
-                        .unwrap_or_default()
-                } else {
-                    String::new()
-                };
-                Ok(Response::new(pb::ListTransactionsResponse {
-                    transactions,
-                    next_after_txn_id: next,
-                }))
-            }
-            Route::Forward { addr, hops } => {
-                self.router
-                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
-                        coordinator_client(ch).list_transactions(req).await
+        self.router
+            .serve(
+                &meta,
+                msg,
+                |msg, _term| async move {
+                    let after = (!msg.after_txn_id.is_empty()).then_some(msg.after_txn_id.as_str());
+                    let records = self
+                        .shared()
+                        .reader
+                        .list_txns(msg.pending_only, after, limit + 1)
+                        .map_err(wire::store_error)?;
+                    let more = records.len() > limit;
+                    let transactions: Vec<_> =
+                        records.iter().take(limit).map(wire::txn_info).collect();
+                    let next = if more {
+                        transactions
+                            .last()
+                            .map(|t| t.txn_id.clone())
+                            .unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    Ok(pb::ListTransactionsResponse {
+                        transactions,
+                        next_after_txn_id: next,
                     })
-                    .await
-            }
-        }
+                },
+                |ch, req| async move { coordinator_client(ch).list_transactions(req).await },
+            )
+            .await
     }
 
     async fn cluster_status(
@@ -197,24 +195,22 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         dtc_core::validate_participant_name(&msg.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let endpoint = wire::participant_endpoint(&msg.endpoint)?;
-        match self.router.route(&meta).await? {
-            Route::Local(_) => {
-                self.shared()
-                    .propose(Command::Register {
-                        name: msg.name,
-                        endpoint,
-                    })
-                    .await
-                    .map_err(|e| Status::unavailable(format!("not registered: {e}; retry")))?;
-                Ok(Response::new(pb::RegisterParticipantResponse {}))
-            }
-            Route::Forward { addr, hops } => {
-                self.router
-                    .forward(&addr, &meta, hops, msg, |ch, req| async move {
-                        coordinator_client(ch).register_participant(req).await
-                    })
-                    .await
-            }
-        }
+        self.router
+            .serve(
+                &meta,
+                msg,
+                |msg, _term| async move {
+                    self.shared()
+                        .propose(Command::Register {
+                            name: msg.name,
+                            endpoint,
+                        })
+                        .await
+                        .map_err(|e| Status::unavailable(format!("not registered: {e}; retry")))?;
+                    Ok(pb::RegisterParticipantResponse {})
+                },
+                |ch, req| async move { coordinator_client(ch).register_participant(req).await },
+            )
+            .await
     }
 }

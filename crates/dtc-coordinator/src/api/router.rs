@@ -204,6 +204,30 @@ impl Router {
             .await
             .map_err(|e| self.forward_failed(addr, e))
     }
+
+    /// Serves a call that needs the leader: `local(msg, term)` here when
+    /// this node leads and has finished takeover (`term` is the leadership
+    /// term's token), else `msg` forwarded to the leader through `call`
+    /// (see [`forward`](Self::forward)). Every leader-only method of the
+    /// API is this one shape.
+    pub async fn serve<T, R, L, LFut, F, FFut>(
+        &self,
+        meta: &MetadataMap,
+        msg: T,
+        local: L,
+        call: F,
+    ) -> Result<Response<R>, Status>
+    where
+        L: FnOnce(T, CancellationToken) -> LFut,
+        LFut: Future<Output = Result<R, Status>>,
+        F: FnOnce(Channel, Request<T>) -> FFut,
+        FFut: Future<Output = Result<Response<R>, Status>>,
+    {
+        match self.route(meta).await? {
+            Route::Local(term) => local(msg, term).await.map(Response::new),
+            Route::Forward { addr, hops } => self.forward(&addr, meta, hops, msg, call).await,
+        }
+    }
 }
 
 /// A `Coordinator` client without size limits, for forwarding (the leader
