@@ -86,6 +86,11 @@ pub use dtc_proto::v1;
 /// A coordinator client over a lazily connecting channel.
 pub type Client = CoordinatorClient<Channel>;
 
+/// `n` seconds (the tests' deadlines read better as `secs(30)`).
+pub const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
 /// How often conditions are re-checked while waiting.
 pub const POLL: Duration = Duration::from_millis(25);
 
@@ -595,6 +600,16 @@ impl Cluster {
     /// (the node counts as stopped afterwards).
     pub fn try_exit(&self, id: u64) -> Option<ExitStatus> {
         self.node(id).process().try_exit()
+    }
+
+    /// Waits until every node follows one leader, then registers
+    /// `participants`; returns the leader.
+    pub async fn ready_with(&self, participants: &[&TestParticipant]) -> u64 {
+        let leader = self.wait_for_stable_leader(secs(30)).await;
+        for p in participants {
+            self.register(p, secs(15)).await;
+        }
+        leader
     }
 
     /// Waits until node `id` exits by itself (a crash point fired); returns

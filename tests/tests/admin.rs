@@ -9,25 +9,13 @@
 use dtc_tests::v1 as pb;
 use dtc_tests::{
     BranchState, Cluster, TestParticipant, bounded, channel_for, client_for, dtc_bin,
-    execute_request, request, wait_for_ok,
+    execute_request, request, secs, wait_for_ok,
 };
 use pb::coordinator_admin_client::CoordinatorAdminClient;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic::transport::Channel;
-
-const fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-async fn setup(cluster: &Cluster, participants: &[&TestParticipant]) -> u64 {
-    let leader = cluster.wait_for_stable_leader(secs(30)).await;
-    for p in participants {
-        cluster.register(p, secs(15)).await;
-    }
-    leader
-}
 
 fn admin(cluster: &Cluster, id: u64) -> CoordinatorAdminClient<Channel> {
     CoordinatorAdminClient::new(channel_for(cluster.addr(id)))
@@ -264,7 +252,7 @@ async fn resolve_aborts_an_undecided_transaction_whose_participant_hangs() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(150), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         let follower = *cluster.ids().iter().find(|id| **id != leader).unwrap();
         bad_input_is_refused_clearly(&cluster, follower).await;
 
@@ -445,7 +433,7 @@ async fn a_decided_transaction_is_never_resolved_and_retry_finishes_a_stuck_phas
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(150), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         let ids = cluster.ids();
 
         // Committed and complete: resolve is refused, naming the decision,

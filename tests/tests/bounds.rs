@@ -6,15 +6,10 @@
 
 use dtc_tests::v1 as pb;
 use dtc_tests::{
-    BranchState, Cluster, ClusterOptions, TestParticipant, bounded, execute_request, request,
+    BranchState, Cluster, ClusterOptions, TestParticipant, bounded, execute_request, request, secs,
     wait_until,
 };
-use std::time::Duration;
 use tonic::Code;
-
-const fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 fn expect_exhausted<T: std::fmt::Debug>(what: &str, r: Result<T, tonic::Status>, needle: &str) {
     let status = match r {

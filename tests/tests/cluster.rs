@@ -9,24 +9,10 @@
 use dtc_tests::v1 as pb;
 use dtc_tests::{
     BranchState, Cluster, DtcProcess, TestParticipant, VoteMode, bounded, execute_request,
-    free_ports, request, run_dtc, wait_for_ok,
+    free_ports, request, run_dtc, secs, wait_for_ok,
 };
 use std::time::{Duration, Instant};
 use tonic::Code;
-
-const fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-/// Waits until every node follows one leader, then registers
-/// `participants`; returns the leader.
-async fn setup(cluster: &Cluster, participants: &[&TestParticipant]) -> u64 {
-    let leader = cluster.wait_for_stable_leader(secs(30)).await;
-    for p in participants {
-        cluster.register(p, secs(15)).await;
-    }
-    leader
-}
 
 fn assert_no_violations(participants: &[&TestParticipant]) {
     for p in participants {
@@ -80,7 +66,7 @@ async fn fresh_nodes_form_a_cluster_and_commit() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(90), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
         let view = cluster
             .status(follower)
@@ -170,7 +156,7 @@ async fn abort_vote_aborts_everywhere() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(90), async {
-        setup(&cluster, &[&alpha, &beta]).await;
+        cluster.ready_with(&[&alpha, &beta]).await;
         alpha.set_vote(VoteMode::Abort("insufficient funds".into()));
         let req = execute_request(
             "abort-1",
@@ -208,7 +194,7 @@ async fn read_only_vote_commits_without_phase_two_for_that_branch() {
     let reader = TestParticipant::start("reader").await;
     let writer = TestParticipant::start("writer").await;
     bounded(secs(90), async {
-        setup(&cluster, &[&reader, &writer]).await;
+        cluster.ready_with(&[&reader, &writer]).await;
         reader.set_vote(VoteMode::ReadOnly);
         let req = execute_request(
             "ro-1",
@@ -244,7 +230,7 @@ async fn bad_requests_get_clear_statuses_and_the_node_keeps_serving() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(90), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         // Send everything through a follower: validation happens where the
         // request lands, the registry check on the leader after forwarding.
         let via = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
@@ -480,7 +466,7 @@ async fn leader_killed_during_prepare_resolves_to_abort_everywhere() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(120), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
         alpha.hold_prepares();
         let req = execute_request("in-doubt-1", &[("alpha", b"a"), ("beta", b"b")], 10_000);
@@ -569,7 +555,7 @@ async fn leader_killed_after_commit_decision_finishes_the_commit() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(120), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         beta.fail_commits(true);
         let req = execute_request("decided-1", &[("alpha", b"a"), ("beta", b"b")], 5000);
         let r = cluster
@@ -645,7 +631,7 @@ async fn restarted_node_rejoins_and_catches_up() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(120), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
         cluster.kill(follower);
         let live = cluster.live_ids();
@@ -720,7 +706,7 @@ async fn repeated_leader_kills_elect_a_new_leader_each_time() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(150), async {
-        setup(&cluster, &[&alpha, &beta]).await;
+        cluster.ready_with(&[&alpha, &beta]).await;
         let mut failovers = Vec::with_capacity(KILLS);
         for i in 0..KILLS {
             let leader = cluster.wait_for_leader(secs(20)).await;
@@ -920,7 +906,7 @@ async fn retry_while_running_joins_the_first_attempt() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(90), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
         alpha.hold_prepares();
         let req = execute_request("joined-1", &[("alpha", b"a"), ("beta", b"b")], 10_000);
@@ -974,7 +960,7 @@ async fn prepare_timeout_aborts_and_tells_the_silent_participant() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(90), async {
-        setup(&cluster, &[&alpha, &beta]).await;
+        cluster.ready_with(&[&alpha, &beta]).await;
         alpha.hold_prepares();
         let started = Instant::now();
         let r = cluster
@@ -1024,7 +1010,7 @@ async fn participant_moved_to_a_new_endpoint_gets_the_decision_there() {
     let alpha = TestParticipant::start("alpha").await;
     let mut beta = TestParticipant::start("beta").await;
     bounded(secs(90), async {
-        setup(&cluster, &[&alpha, &beta]).await;
+        cluster.ready_with(&[&alpha, &beta]).await;
         beta.fail_commits(true);
         let r = cluster
             .execute_retrying(
@@ -1067,7 +1053,7 @@ async fn in_doubt_query_of_an_unknown_txn_records_presumed_abort() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(90), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
         let query = |txn_id: &str| {
             let mut q = cluster.in_doubt(follower);
@@ -1163,7 +1149,7 @@ async fn reply_at_decision_answers_before_the_acknowledgements() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(60), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         beta.hold_commits();
         let mut req = execute_request("early-answer", &[("alpha", b"a"), ("beta", b"b")], 5000);
         req.reply_at_decision = true;
@@ -1221,7 +1207,7 @@ async fn a_call_forwarded_to_a_leader_that_dies_answers_unavailable() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(90), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
         alpha.hold_prepares();
         let req = execute_request("forwarded-1", &[("alpha", b"a"), ("beta", b"b")], 10_000);
@@ -1268,7 +1254,7 @@ async fn in_flight_limit_refuses_new_work_but_not_decided_transactions() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(90), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         let branches: &[(&str, &[u8])] = &[("alpha", b"a"), ("beta", b"b")];
         alpha.hold_prepares();
         let mut c = cluster.client(leader);
@@ -1343,7 +1329,7 @@ async fn restarted_node_catches_up_from_a_snapshot_after_the_log_was_purged() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(150), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
         let other = cluster.ids().into_iter().find(|id| *id != leader && *id != follower).unwrap();
         cluster.kill(follower);
@@ -1401,7 +1387,7 @@ async fn a_late_starting_node_joins_without_deposing_the_leader() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(90), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         let term = cluster.status(leader).await.expect("leader status").term;
         alpha.hold_prepares();
         let mut c = cluster.client(leader);
@@ -1477,7 +1463,7 @@ async fn metrics_move_with_traffic() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(90), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         let addr = metrics_addr(&cluster, leader).await;
         let before = scrape(&addr).await;
         assert_eq!(sample(&before, "dtc_is_leader"), Some(1.0), "{before}");
@@ -1640,7 +1626,7 @@ async fn sigterm_of_the_leader_finishes_what_it_runs_and_exits_cleanly() {
     let alpha = TestParticipant::start("alpha").await;
     let beta = TestParticipant::start("beta").await;
     bounded(secs(120), async {
-        let leader = setup(&cluster, &[&alpha, &beta]).await;
+        let leader = cluster.ready_with(&[&alpha, &beta]).await;
         let others: Vec<u64> = cluster
             .ids()
             .into_iter()
@@ -1735,7 +1721,7 @@ async fn a_leader_below_its_disk_reserve_refuses_new_transactions_naming_the_dis
     let cluster = Cluster::start_with(3, &["--disk-reserve-mb", "1000000000"]);
     let alpha = TestParticipant::start("alpha").await;
     bounded(secs(60), async {
-        let leader = setup(&cluster, &[&alpha]).await;
+        let leader = cluster.ready_with(&[&alpha]).await;
         let refused = cluster
             .execute(
                 leader,

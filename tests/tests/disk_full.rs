@@ -8,13 +8,8 @@
 
 use dtc_harness::small_disk::SmallDisk;
 use dtc_tests::v1 as pb;
-use dtc_tests::{Cluster, TestParticipant, bounded, execute_request};
-use std::time::Duration;
+use dtc_tests::{Cluster, TestParticipant, bounded, execute_request, secs};
 use tonic::Code;
-
-const fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 const MIB: u64 = 1 << 20;
 

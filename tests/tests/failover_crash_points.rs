@@ -17,12 +17,10 @@ use dtc_tests::checker::Anomalies;
 use dtc_tests::nemesis::check_and_report;
 use dtc_tests::testbed::{Testbed, TestbedOptions};
 use dtc_tests::v1 as pb;
-use dtc_tests::{BranchState, Cluster, TestParticipant, bounded, execute_request, wait_for_ok};
+use dtc_tests::{
+    BranchState, Cluster, TestParticipant, bounded, execute_request, secs, wait_for_ok,
+};
 use std::time::{Duration, Instant};
-
-const fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 /// Which processes get the crash point.
 #[derive(Debug, Clone, Copy)]

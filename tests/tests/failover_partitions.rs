@@ -9,12 +9,8 @@ use dtc_tests::checker::Anomalies;
 use dtc_tests::nemesis::check_and_report;
 use dtc_tests::net::LinkMode;
 use dtc_tests::testbed::{Testbed, TestbedOptions};
-use dtc_tests::{bounded, execute_request, request, wait_for_ok};
+use dtc_tests::{bounded, execute_request, request, secs, wait_for_ok};
 use std::time::{Duration, Instant};
-
-const fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 async fn proxied_testbed() -> (Testbed, Bank) {
     let tb = Testbed::start(TestbedOptions {

@@ -12,15 +12,10 @@
 //! them the test prints a SKIPPED line and passes.
 
 use dtc_tests::v1 as pb;
-use dtc_tests::{Cluster, DtcProcess, bounded, free_ports, run_dtc, tail, wait_for_ok};
+use dtc_tests::{Cluster, DtcProcess, bounded, free_ports, run_dtc, secs, tail, wait_for_ok};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
-
-const fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 const SKIP_LINE: &str = "SKIPPED: python3 with grpcio/grpcio-tools/grpcio-reflection not available \
                          (pip install -r tests/interop/python/requirements.txt)";

@@ -10,17 +10,13 @@ use dtc_tests::bank::{Bank, BankOptions};
 use dtc_tests::testbed::{Testbed, TestbedOptions};
 use dtc_tests::v1 as pb;
 use dtc_tests::{
-    Cluster, TestParticipant, bounded, checker, execute_request, free_port, run_dtc, wait_for_ok,
+    Cluster, TestParticipant, bounded, checker, execute_request, free_port, run_dtc, secs,
+    wait_for_ok,
 };
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
-use std::time::Duration;
 use tonic::Code;
-
-const fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 /// `dtc cluster ARGS --coordinators COORDS`: exit code and output.
 fn dtc_cluster(args: &[&str], coordinators: &str) -> (i32, String) {
