@@ -247,17 +247,10 @@ impl LedgerProc {
             ))
             .await?
             .into_inner();
-        let mut held = Vec::new();
-        if r.reserved != 0 {
-            held.push(format!("{} reserved", r.reserved));
-        }
-        if r.incoming != 0 {
-            held.push(format!("{} incoming", r.incoming));
-        }
-        if !r.locked_by.is_empty() {
-            held.push(format!("locked by {}", r.locked_by));
-        }
-        Ok((r.balance, held.join(", ")))
+        Ok((
+            r.balance,
+            dtc_harness::checker::held(r.reserved, r.incoming, &r.locked_by),
+        ))
     }
 
     /// Every decided (and, with `include_prepared`, prepared) transaction.

@@ -88,7 +88,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::debug;
@@ -133,6 +134,9 @@ pub struct ClientConfig {
     /// [`Client::from_env`] loads it from `DTC_TLS_CERT`, `DTC_TLS_KEY` and
     /// `DTC_TLS_CA`.
     pub tls: Option<Tls>,
+    /// Makes every channel: real TCP by default; the deterministic
+    /// simulation injects its simulated network here.
+    pub dialer: dtc_proto::net::Dialer,
 }
 
 impl Default for ClientConfig {
@@ -146,6 +150,7 @@ impl Default for ClientConfig {
             max_backoff: Duration::from_secs(1),
             unreachable_after: Duration::from_secs(2),
             tls: None,
+            dialer: dtc_proto::net::Dialer::tcp(),
         }
     }
 }
@@ -391,13 +396,13 @@ impl Client {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = dtc_proto::tls::endpoint(addr, self.inner.config.tls.as_ref())
+        let endpoint = dtc_proto::tls::endpoint(addr, self.inner.config.tls.as_ref())
             .map_err(|e| ClientError::Config(format!("address {addr:?}: {e}")))?
             .connect_timeout(self.inner.config.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(5));
+        let ch = self.inner.config.dialer.connect_lazy(endpoint);
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

@@ -7,7 +7,8 @@ use crate::{Client, ClientError, is_retryable, with_timeout};
 use dtc_proto::v1 as pb;
 use pb::participant_query_client::ParticipantQueryClient;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 

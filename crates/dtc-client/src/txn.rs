@@ -3,7 +3,8 @@
 use crate::{Client, ClientError, Retry, with_timeout};
 use dtc_proto::v1 as pb;
 use serde::Serialize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Largest prepare timeout the coordinator accepts.
 const MAX_TIMEOUT: Duration = Duration::from_millis(600_000);

@@ -9,6 +9,7 @@
 //! only drops the cache's handle: a call holding a clone keeps its channel,
 //! and the next lookup of an evicted address connects afresh.
 
+use dtc_proto::net::Dialer;
 use dtc_proto::tls::Tls;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,8 @@ pub struct Channels {
     inner: Arc<Mutex<Cache>>,
     /// Every channel is TLS with this node's certificate when set.
     tls: Option<Tls>,
+    /// TCP, or the simulation's network.
+    dialer: Dialer,
 }
 
 impl Default for Channels {
@@ -61,7 +64,14 @@ impl Channels {
                 capacity: capacity.max(1),
             })),
             tls,
+            dialer: Dialer::tcp(),
         }
+    }
+
+    /// The same cache, connecting through `dialer` instead of TCP.
+    pub fn with_dialer(mut self, dialer: Dialer) -> Channels {
+        self.dialer = dialer;
+        self
     }
 
     /// How many channels the cache holds now (tests).
@@ -92,7 +102,7 @@ impl Channels {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        let ch = endpoint.connect_lazy();
+        let ch = self.dialer.connect_lazy(endpoint);
         if cache.map.len() >= cache.capacity {
             // A linear scan, only when a new address arrives at a full
             // cache: cheaper than keeping an order on every hit.

@@ -59,5 +59,5 @@ mod raft;
 mod txn;
 
 pub use config::{ConfigError, NodeConfig, parse_peers};
-pub use node::{NodeError, run};
+pub use node::{NodeEnv, NodeError, OpenStores, run, run_in};
 pub use raft::RaftStartError;

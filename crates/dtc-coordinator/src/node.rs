@@ -11,6 +11,7 @@ use crate::config::{ConfigError, NodeConfig, claim_data_dir};
 use crate::raft::RaftStartError;
 use crate::raft::transport::RaftService;
 use crate::txn::{Leadership, Shared, expiry, takeover};
+use dtc_proto::net::{Dialer, Incoming};
 use dtc_proto::v1::{
     coordinator_admin_server::CoordinatorAdminServer, coordinator_server::CoordinatorServer,
     in_doubt_server::InDoubtServer, raft_transport_server::RaftTransportServer,
@@ -48,12 +49,57 @@ pub enum NodeError {
     Metrics(std::io::Error),
 }
 
+/// Opens the Raft log and the state machine of a node whose data directory
+/// is the argument (see [`NodeEnv::stores`]).
+pub type OpenStores = Box<
+    dyn FnOnce(
+            &std::path::Path,
+        ) -> Result<(dtc_store::LogStore, dtc_store::StateMachineStore), dtc_store::StoreError>
+        + Send,
+>;
+
+/// What a node runs on: by default the files of its data directory and real
+/// TCP. The deterministic simulation (`crates/dtc-sim`) runs several nodes
+/// in one process and injects a simulated network and simulated disks here.
+#[derive(Default)]
+pub struct NodeEnv {
+    /// Makes every channel the node dials (peers, forwarding, participants).
+    pub dialer: Dialer,
+    /// Where the gRPC server accepts connections; `None`: a TCP listener
+    /// bound to [`NodeConfig::listen`].
+    pub incoming: Option<Incoming>,
+    /// Opens the stores; `None`: [`dtc_store::open`] on the data directory.
+    pub stores: Option<OpenStores>,
+}
+
+impl std::fmt::Debug for NodeEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeEnv")
+            .field("dialer", &self.dialer)
+            .field("incoming", &self.incoming)
+            .field("stores", &self.stores.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
 /// Runs a node until `shutdown` resolves.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    run_in(config, NodeEnv::default(), shutdown).await
+}
+
+/// Runs a node on `env` until `shutdown` resolves.
+pub async fn run_in(
+    config: NodeConfig,
+    env: NodeEnv,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
     config.validate()?;
     claim_data_dir(&config.data_dir, config.id, &config.cluster)?;
     let admission = crate::raft::admission::Admission::prepare(&config)?;
-    let (log_store, state_machine) = dtc_store::open(&config.data_dir)?;
+    let (log_store, state_machine) = match env.stores {
+        Some(open) => open(&config.data_dir)?,
+        None => dtc_store::open(&config.data_dir)?,
+    };
     let reader = state_machine.reader();
     // Never purge the log past what the state machine durably covers.
     let log_store = log_store.purge_covered_by(reader.clone());
@@ -66,21 +112,25 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 
     // Every channel this node dials (Raft, forwarding, participants) uses
     // its TLS settings, if any.
-    let channels = Channels::new(config.tls.clone());
+    let channels = Channels::new(config.tls.clone()).with_dialer(env.dialer);
     let raft = crate::raft::start(&config, &channels, log_store, state_machine).await?;
     // Elections off before any message can arrive, if this node is gated.
     let admitting = tokio::spawn(admission.clone().watch(raft.clone(), config.id));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| NodeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| NodeError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let incoming = match env.incoming {
+        Some(incoming) => incoming,
+        None => {
+            let listen_error = |source| NodeError::Listen {
+                addr: config.listen,
+                source,
+            };
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(listen_error)?;
+            Incoming::tcp(listener).map_err(listen_error)?
+        }
+    };
+    let local = incoming.local_addr();
 
     let shared = Arc::new(
         Shared::new(config, raft.clone(), reader, channels).with_admission(admission.clone()),
@@ -140,13 +190,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let stop = CancellationToken::new();
     let serving = tokio::spawn({
         let stop = stop.clone();
-        server.serve_with_incoming_shutdown(
-            // `Server::tcp_nodelay` does not reach sockets accepted from our
-            // own listener; without this, concurrent calls on one connection
-            // wait ~40 ms each for Nagle's algorithm.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop.cancelled_owned(),
-        )
+        server.serve_with_incoming_shutdown(incoming.into_stream(), stop.cancelled_owned())
     });
     info!(id = shared.config.id, addr = %local, cluster = %shared.config.cluster, "coordinator listening");
 
@@ -230,7 +274,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // Applies are synced only now and then (the log re-creates them after a
     // crash); a clean stop syncs them so the next start replays nothing.
     let reader = shared.reader.clone();
-    match tokio::task::spawn_blocking(move || reader.make_durable()).await {
+    match dtc_util::blocking::spawn(move || reader.make_durable()).await {
         Ok(Ok(applied)) => info!(?applied, "state machine synced"),
         Ok(Err(e)) => warn!("syncing the state machine at shutdown: {e}"),
         Err(e) => warn!("syncing the state machine at shutdown: {e}"),
@@ -259,7 +303,7 @@ async fn hand_over(shared: &Shared, health: &tonic_health::server::HealthReporte
     health
         .set_not_serving::<CoordinatorServer<CoordinatorService>>()
         .await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let grace = shared.config.shutdown_grace;
     // No new transaction starts now, so these are all there will be.
     let undecided = shared.drivers.undecided();

@@ -66,6 +66,22 @@ pub struct FinalState {
     pub cluster: BTreeMap<String, AtCluster>,
 }
 
+/// What prepared transactions hold on an account, in words ("" when
+/// nothing), as [`FinalState::balances`] records it.
+pub fn held(reserved: i64, incoming: i64, locked_by: &str) -> String {
+    let mut held = Vec::new();
+    if reserved != 0 {
+        held.push(format!("{reserved} reserved"));
+    }
+    if incoming != 0 {
+        held.push(format!("{incoming} incoming"));
+    }
+    if !locked_by.is_empty() {
+        held.push(format!("locked by {locked_by}"));
+    }
+    held.join(", ")
+}
+
 /// How one ledger audit entry says a transaction ended there.
 pub fn at_participant(e: AuditEntry) -> AtParticipant {
     match AuditOutcome::try_from(e.outcome) {

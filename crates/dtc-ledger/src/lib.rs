@@ -422,7 +422,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         validate_account(&account).map_err(ledger_status)?;
         let ledger = self.ledger.clone();
         let key = account.clone();
-        let a = tokio::task::spawn_blocking(move || ledger.account(&key))
+        let a = dtc_util::blocking::spawn(move || ledger.account(&key))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(ledger_status)?;
@@ -442,7 +442,7 @@ impl pb::ledger_server::Ledger for LedgerService {
     ) -> Result<Response<pb::AuditResponse>, Status> {
         let req = request.into_inner();
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.audit_page(&req))
+        dtc_util::blocking::spawn(move || this.audit_page(&req))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map(Response::new)
@@ -461,10 +461,23 @@ pub fn participant(
     data_dir: &Path,
 ) -> Result<(ParticipantBuilder, Ledger), LedgerError> {
     let db = dtc_participant::open_database(data_dir)?;
+    let (builder, ledger) = participant_on(name, db)?;
+    Ok((
+        builder.disk_reserve(data_dir, dtc_participant::DEFAULT_DISK_RESERVE_BYTES),
+        ledger,
+    ))
+}
+
+/// [`participant`] on a database the caller opened (for example with
+/// `dtc_participant::open_database_with_backend` on a simulated disk),
+/// without a disk reserve (there is no directory to watch).
+pub fn participant_on(
+    name: &str,
+    db: Arc<Database>,
+) -> Result<(ParticipantBuilder, Ledger), LedgerError> {
     let ledger = Ledger::new(db.clone())?;
     let service = LedgerService::new(ledger.clone(), ParticipantLog::new(db.clone()));
     let builder = ParticipantServer::builder(name, db, ledger.clone())
-        .disk_reserve(data_dir, dtc_participant::DEFAULT_DISK_RESERVE_BYTES)
         .routes(service.routes())
         .reflect(pb::ledger_server::SERVICE_NAME, None);
     Ok((builder, ledger))

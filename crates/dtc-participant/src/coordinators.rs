@@ -31,6 +31,7 @@ impl Coordinators {
         addrs: &[String],
         rpc_timeout: Duration,
         tls: Option<&dtc_proto::tls::Tls>,
+        dialer: &dtc_proto::net::Dialer,
     ) -> Result<Self, ParticipantError> {
         let mut nodes = Vec::new();
         for addr in addrs {
@@ -41,7 +42,7 @@ impl Coordinators {
                 // A dead node must fail fast so the next one is tried.
                 .connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true);
-            nodes.push((addr.clone(), endpoint.connect_lazy()));
+            nodes.push((addr.clone(), dialer.connect_lazy(endpoint)));
         }
         Ok(Coordinators {
             nodes,

@@ -19,7 +19,7 @@ pub(crate) struct QueryService {
     pub(crate) log: ParticipantLog,
 }
 
-fn task_failed(e: tokio::task::JoinError) -> Status {
+fn task_failed(e: dtc_util::blocking::BlockingError) -> Status {
     Status::internal(format!("query task failed: {e}"))
 }
 
@@ -38,7 +38,7 @@ impl pb::participant_query_server::ParticipantQuery for QueryService {
         }
         let db = self.db.clone();
         let resource = self.resource.clone();
-        let answer = tokio::task::spawn_blocking(move || {
+        let answer = dtc_util::blocking::spawn(move || {
             let tx = db
                 .begin_read()
                 .map_err(|e| crate::ResourceError::storage(e.into()))?;
@@ -66,7 +66,7 @@ impl pb::participant_query_server::ParticipantQuery for QueryService {
             n => n.min(10_000) as usize,
         };
         let log = self.log.clone();
-        let mut prepared = tokio::task::spawn_blocking(move || log.prepared())
+        let mut prepared = dtc_util::blocking::spawn(move || log.prepared())
             .await
             .map_err(task_failed)?
             .map_err(|e| Status::unavailable(format!("cannot read the participant log: {e}")))?;

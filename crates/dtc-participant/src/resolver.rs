@@ -80,7 +80,7 @@ impl Resolver {
             return pass;
         }
         let log = self.log.clone();
-        let prepared = match tokio::task::spawn_blocking(move || log.prepared()).await {
+        let prepared = match dtc_util::blocking::spawn(move || log.prepared()).await {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 warn!(participant = %self.name, error = %e, "cannot read the prepared transactions");

@@ -91,6 +91,7 @@ impl ParticipantServer {
             coordinators: Vec::new(),
             require_registration: None,
             tls: None,
+            dialer: dtc_proto::net::Dialer::tcp(),
             advertise: None,
             register: true,
             in_doubt_interval: Duration::from_secs(5),
@@ -121,6 +122,7 @@ pub struct ParticipantBuilder {
     coordinators: Vec<String>,
     require_registration: Option<Duration>,
     tls: Option<dtc_proto::tls::Tls>,
+    dialer: dtc_proto::net::Dialer,
     advertise: Option<String>,
     register: bool,
     in_doubt_interval: Duration,
@@ -183,6 +185,13 @@ impl ParticipantBuilder {
     /// registered endpoint is then `https://`.
     pub fn tls(mut self, tls: dtc_proto::tls::Tls) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Makes every channel to the coordinators through `dialer` instead of
+    /// TCP (the simulation's network).
+    pub fn dialer(mut self, dialer: dtc_proto::net::Dialer) -> Self {
+        self.dialer = dialer;
         self
     }
 
@@ -294,18 +303,28 @@ impl ParticipantBuilder {
         self,
         listener: tokio::net::TcpListener,
     ) -> Result<RunningParticipant, ParticipantError> {
-        dtc_core::validate_participant_name(&self.name)
-            .map_err(|e| ParticipantError::Config(e.to_string()))?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| ParticipantError::Io {
+        let incoming =
+            dtc_proto::net::Incoming::tcp(listener).map_err(|source| ParticipantError::Io {
                 what: "cannot read the listener's address".into(),
                 source,
             })?;
+        self.start_on(incoming).await
+    }
+
+    /// [`start`](Self::start), serving the connections of `incoming`
+    /// instead of a TCP listener's (the simulation's network).
+    pub async fn start_on(
+        self,
+        incoming: dtc_proto::net::Incoming,
+    ) -> Result<RunningParticipant, ParticipantError> {
+        dtc_core::validate_participant_name(&self.name)
+            .map_err(|e| ParticipantError::Config(e.to_string()))?;
+        let local_addr = incoming.local_addr();
         let coordinators = Arc::new(Coordinators::new(
             &self.coordinators,
             self.rpc_timeout,
             self.tls.as_ref(),
+            &self.dialer,
         )?);
         let register = self.register && !coordinators.is_empty();
         let tls = self.tls.is_some();
@@ -324,7 +343,7 @@ impl ParticipantBuilder {
         let recovered = {
             let db = self.db.clone();
             let resource = self.resource.clone();
-            tokio::task::spawn_blocking(move || recover(&db, &*resource))
+            dtc_util::blocking::spawn(move || recover(&db, &*resource))
                 .await
                 .map_err(|e| ParticipantError::Task(e.to_string()))??
         };
@@ -412,11 +431,6 @@ impl ParticipantBuilder {
             .add_service(dtc_proto::reflection::v1alpha(&self.listed).map_err(reflection_error)?)
             .add_service(query)
             .add_service(participant);
-        // `Server::tcp_nodelay` does not reach sockets accepted from our own
-        // listener; without this, concurrent calls on one connection wait
-        // ~40 ms each for Nagle's algorithm.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = &self.tls {
             server = server.tls_config(tls.server_config())?;
@@ -425,7 +439,10 @@ impl ParticipantBuilder {
             server
                 .tcp_nodelay(true)
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned()),
+                .serve_with_incoming_shutdown(
+                    incoming.into_stream(),
+                    cancel.clone().cancelled_owned(),
+                ),
         );
 
         let (registered_tx, registered) = watch::channel(Registration::Pending(None));
@@ -682,7 +699,7 @@ impl RunningParticipant {
         F: FnOnce(&redb::ReadTransaction) -> Result<T, ResourceError> + Send + 'static,
     {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
+        dtc_util::blocking::spawn(move || {
             let tx = db.begin_read()?;
             read(&tx).map_err(|e| ParticipantError::Read(e.to_string()))
         })

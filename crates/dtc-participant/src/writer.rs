@@ -32,7 +32,7 @@ use dtc_util::disk::Reserve as DiskReserve;
 use redb::{Database, Durability, WriteTransaction};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
@@ -130,6 +130,14 @@ pub(crate) struct Writer {
     failed: watch::Receiver<Option<String>>,
     crashed: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Operations handed to the thread that it has not finished with:
+    /// queued, or in the batch it is running (a prepare parked on a lock
+    /// wait counts as finished until it runs again). Zero: the thread is
+    /// idle until the next operation arrives.
+    busy: Arc<AtomicUsize>,
+    /// The wall clock (ms) when the latest operation was handed over: the
+    /// time the thread stamps its records with (see [`Worker::wall_ms`]).
+    handed_at_ms: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -147,7 +155,11 @@ impl Writer {
         let (tx, rx) = mpsc::sync_channel(queue);
         let crashed = Arc::new(AtomicBool::new(false));
         let (failed, failed_rx) = watch::channel(None);
+        let busy = Arc::new(AtomicUsize::new(0));
+        let handed_at_ms = Arc::new(AtomicU64::new(dtc_util::wall_ms()));
         let worker = Worker {
+            busy: busy.clone(),
+            handed_at_ms: handed_at_ms.clone(),
             name: name.clone(),
             db,
             resource,
@@ -173,7 +185,26 @@ impl Writer {
             failed: failed_rx,
             crashed,
             thread: Mutex::new(Some(thread)),
+            busy,
+            handed_at_ms,
         })
+    }
+
+    /// Blocks until the thread has finished everything handed to it, or
+    /// has stopped.
+    fn wait_idle(&self) {
+        while self.busy.load(Ordering::SeqCst) > 0
+            && !self.crashed.load(Ordering::SeqCst)
+            && self.failed.borrow().is_none()
+            && self
+                .thread
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|t| !t.is_finished())
+        {
+            std::thread::yield_now();
+        }
     }
 
     /// Waits until a write or sync fails for good, and returns why.
@@ -196,10 +227,24 @@ impl Writer {
         {
             let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
             let sender = ops.as_ref().ok_or(OpError::Stopped)?;
-            sender.try_send(make(reply)).map_err(|e| match e {
-                mpsc::TrySendError::Full(_) => OpError::Overloaded(self.queue),
-                mpsc::TrySendError::Disconnected(_) => OpError::Stopped,
+            // Counted before it can be taken, so the count never dips below
+            // what the thread has yet to finish.
+            self.busy.fetch_add(1, Ordering::SeqCst);
+            self.handed_at_ms
+                .store(dtc_util::wall_ms(), Ordering::SeqCst);
+            sender.try_send(make(reply)).map_err(|e| {
+                self.busy.fetch_sub(1, Ordering::SeqCst);
+                match e {
+                    mpsc::TrySendError::Full(_) => OpError::Overloaded(self.queue),
+                    mpsc::TrySendError::Disconnected(_) => OpError::Stopped,
+                }
             })?;
+        }
+        if dtc_util::blocking::is_inline() {
+            // The deterministic simulation: as if the thread's work ran
+            // inline, the answer is there before this task looks for it,
+            // never at a moment that depends on how threads were scheduled.
+            self.wait_idle();
         }
         answer.await.unwrap_or(Err(OpError::Stopped))
     }
@@ -289,6 +334,10 @@ impl Writer {
 }
 
 struct Worker {
+    /// See `Writer::busy`: decremented once a batch is answered.
+    busy: Arc<AtomicUsize>,
+    /// See [`Writer::handed_at_ms`].
+    handed_at_ms: Arc<AtomicU64>,
     name: String,
     db: Arc<Database>,
     resource: Arc<dyn ErasedResource>,
@@ -369,6 +418,14 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, ResourceError>) -> Result<T, Resourc
 }
 
 impl Worker {
+    /// The wall clock for the records this thread writes: read by the async
+    /// side as it hands an operation over (a few microseconds ago), so that
+    /// a clock that exists only there (the simulation's, see
+    /// `dtc_util::wall_ms`) stamps them too.
+    fn wall_ms(&self) -> u64 {
+        self.handed_at_ms.load(Ordering::SeqCst)
+    }
+
     fn crashed(&self) -> bool {
         self.crashed.load(Ordering::SeqCst)
     }
@@ -404,6 +461,7 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            let taken = batch.len();
             let mut answers = Vec::with_capacity(batch.len());
             let mut dirty = false;
             for mut op in batch {
@@ -473,6 +531,7 @@ impl Worker {
             for (reply, result) in answers {
                 let _ = reply.send(result);
             }
+            self.busy.fetch_sub(taken, Ordering::SeqCst);
             if stop {
                 return;
             }
@@ -639,7 +698,7 @@ impl Worker {
             debug!(participant = %self.name, txn_id, ?vote, "duplicate prepare answered from the log");
             return Ok(Prepared::Answer(Answer::Vote(vote), false));
         }
-        let now_ms = dtc_util::wall_ms();
+        let now_ms = self.wall_ms();
         let refuse = |reason: String| LogRecord {
             state: BranchState::Aborted,
             payload: payload.to_vec(),
@@ -773,7 +832,7 @@ impl Worker {
                 }
                 let done = LogRecord {
                     state: BranchState::Committed,
-                    updated_at_ms: dtc_util::wall_ms(),
+                    updated_at_ms: self.wall_ms(),
                     ..rec
                 };
                 log::put_in(&tx, txn_id, &done)?;
@@ -810,7 +869,7 @@ impl Worker {
                 payload: Vec::new(),
                 reason: reason.to_string(),
                 voted_prepared: false,
-                updated_at_ms: dtc_util::wall_ms(),
+                updated_at_ms: self.wall_ms(),
             };
             log::put_in(&tx, txn_id, &rec)?;
             self.commit(tx)?;
@@ -845,7 +904,7 @@ impl Worker {
                 let done = LogRecord {
                     state: BranchState::Aborted,
                     reason: reason.to_string(),
-                    updated_at_ms: dtc_util::wall_ms(),
+                    updated_at_ms: self.wall_ms(),
                     ..rec
                 };
                 log::put_in(&tx, txn_id, &done)?;

@@ -3,12 +3,15 @@
 //! Generated from `proto/dtc/v1/*.proto` by `build.rs` (tonic + prost with a
 //! vendored protoc), plus conversions between wire enums and `dtc-core` types,
 //! the header names and size limit every node and client shares
-//! ([`wire`]), and mutual TLS for every link ([`tls`]).
+//! ([`wire`]), mutual TLS for every link ([`tls`]), and the seam through
+//! which servers accept and channels connect ([`net`]: TCP, or the
+//! simulation's network).
 //!
 //! ```text
 //! proto/dtc/v1/*.proto ──build.rs──► OUT_DIR/dtc.v1.rs ──include!──► dtc_proto::v1
 //! ```
 
+pub mod net;
 pub mod tls;
 
 /// Generated messages, clients and servers of package `dtc.v1`.

@@ -8,7 +8,8 @@ use crate::tables::{LAST_APPLIED_KEY, SM_META, encode, get_meta};
 use crate::{LogId, StoreError};
 use redb::Database;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// An apply commit is synced at least this often...
 const SYNC_EVERY: Duration = Duration::from_millis(200);

@@ -82,6 +82,7 @@ mod error;
 pub mod files;
 mod log_store;
 mod reader;
+pub mod runtime;
 mod snapshot_file;
 mod state_machine;
 mod tables;
@@ -105,7 +106,7 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = SnapshotFile,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::runtime::DtcRuntime,
 );
 
 /// A node's id in the cluster.
@@ -167,7 +168,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(job).await {
+    match dtc_util::blocking::spawn(job).await {
         Ok(result) => result,
         Err(join) => Err(StoreError::Task(join.to_string())),
     }

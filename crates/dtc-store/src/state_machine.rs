@@ -599,7 +599,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         let db = self.db.clone();
         let mark = self.durable.clone();
-        match tokio::task::spawn_blocking(move || apply_batch(&db, &mark, &entries)).await {
+        match dtc_util::blocking::spawn(move || apply_batch(&db, &mark, &entries)).await {
             Ok(Ok(results)) => Ok(results),
             Ok(Err((log_id, e))) => Err(StorageIOError::apply(log_id, &e).into()),
             Err(join) => {

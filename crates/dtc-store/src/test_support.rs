@@ -62,9 +62,11 @@ pub enum DiskOp {
 struct DiskState {
     /// The file as the process sees it.
     live: Vec<u8>,
-    /// The file when recording started.
+    /// The file when recording started (compacting: at the last sync).
     base: Vec<u8>,
     ops: Vec<(u64, DiskOp)>,
+    /// Fold every sync into `base` (see [`SimDisk::compacting`]).
+    compact: bool,
 }
 
 /// An in-memory redb backend that records what it is asked to write and
@@ -88,9 +90,26 @@ impl SimDisk {
                 live: image.clone(),
                 base: image,
                 ops: Vec::new(),
+                compact: false,
             })),
             clock: clock.clone(),
         }
+    }
+
+    /// A file that starts with `image` and keeps only what the last sync
+    /// left durable plus the operations since: memory stays bounded by the
+    /// file however long it runs, and [`SimDisk::crash_image`] stays cheap.
+    /// The trace then starts at the last sync (for long simulations, where
+    /// only a crash "now" is asked for).
+    pub fn compacting(image: Vec<u8>, clock: &OpClock) -> Self {
+        let disk = Self::from_image(image, clock);
+        disk.lock().compact = true;
+        disk
+    }
+
+    /// The file a crash now leaves under `mode`.
+    pub fn crash_image(&self, mode: CrashMode) -> Vec<u8> {
+        self.trace().crash_image(u64::MAX, mode)
     }
 
     fn lock(&self) -> MutexGuard<'_, DiskState> {
@@ -123,7 +142,15 @@ impl SimDisk {
         match &op {
             DiskOp::Write { offset, data } => write_at(&mut s.live, *offset as usize, data),
             DiskOp::SetLen(len) => s.live.resize(*len as usize, 0),
-            DiskOp::Sync => {}
+            DiskOp::Sync => {
+                if s.compact {
+                    let DiskState { base, ops, .. } = &mut *s;
+                    for (_, op) in ops.drain(..) {
+                        apply_op(base, &op);
+                    }
+                    return;
+                }
+            }
         }
         s.ops.push((t, op));
     }

@@ -16,9 +16,12 @@
 //! - [`from_redb!`]: folds redb's per-operation error types into one
 //!   variant of a crate's error type.
 //! - [`shutdown_signal`]: Ctrl-C or SIGTERM, what every server waits for.
+//! - [`blocking::spawn`]: blocking work off the async workers (inline on a
+//!   thread of the deterministic simulation).
 //! - [`crash_point!`] and [`crash`]: the crash points of the failover tests;
 //!   empty unless the `fail/failpoints` feature is on.
 
+pub mod blocking;
 pub mod crash;
 pub mod disk;
 pub mod fs;
@@ -42,11 +45,27 @@ pub fn endpoint_uri(addr: &str) -> String {
 ///
 /// For timestamps shown to people, retention and ages only: nodes' clocks
 /// need not agree, so nothing that must be the same on every node reads it.
+///
+/// On a thread that set one with [`set_wall_clock_on_this_thread`] (the
+/// deterministic simulation: every host's simulated clock), that clock.
 pub fn wall_ms() -> u64 {
+    if let Some(clock) = WALL_CLOCK.with(std::cell::Cell::get) {
+        return clock();
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+thread_local! {
+    static WALL_CLOCK: std::cell::Cell<Option<fn() -> u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// From now on, [`wall_ms`] on this thread reads `clock` (`None`: the
+/// system clock again).
+pub fn set_wall_clock_on_this_thread(clock: Option<fn() -> u64>) {
+    WALL_CLOCK.with(|c| c.set(clock));
 }
 
 /// Delays for a retry loop: from `min`, doubling with jitter, at most `max`,

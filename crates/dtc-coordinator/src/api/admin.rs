@@ -17,7 +17,8 @@ use dtc_proto::v1 as pb;
 use dtc_proto::v1::coordinator_admin_client::CoordinatorAdminClient;
 use dtc_proto::wire::HOPS_HEADER;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 

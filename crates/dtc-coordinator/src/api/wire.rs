@@ -9,7 +9,7 @@ use crate::txn::execute::ExecuteError;
 use crate::txn::outcome::QueryError;
 use dtc_core::{Outcome, Phase, TxnId, TxnRecord, TxnRequest, Vote};
 use dtc_proto::v1 as pb;
-use std::time::Instant;
+use tokio::time::Instant;
 use tonic::Status;
 
 /// The one place a wire id becomes a [`TxnId`]: an invalid one is the

@@ -22,7 +22,7 @@ pub async fn expire_outcomes(shared: Arc<Shared>) {
     // of this machine's clock while it runs (a forward jump would expire
     // outcomes early and shorten the window in which a same-id retry is
     // answered) does not move the expiry (docs/design.md, "Clocks").
-    let anchor = (dtc_util::wall_ms(), std::time::Instant::now());
+    let anchor = (dtc_util::wall_ms(), tokio::time::Instant::now());
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

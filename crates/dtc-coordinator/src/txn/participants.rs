@@ -20,7 +20,8 @@ use dtc_core::{Outcome, TxnId, Vote};
 use dtc_proto::v1::{
     AbortRequest, CommitRequest, PrepareRequest, participant_client::ParticipantClient,
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio::sync::watch;
 use tracing::{debug, error, warn};
 

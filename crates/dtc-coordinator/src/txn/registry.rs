@@ -21,7 +21,7 @@ use dtc_core::{Outcome, RequestDigest, TxnId, TxnRecord, Vote};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use tokio::time::Instant;
 use tokio::sync::{mpsc, watch};
 
 /// What waiting clients can see of a running transaction.

@@ -13,7 +13,7 @@ use dtc_store::{StateReader, TypeConfig};
 use openraft::Raft;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use tokio::time::Instant;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 

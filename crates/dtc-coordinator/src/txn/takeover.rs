@@ -12,7 +12,8 @@ use crate::metrics::KindLabel;
 use dtc_core::{Command, TxnRecord};
 use openraft::ServerState;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -74,7 +75,7 @@ enum ScanError {
     #[error("cannot read the pending index: {0}")]
     Store(#[from] dtc_store::StoreError),
     #[error("scan task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    Task(#[from] dtc_util::blocking::BlockingError),
 }
 
 /// Sleeps for the next back-off delay; false if the term ended meanwhile.
@@ -175,7 +176,7 @@ async fn take_over(shared: Arc<Shared>, term: u64, cancel: CancellationToken) {
 /// Reads the pending index off the tokio workers.
 async fn scan(shared: &Shared) -> Result<Vec<TxnRecord>, ScanError> {
     let reader = shared.reader.clone();
-    let pending = tokio::task::spawn_blocking(move || {
+    let pending = dtc_util::blocking::spawn(move || {
         // Crash point: a new leader dies while reading the pending index.
         dtc_util::crash_point!("coordinator.takeover.scan");
         reader.pending()
