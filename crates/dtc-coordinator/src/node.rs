@@ -54,7 +54,8 @@ pub enum NodeError {
 pub type OpenStores = Box<
     dyn FnOnce(
             &std::path::Path,
-        ) -> Result<(dtc_store::LogStore, dtc_store::StateMachineStore), dtc_store::StoreError>
+        )
+            -> Result<(dtc_store::LogStore, dtc_store::StateMachineStore), dtc_store::StoreError>
         + Send,
 >;
 

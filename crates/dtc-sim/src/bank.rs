@@ -95,7 +95,7 @@ pub async fn client(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    for acct in &accounts {
+    let deposits = accounts.iter().map(|acct| {
         let op = Op {
             id: format!("seed-{}-{}", acct.ledger, acct.account),
             kind: OpKind::Deposit,
@@ -108,10 +108,17 @@ pub async fn client(
             end_ms: 0,
             result: OpResult::Running,
         };
-        let result = run_op(&client, &history, op, Duration::from_secs(60)).await;
-        if result != OpResult::Committed {
-            return Err(format!("seeding {}/{}: {result:?}", acct.ledger, acct.account).into());
+        let (client, history) = (&client, &history);
+        async move {
+            let result = run_op(client, history, op, Duration::from_secs(60)).await;
+            match result {
+                OpResult::Committed => Ok(()),
+                r => Err(format!("seeding {}/{}: {r:?}", acct.ledger, acct.account)),
+            }
         }
+    });
+    for r in futures::future::join_all(deposits).await {
+        r?;
     }
     let deposited = INITIAL_BALANCE * accounts.len() as i64;
 
@@ -150,7 +157,7 @@ pub async fn client(
                         result: OpResult::Running,
                     };
                     run_op(&client, &history, op, GIVE_UP).await;
-                    tokio::time::sleep(Duration::from_millis(rng.u64(0..30))).await;
+                    tokio::time::sleep(Duration::from_millis(rng.u64(0..60))).await;
                 }
             })
         })
@@ -162,9 +169,10 @@ pub async fn client(
     // Everything resolved: no prepared branch anywhere, every transaction
     // decided in the cluster.
     let quiesce_by = Instant::now() + QUIESCE_WITHIN;
+    let mut decided = BTreeMap::new();
     let ids: Vec<String> = history.ops().into_iter().map(|o| o.id).collect();
     let mut fin = loop {
-        match read_final_state(&client, &accounts, &ids).await {
+        match read_final_state(&client, &accounts, &ids, &mut decided).await {
             Ok(fin) if quiescent(&fin).is_none() => break fin,
             Ok(fin) if Instant::now() >= quiesce_by => {
                 let why = quiescent(&fin).unwrap_or_default();
@@ -177,7 +185,7 @@ pub async fn client(
             Err(e) if Instant::now() >= quiesce_by => {
                 return Err(format!("reading the final state: {e}").into());
             }
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
 
@@ -190,7 +198,11 @@ pub async fn client(
             ledger: ledger.clone(),
             account: from.clone(),
         };
-        let to = accounts.iter().find(|a| **a != from).cloned().unwrap_or_else(|| from.clone());
+        let to = accounts
+            .iter()
+            .find(|a| **a != from)
+            .cloned()
+            .unwrap_or_else(|| from.clone());
         let live_by = Instant::now() + LIVE_WITHIN;
         let mut attempt = 0;
         loop {
@@ -220,12 +232,12 @@ pub async fn client(
         let ids: Vec<String> = history.ops().into_iter().map(|o| o.id).collect();
         let settle_by = Instant::now() + QUIESCE_WITHIN;
         fin = loop {
-            match read_final_state(&client, &accounts, &ids).await {
+            match read_final_state(&client, &accounts, &ids, &mut decided).await {
                 Ok(fin) if quiescent(&fin).is_none() || Instant::now() >= settle_by => break fin,
                 Err(e) if Instant::now() >= settle_by => {
                     return Err(format!("reading the final state: {e}").into());
                 }
-                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
     }
@@ -300,10 +312,15 @@ fn quiescent(fin: &FinalState) -> Option<String> {
 }
 
 /// Balances, audits and the cluster's record of every transaction in `ids`.
+/// The cluster is asked only once the ledgers hold nothing prepared, and
+/// only about transactions not already known decided (`decided`, which a
+/// decision never leaves): each question is a call through the simulated
+/// network, and quiescing asks every 100 ms.
 async fn read_final_state(
     client: &Client,
     accounts: &[Account],
     ids: &[String],
+    decided: &mut BTreeMap<String, AtCluster>,
 ) -> Result<FinalState, ClientError> {
     let mut fin = FinalState::default();
     for ledger in LEDGERS {
@@ -321,8 +338,20 @@ async fn read_final_state(
             (b.balance, checker::held(b.reserved, b.incoming, "")),
         );
     }
+    if quiescent(&fin).is_some() {
+        return Ok(fin);
+    }
     for id in ids {
-        let at = checker::at_cluster(client.get_transaction(id).await);
+        let at = match decided.get(id) {
+            Some(at) => at.clone(),
+            None => {
+                let at = checker::at_cluster(client.get_transaction(id).await);
+                if let AtCluster::Decided(..) = at {
+                    decided.insert(id.clone(), at.clone());
+                }
+                at
+            }
+        };
         fin.cluster.insert(id.clone(), at);
     }
     Ok(fin)

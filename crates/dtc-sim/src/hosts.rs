@@ -49,7 +49,12 @@ type HostResult = Result<(), Box<dyn std::error::Error>>;
 pub async fn coordinator(id: u64, dir: PathBuf, shared: Shared) -> HostResult {
     let name = COORDINATORS[(id - 1) as usize];
     let peers: BTreeMap<u64, String> = (1..=3)
-        .map(|i| (i, format!("{}:{COORDINATOR_PORT}", COORDINATORS[(i - 1) as usize])))
+        .map(|i| {
+            (
+                i,
+                format!("{}:{COORDINATOR_PORT}", COORDINATORS[(i - 1) as usize]),
+            )
+        })
         .collect();
     let listen = SocketAddr::new(turmoil::lookup(name), COORDINATOR_PORT);
     let mut config = NodeConfig::new(id, listen, dir, peers);

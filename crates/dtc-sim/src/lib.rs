@@ -52,7 +52,7 @@ impl Options {
     pub fn seed(seed: u64) -> Options {
         Options {
             seed,
-            fault_window: Duration::from_secs(2),
+            fault_window: Duration::from_millis(1500),
             calm: false,
             lying_disks: false,
         }
@@ -130,7 +130,11 @@ impl Report {
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("seed {seed}: the simulation failed at {at:?}: {why}")]
-    Failed { seed: u64, at: Duration, why: String },
+    Failed {
+        seed: u64,
+        at: Duration,
+        why: String,
+    },
     #[error("seed {seed}: cannot make the nodes' directories: {0}", seed = .1)]
     Setup(std::io::Error, u64),
 }
@@ -168,7 +172,7 @@ fn run_here(options: &Options) -> Result<Report, SimError> {
     let seed = options.seed;
     let rng_seed = seed;
     let mut rng = fastrand::Rng::with_seed(seed);
-    let workers = 2 + rng.usize(..3);
+    let workers = 1 + rng.usize(..3);
     let faults = if options.calm { 0 } else { 2 + rng.usize(..5) };
     let root = scratch_dir().map_err(|e| SimError::Setup(e, seed))?;
 

@@ -25,11 +25,24 @@ pub const BASE_LATENCY: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
-    Crash { host: &'static str, mode: CrashMode },
-    Isolate { host: &'static str },
-    OneWay { from: &'static str, to: &'static str },
-    Hold { a: &'static str, b: &'static str },
-    Jitter { max: Duration },
+    Crash {
+        host: &'static str,
+        mode: CrashMode,
+    },
+    Isolate {
+        host: &'static str,
+    },
+    OneWay {
+        from: &'static str,
+        to: &'static str,
+    },
+    Hold {
+        a: &'static str,
+        b: &'static str,
+    },
+    Jitter {
+        max: Duration,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -93,7 +106,9 @@ impl Nemesis {
                         };
                         Fault::Crash { host, mode }
                     }
-                    40..60 => Fault::Isolate { host: pick(&mut rng) },
+                    40..60 => Fault::Isolate {
+                        host: pick(&mut rng),
+                    },
                     60..75 => {
                         let (from, to) = distinct(&mut rng);
                         Fault::OneWay { from, to }
@@ -195,7 +210,8 @@ impl Nemesis {
             Fault::Hold { a, b } => sim.release(*a, *b),
             Fault::Jitter { .. } => sim.set_max_message_latency(BASE_LATENCY),
         }
-        self.log.push(format!("{} ms: end of {fault}", now.as_millis()));
+        self.log
+            .push(format!("{} ms: end of {fault}", now.as_millis()));
     }
 }
 

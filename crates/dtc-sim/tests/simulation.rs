@@ -38,7 +38,9 @@ fn run_all(seeds: Vec<u64>, configure: impl Fn(&mut Options) + Sync) -> (Vec<Rep
     let reports = Mutex::new(Vec::new());
     let failures = Mutex::new(Vec::new());
     let started = Instant::now();
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(seeds.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(seeds.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -70,7 +72,7 @@ fn run_all(seeds: Vec<u64>, configure: impl Fn(&mut Options) + Sync) -> (Vec<Rep
                         )),
                     }
                     let n = done.fetch_add(1, Ordering::SeqCst) + 1;
-                    if n % 50 == 0 || n == seeds.len() {
+                    if n.is_multiple_of(50) || n == seeds.len() {
                         eprintln!(
                             "simulation: {n}/{} seeds in {:.1} s, {} failed",
                             seeds.len(),
@@ -82,7 +84,10 @@ fn run_all(seeds: Vec<u64>, configure: impl Fn(&mut Options) + Sync) -> (Vec<Rep
             });
         }
     });
-    (reports.into_inner().unwrap(), failures.into_inner().unwrap())
+    (
+        reports.into_inner().unwrap(),
+        failures.into_inner().unwrap(),
+    )
 }
 
 #[test]
@@ -144,8 +149,15 @@ fn a_seed_replays_exactly() {
                 .collect()
         };
         assert_eq!(a.faults, b.faults, "seed {seed}: the faults differ");
-        assert_eq!(ids(&a), ids(&b), "seed {seed}: the operations or their results differ");
-        assert_eq!(a.steps, b.steps, "seed {seed}: the runs took different simulated times");
+        assert_eq!(
+            ids(&a),
+            ids(&b),
+            "seed {seed}: the operations or their results differ"
+        );
+        assert_eq!(
+            a.steps, b.steps,
+            "seed {seed}: the runs took different simulated times"
+        );
         assert_eq!(a.fingerprint(), b.fingerprint(), "seed {seed}");
     }
 }

@@ -131,7 +131,7 @@ impl Router {
                     return Err(Status::unavailable("this node is shutting down"));
                 },
                 _ = lead.changed() => {},
-                _ = tokio::time::sleep_until(deadline.into()) => {
+                _ = tokio::time::sleep_until(deadline) => {
                     return Err(Status::unavailable(
                         "no leader is available yet (election in progress); retry with the same txn_id",
                     ));

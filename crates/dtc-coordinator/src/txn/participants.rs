@@ -21,8 +21,8 @@ use dtc_proto::v1::{
     AbortRequest, CommitRequest, PrepareRequest, participant_client::ParticipantClient,
 };
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
 /// Why a call to a participant failed without an answer to act on.

@@ -21,8 +21,8 @@ use dtc_core::{Outcome, RequestDigest, TxnId, TxnRecord, Vote};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::time::Instant;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 /// What waiting clients can see of a running transaction.
 #[derive(Debug, Clone, Default)]

@@ -13,8 +13,8 @@ use dtc_store::{StateReader, TypeConfig};
 use openraft::Raft;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use tokio::time::Instant;
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// This node's leadership, as the driver runtime sees it.
