@@ -10,7 +10,14 @@ fn main() {
     }
     let t = std::time::Instant::now();
     match dtc_sim::run(&o) {
-        Ok(r) => println!("{} in {:?}", r.summary(), t.elapsed()),
+        Ok(r) => {
+            println!("{} in {:?}", r.summary(), t.elapsed());
+            if args.iter().any(|a| a == "faults") {
+                for f in &r.faults {
+                    println!("  {f}");
+                }
+            }
+        }
         Err(e) => println!("ERROR {e} in {:?}", t.elapsed()),
     }
 }

@@ -1,9 +1,11 @@
 //! The simulated disks of every host, kept outside the hosts so that they
 //! outlive a crash: a crashed host's files become what a crash leaves
 //! ([`SimDisk::crash_image`]: only what was synced, or torn pages), and the
-//! restarted host opens those.
+//! restarted host opens those. A host's disks can also be made to fail
+//! (full, or failing every fsync); a node that stops on such a failure is
+//! expected to, and the simulation restarts it once the disk works again.
 
-use dtc_store::test_support::{CrashMode, OpClock, SimDisk};
+use dtc_store::test_support::{CrashMode, DiskFault, OpClock, SimDisk};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +16,9 @@ pub struct Disks {
     clock: OpClock,
     /// Sabotage: a crash loses everything since the host started.
     lying: bool,
+    /// Hosts whose disks failed since they last started, and how: such a
+    /// host may stop with a storage error, as it should.
+    failed: Arc<Mutex<BTreeMap<String, DiskFault>>>,
 }
 
 impl Disks {
@@ -42,6 +47,45 @@ impl Disks {
             .entry((host.to_string(), file))
             .or_insert_with(|| self.new_disk(Vec::new()))
             .clone()
+    }
+
+    /// Makes every file of `host` fail as `fault` says, or work again.
+    pub fn set_fault(&self, host: &str, fault: Option<DiskFault>) {
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        for ((h, _), disk) in files.iter() {
+            if h == host {
+                disk.set_fault(fault);
+            }
+        }
+        if let Some(f) = fault {
+            self.failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(host.to_string(), f);
+        }
+    }
+
+    /// How `host`'s disks failed since it last started, if they did.
+    pub fn failed(&self, host: &str) -> Option<DiskFault> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .copied()
+    }
+
+    /// `host` starts again: after a failed fsync its files keep only what
+    /// was synced (the pages of the failed sync may be gone); after a full
+    /// disk, everything written (the process stopped, the OS did not).
+    pub fn restarting(&self, host: &str) {
+        let failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(host);
+        if failed == Some(DiskFault::SyncFails) {
+            self.crash(host, CrashMode::SyncedOnly);
+        }
     }
 
     /// Every file of `host` becomes what a crash now leaves under `mode`.

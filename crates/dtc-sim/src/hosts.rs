@@ -48,6 +48,11 @@ type HostResult = Result<(), Box<dyn std::error::Error>>;
 /// simulated disks.
 pub async fn coordinator(id: u64, dir: PathBuf, shared: Shared) -> HostResult {
     let name = COORDINATORS[(id - 1) as usize];
+    let result = run_coordinator(id, name, dir, &shared).await;
+    stopped(name, result, &shared)
+}
+
+async fn run_coordinator(id: u64, name: &'static str, dir: PathBuf, shared: &Shared) -> HostResult {
     let peers: BTreeMap<u64, String> = (1..=3)
         .map(|i| {
             (
@@ -82,8 +87,26 @@ pub async fn coordinator(id: u64, dir: PathBuf, shared: Shared) -> HostResult {
     Ok(())
 }
 
+/// A node that stopped on its own: expected (and `Ok`: the host stays down
+/// until the simulation restarts it, as a supervisor would) if its disk
+/// failed since it started, a failure of the seed otherwise.
+fn stopped(host: &str, result: HostResult, shared: &Shared) -> HostResult {
+    match result {
+        Err(e) if shared.disks.failed(host).is_some() => {
+            tracing::info!(host, error = %e, "stopped on its failed disk, as it should");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// Ledger participant `name` on its simulated disk.
 pub async fn participant(name: &'static str, shared: Shared) -> HostResult {
+    let result = run_participant(name, &shared).await;
+    stopped(name, result, &shared)
+}
+
+async fn run_participant(name: &'static str, shared: &Shared) -> HostResult {
     let db = dtc_participant::open_database_with_backend(shared.disks.get(name, "participant"))?;
     let (builder, _ledger) = dtc_ledger::participant_on(name, db)?;
     let running = builder

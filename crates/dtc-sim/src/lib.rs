@@ -6,8 +6,8 @@
 //! redb files on simulated disks ([`dtc_store::test_support::SimDisk`])
 //! that lose unsynced writes when their host crashes. The seed chooses the
 //! workload (which transfers, how many clients) and the faults (crashes
-//! with lost or torn writes, isolated hosts, one-way cuts, held messages,
-//! jitter); when the fault window closes, everything is healed, every
+//! with lost or torn writes, full disks and failing fsyncs, isolated
+//! hosts, one-way cuts, held messages, jitter); when the fault window closes, everything is healed, every
 //! transaction must resolve within a bound, a probe transfer must commit,
 //! and the bank checker compares what the clients saw with the final state.
 //!
@@ -207,7 +207,7 @@ fn run_here(options: &Options) -> Result<Report, SimError> {
         let now = sim.elapsed();
         if !healed {
             if now >= options.fault_window {
-                nemesis.heal(now, &mut sim);
+                nemesis.heal(now, &mut sim, &shared);
                 control
                     .healed
                     .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -216,6 +216,7 @@ fn run_here(options: &Options) -> Result<Report, SimError> {
                 nemesis.tick(now, &mut sim, &shared);
             }
         }
+        nemesis.supervise(now, &mut sim, &shared);
         let finished = sim.step().map_err(|e| failed(now, e.to_string()))?;
         steps += 1;
         if finished {

@@ -5,13 +5,14 @@
 //! | fault | what turmoil does | undone by |
 //! |---|---|---|
 //! | `crash` | the host's runtime is dropped mid-flight; its disks keep only what a crash leaves (synced only, torn pages, or everything written) | restart (`bounce`) |
+//! | `disk full` / `fsync fails` | the host's disks refuse to grow (ENOSPC) or fail every sync (EIO); the node should stop (the host then stays down) | the disk works again; a stopped host is restarted (after a failed fsync, from what was synced) |
 //! | `isolate` | every link of the host is cut both ways | `repair` |
 //! | `one-way` | messages from one host to another are dropped | `repair_oneway` |
 //! | `hold` | messages between two hosts are held (delivered late, after everything sent meanwhile elsewhere) | `release` |
 //! | `jitter` | every message takes up to this long (connections race each other) | the base latency |
 
 use crate::hosts::{COORDINATORS, LEDGERS, Shared};
-use dtc_store::test_support::CrashMode;
+use dtc_store::test_support::{CrashMode, DiskFault};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
@@ -28,6 +29,10 @@ pub enum Fault {
     Crash {
         host: &'static str,
         mode: CrashMode,
+    },
+    Disk {
+        host: &'static str,
+        fault: DiskFault,
     },
     Isolate {
         host: &'static str,
@@ -56,6 +61,10 @@ impl fmt::Display for Fault {
                 };
                 write!(f, "crash {host} ({mode})")
             }
+            Fault::Disk { host, fault } => match fault {
+                DiskFault::Full => write!(f, "disk full at {host}"),
+                DiskFault::SyncFails => write!(f, "fsync fails at {host}"),
+            },
             Fault::Isolate { host } => write!(f, "isolate {host}"),
             Fault::OneWay { from, to } => write!(f, "cut {from}->{to}"),
             Fault::Hold { a, b } => write!(f, "hold {a}<->{b}"),
@@ -94,10 +103,10 @@ impl Nemesis {
                 let at = Duration::from_millis(rng.u64(300..window_ms.max(301)));
                 let lasts = Duration::from_millis(rng.u64(50..2000));
                 let pick = |rng: &mut fastrand::Rng| HOSTS[rng.usize(..HOSTS.len())];
+                let servers: Vec<&'static str> =
+                    COORDINATORS.iter().chain(LEDGERS.iter()).copied().collect();
                 let fault = match rng.u8(0..100) {
-                    0..40 => {
-                        let servers: Vec<&'static str> =
-                            COORDINATORS.iter().chain(LEDGERS.iter()).copied().collect();
+                    0..34 => {
                         let host = servers[rng.usize(..servers.len())];
                         let mode = match rng.u8(0..100) {
                             0..60 => CrashMode::SyncedOnly,
@@ -106,6 +115,14 @@ impl Nemesis {
                         };
                         Fault::Crash { host, mode }
                     }
+                    34..40 => Fault::Disk {
+                        host: servers[rng.usize(..servers.len())],
+                        fault: if rng.bool() {
+                            DiskFault::Full
+                        } else {
+                            DiskFault::SyncFails
+                        },
+                    },
                     40..60 => Fault::Isolate {
                         host: pick(&mut rng),
                     },
@@ -139,7 +156,7 @@ impl Nemesis {
         while i < self.active.len() {
             if self.active[i].0 <= now {
                 let (_, fault) = self.active.remove(i);
-                self.undo(now, &fault, sim);
+                self.undo(now, &fault, sim, shared);
             } else {
                 i += 1;
             }
@@ -148,7 +165,7 @@ impl Nemesis {
             let s = s.clone();
             self.next += 1;
             // A host already down stays down; one crash at a time per host.
-            if let Fault::Crash { host, .. } = &s.fault
+            if let Fault::Crash { host, .. } | Fault::Disk { host, .. } = &s.fault
                 && self.active.iter().any(|(_, f)| is_crash_of(f, host))
             {
                 continue;
@@ -158,10 +175,29 @@ impl Nemesis {
         }
     }
 
+    /// The supervisor: a server host that stopped on its own (its disk
+    /// failed, and it stopped as it should) starts again once nothing
+    /// keeps it down, as systemd or Kubernetes would restart it.
+    pub fn supervise(&mut self, now: Duration, sim: &mut turmoil::Sim<'_>, shared: &Shared) {
+        for host in COORDINATORS.iter().chain(LEDGERS.iter()) {
+            let held_down = self.active.iter().any(|(_, f)| {
+                matches!(f, Fault::Crash { host: h, .. } | Fault::Disk { host: h, .. } if h == host)
+            });
+            if !held_down && !sim.is_host_running(*host) {
+                shared.disks.restarting(host);
+                sim.bounce(*host);
+                self.log.push(format!(
+                    "{} ms: restart {host} (it stopped)",
+                    now.as_millis()
+                ));
+            }
+        }
+    }
+
     /// Undoes everything still in force and drops what was not started.
-    pub fn heal(&mut self, now: Duration, sim: &mut turmoil::Sim<'_>) {
+    pub fn heal(&mut self, now: Duration, sim: &mut turmoil::Sim<'_>, shared: &Shared) {
         for (_, fault) in std::mem::take(&mut self.active) {
-            self.undo(now, &fault, sim);
+            self.undo(now, &fault, sim, shared);
         }
         self.next = self.schedule.len();
         // Belt and braces: every link whole, latency back to normal.
@@ -186,6 +222,7 @@ impl Nemesis {
                 shared.disks.crash(host, *mode);
                 sim.crash(*host);
             }
+            Fault::Disk { host, fault } => shared.disks.set_fault(host, Some(*fault)),
             Fault::Isolate { host } => {
                 for other in HOSTS.iter().filter(|h| *h != host) {
                     sim.partition(*host, *other);
@@ -198,9 +235,14 @@ impl Nemesis {
         self.log.push(format!("{} ms: {fault}", now.as_millis()));
     }
 
-    fn undo(&mut self, now: Duration, fault: &Fault, sim: &mut turmoil::Sim<'_>) {
+    fn undo(&mut self, now: Duration, fault: &Fault, sim: &mut turmoil::Sim<'_>, shared: &Shared) {
         match fault {
-            Fault::Crash { host, .. } => sim.bounce(*host),
+            Fault::Crash { host, .. } => {
+                shared.disks.restarting(host);
+                sim.bounce(*host);
+            }
+            // A host that stopped meanwhile is restarted by `supervise`.
+            Fault::Disk { host, .. } => shared.disks.set_fault(host, None),
             Fault::Isolate { host } => {
                 for other in HOSTS.iter().filter(|h| *h != host) {
                     sim.repair(*host, *other);
@@ -215,8 +257,9 @@ impl Nemesis {
     }
 }
 
+/// Whether `f` keeps `host` down or its disk failing (one at a time).
 fn is_crash_of(f: &Fault, host: &str) -> bool {
-    matches!(f, Fault::Crash { host: h, .. } if *h == host)
+    matches!(f, Fault::Crash { host: h, .. } | Fault::Disk { host: h, .. } if *h == host)
 }
 
 fn distinct(rng: &mut fastrand::Rng) -> (&'static str, &'static str) {

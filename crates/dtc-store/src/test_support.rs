@@ -67,6 +67,20 @@ struct DiskState {
     ops: Vec<(u64, DiskOp)>,
     /// Fold every sync into `base` (see [`SimDisk::compacting`]).
     compact: bool,
+    /// An injected failure (see [`SimDisk::set_fault`]).
+    fault: Option<DiskFault>,
+}
+
+/// A failure a [`SimDisk`] can be told to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFault {
+    /// The filesystem is full: a write past the end of the file, or a
+    /// `set_len` that grows it, fails with `StorageFull` (ENOSPC) and
+    /// changes nothing. Writes inside the file still land.
+    Full,
+    /// Every `sync_data` fails with an I/O error (EIO): what was written
+    /// since the last good sync may or may not be on disk.
+    SyncFails,
 }
 
 /// An in-memory redb backend that records what it is asked to write and
@@ -91,6 +105,7 @@ impl SimDisk {
                 base: image,
                 ops: Vec::new(),
                 compact: false,
+                fault: None,
             })),
             clock: clock.clone(),
         }
@@ -105,6 +120,25 @@ impl SimDisk {
         let disk = Self::from_image(image, clock);
         disk.lock().compact = true;
         disk
+    }
+
+    /// From now on, fail as `fault` says (`None`: work again).
+    pub fn set_fault(&self, fault: Option<DiskFault>) {
+        self.lock().fault = fault;
+    }
+
+    fn refuse(&self, grows: impl FnOnce(usize) -> bool, sync: bool) -> io::Result<()> {
+        let s = self.lock();
+        match s.fault {
+            Some(DiskFault::Full) if !sync && grows(s.live.len()) => Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left on device (simulated)",
+            )),
+            Some(DiskFault::SyncFails) if sync => {
+                Err(io::Error::other("input/output error on fsync (simulated)"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The file a crash now leaves under `mode`.
@@ -186,17 +220,20 @@ impl StorageBackend for SimDisk {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         to_usize(len)?;
+        self.refuse(|now| len as usize > now, false)?;
         self.record(DiskOp::SetLen(len));
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        self.refuse(|_| false, true)?;
         self.record(DiskOp::Sync);
         Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         to_usize(offset)?;
+        self.refuse(|now| offset as usize + data.len() > now, false)?;
         self.record(DiskOp::Write {
             offset,
             data: data.to_vec(),
@@ -434,6 +471,41 @@ pub async fn receive_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_refuses_to_grow_but_takes_writes_inside_the_file() {
+        let clock = OpClock::new();
+        let d = SimDisk::compacting(vec![0; 8], &clock);
+        d.set_fault(Some(DiskFault::Full));
+        assert_eq!(
+            d.write(6, &[1, 2, 3]).unwrap_err().kind(),
+            io::ErrorKind::StorageFull
+        );
+        assert_eq!(
+            d.set_len(16).unwrap_err().kind(),
+            io::ErrorKind::StorageFull
+        );
+        d.write(0, &[7; 8]).unwrap();
+        d.set_len(4).unwrap();
+        d.sync_data().unwrap();
+        assert_eq!(d.crash_image(CrashMode::SyncedOnly), vec![7; 4]);
+        d.set_fault(None);
+        d.set_len(16).unwrap();
+    }
+
+    #[test]
+    fn a_failed_sync_makes_nothing_durable() {
+        let clock = OpClock::new();
+        let d = SimDisk::compacting(vec![1; 4], &clock);
+        d.write(0, &[9; 4]).unwrap();
+        d.set_fault(Some(DiskFault::SyncFails));
+        assert!(d.sync_data().is_err());
+        assert_eq!(d.crash_image(CrashMode::SyncedOnly), vec![1; 4]);
+        assert_eq!(d.crash_image(CrashMode::AllWritten), vec![9; 4]);
+        d.set_fault(None);
+        d.sync_data().unwrap();
+        assert_eq!(d.crash_image(CrashMode::SyncedOnly), vec![9; 4]);
+    }
 
     fn disk_with_ops() -> (SimDisk, OpClock) {
         let clock = OpClock::new();
