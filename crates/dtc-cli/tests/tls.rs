@@ -201,6 +201,7 @@ async fn a_tls_cluster_runs_transfers_and_refuses_every_connection_without_a_val
         err.contains("requires TLS") && err.contains("nothing was sent"),
         "{err}"
     );
+    eprintln!("plaintext refused in {secs:.1} s");
     assert!(secs < 10.0, "plaintext took {secs} s to fail: {err}");
     let other_ca = files(&rogue, "client", &rogue);
     let (code, _, err, secs) = dtc(&with(&transfer, &other_ca), &[]);
