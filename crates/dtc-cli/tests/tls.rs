@@ -202,7 +202,14 @@ async fn a_tls_cluster_runs_transfers_and_refuses_every_connection_without_a_val
         "{err}"
     );
     eprintln!("plaintext refused in {secs:.1} s");
-    assert!(secs < 10.0, "plaintext took {secs} s to fail: {err}");
+    // Like the foreign certificate below: some attempts end with a bare
+    // "connection closed" (ambiguous: they may have run) before one says
+    // that the node speaks TLS, and only then may the client say that
+    // nothing was sent. Measured 2.3-6.5 s on an idle machine (the same
+    // before and after the network seam of dtc_proto::net), 14-24 s on a
+    // loaded one; the bound is the client's retry deadline. What matters is
+    // that it says why and that nothing was sent, not "outcome unknown".
+    assert!(secs < 35.0, "plaintext took {secs} s to fail: {err}");
     let other_ca = files(&rogue, "client", &rogue);
     let (code, _, err, secs) = dtc(&with(&transfer, &other_ca), &[]);
     assert_eq!(code, 3, "{err}");
