@@ -170,7 +170,6 @@ pub fn run(options: &Options) -> Result<Report, SimError> {
 
 fn run_here(options: &Options) -> Result<Report, SimError> {
     let seed = options.seed;
-    let rng_seed = seed;
     let mut rng = fastrand::Rng::with_seed(seed);
     let workers = 1 + rng.usize(..3);
     let faults = if options.calm { 0 } else { 2 + rng.usize(..5) };
@@ -181,7 +180,7 @@ fn run_here(options: &Options) -> Result<Report, SimError> {
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(nemesis::BASE_LATENCY)
-        .rng_seed(rng_seed)
+        .rng_seed(seed)
         .epoch(std::time::UNIX_EPOCH + Duration::from_millis(SIM_EPOCH_MS))
         .build();
     let shared = hosts::Shared::new(options.lying_disks);
