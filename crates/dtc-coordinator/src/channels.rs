@@ -8,6 +8,16 @@
 //! [`MAX_CHANNELS`] and evicts the least recently used past that. Eviction
 //! only drops the cache's handle: a call holding a clone keeps its channel,
 //! and the next lookup of an evicted address connects afresh.
+//!
+//! A connection can also die silently: a middlebox forgets the flow, or a
+//! one-way cut swallows what it carries, and nothing closes the socket.
+//! Calls on it then only time out, and the channel would notice by its
+//! HTTP/2 keepalive alone (up to its interval plus its timeout, 10 s).
+//! [`Channels::dial`] hands out a [`Lease`] with the channel, and a caller
+//! whose call got no answer in its time ([`is_silent`]) gives it back with
+//! [`Channels::forget`]: the next call dials a fresh connection. The lease
+//! names the channel's generation, so the many calls that time out on one
+//! dead connection replace it once, not once each.
 
 use dtc_proto::net::Dialer;
 use dtc_proto::tls::Tls;
@@ -36,11 +46,51 @@ impl Default for Channels {
     }
 }
 
-/// Channels by address, each with the tick of its last use.
+/// Channels by address, each with the tick of its last use and its
+/// generation (the tick it was created at, unique per cache).
 struct Cache {
-    map: HashMap<String, (Channel, u64)>,
+    map: HashMap<String, Cached>,
     tick: u64,
     capacity: usize,
+}
+
+struct Cached {
+    channel: Channel,
+    used: u64,
+    generation: u64,
+}
+
+/// Which cached channel a call used: given back to [`Channels::forget`]
+/// when the call suggests the connection is dead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    addr: String,
+    generation: u64,
+}
+
+impl Lease {
+    /// The address the leased channel dials.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+/// Whether `status` says the peer did not answer at all within the call's
+/// timeout: tonic's own client-side timer fired (CANCELLED with
+/// [`tonic::TimeoutExpired`] as its source), as opposed to an answer, even
+/// DEADLINE_EXCEEDED from the peer, which proves the connection carries.
+pub fn is_silent(status: &tonic::Status) -> bool {
+    if status.code() != tonic::Code::Cancelled {
+        return false;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,12 +135,22 @@ impl Channels {
     }
 
     pub fn get(&self, addr: &str) -> Result<Channel, BadEndpoint> {
+        self.dial(addr).map(|(channel, _)| channel)
+    }
+
+    /// The channel to `addr` and its [`Lease`], for a caller that gives the
+    /// channel back ([`Channels::forget`]) when a call gets no answer.
+    pub fn dial(&self, addr: &str) -> Result<(Channel, Lease), BadEndpoint> {
         let mut cache = self.lock();
         cache.tick += 1;
         let tick = cache.tick;
-        if let Some((ch, used)) = cache.map.get_mut(addr) {
-            *used = tick;
-            return Ok(ch.clone());
+        if let Some(cached) = cache.map.get_mut(addr) {
+            cached.used = tick;
+            let lease = Lease {
+                addr: addr.to_string(),
+                generation: cached.generation,
+            };
+            return Ok((cached.channel.clone(), lease));
         }
         let endpoint = dtc_proto::tls::endpoint(addr, self.tls.as_ref())
             .map_err(|source| BadEndpoint {
@@ -109,14 +169,41 @@ impl Channels {
             let oldest = cache
                 .map
                 .iter()
-                .min_by_key(|(_, (_, used))| *used)
+                .min_by_key(|(_, cached)| cached.used)
                 .map(|(a, _)| a.clone());
             if let Some(oldest) = oldest {
                 cache.map.remove(&oldest);
             }
         }
-        cache.map.insert(addr.to_string(), (ch.clone(), tick));
-        Ok(ch)
+        cache.map.insert(
+            addr.to_string(),
+            Cached {
+                channel: ch.clone(),
+                used: tick,
+                generation: tick,
+            },
+        );
+        let lease = Lease {
+            addr: addr.to_string(),
+            generation: tick,
+        };
+        Ok((ch, lease))
+    }
+
+    /// Drops the cached channel `lease` names, if it is still the cached
+    /// one, so that the next [`Channels::dial`] of its address connects
+    /// afresh. Returns whether it dropped it. Calls still holding the old
+    /// channel keep it until they end.
+    pub fn forget(&self, lease: &Lease) -> bool {
+        let mut cache = self.lock();
+        let current = cache
+            .map
+            .get(&lease.addr)
+            .is_some_and(|cached| cached.generation == lease.generation);
+        if current {
+            cache.map.remove(&lease.addr);
+        }
+        current
     }
 
     /// Whether `addr` has a cached channel (tests).
@@ -148,6 +235,82 @@ mod tests {
         assert!(channels.contains("127.0.0.1:1"));
         assert!(!channels.contains("127.0.0.1:2"));
         assert!(channels.contains("127.0.0.1:50"));
+    }
+
+    /// A peer that takes connections and never answers (a flow a middlebox
+    /// forgot looks the same from this side): the call ends by the client's
+    /// own timer, that is what [`is_silent`] recognises, and after
+    /// [`Channels::forget`] the next call really opens a new connection.
+    /// A stale lease (the channel was already replaced) replaces nothing.
+    #[tokio::test]
+    async fn a_call_that_hears_nothing_gives_its_connection_up_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (held, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                // Kept open, never read from or written to.
+                if held.send(socket).is_err() {
+                    return;
+                }
+            }
+        });
+        let call = |channel: Channel| async move {
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+            let mut req = tonic::Request::new(tonic_health::pb::HealthCheckRequest::default());
+            req.set_timeout(Duration::from_millis(200));
+            client.check(req).await.expect_err("nobody answers")
+        };
+        let channels = Channels::new(None);
+        let (channel, lease) = channels.dial(&addr).unwrap();
+        let status = call(channel).await;
+        assert!(is_silent(&status), "{status:?}");
+        assert!(next_connection(&mut accepted).await);
+
+        // Without giving it up, the next call would wait on the same dead
+        // connection; a second lease of the same channel names it too.
+        let (_, again) = channels.dial(&addr).unwrap();
+        assert_eq!(again, lease);
+        assert!(channels.forget(&lease));
+        assert!(
+            !channels.forget(&again),
+            "one dead connection is replaced once"
+        );
+
+        let (channel, fresh) = channels.dial(&addr).unwrap();
+        assert_ne!(fresh, lease);
+        assert!(is_silent(&call(channel).await));
+        assert!(
+            next_connection(&mut accepted).await,
+            "the call after forget dialed a new connection"
+        );
+        assert!(channels.contains(&addr));
+        server.abort();
+    }
+
+    /// Whether the silent peer took one more connection within 10 s.
+    async fn next_connection(
+        accepted: &mut tokio::sync::mpsc::UnboundedReceiver<tokio::net::TcpStream>,
+    ) -> bool {
+        tokio::time::timeout(Duration::from_secs(10), accepted.recv())
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
+    #[test]
+    fn answers_and_other_failures_are_not_silence() {
+        // DEADLINE_EXCEEDED comes from the peer: the connection carries.
+        assert!(!is_silent(&tonic::Status::deadline_exceeded("too slow")));
+        assert!(!is_silent(&tonic::Status::unavailable(
+            "connection refused"
+        )));
+        // CANCELLED for any other reason than the client's own timer.
+        assert!(!is_silent(&tonic::Status::cancelled("Timeout expired")));
+        let mut timed_out = tonic::Status::cancelled("Timeout expired");
+        timed_out.set_source(std::sync::Arc::new(tonic::TimeoutExpired(())));
+        assert!(is_silent(&timed_out));
     }
 
     /// Corner case 15 with eviction: a participant that moved to a new

@@ -51,6 +51,7 @@ pub struct CoordinatorMetrics {
     pub phase_duration: Family<PhaseLabel, Histogram, fn() -> Histogram>,
     pub prepare_duration: Family<ParticipantLabel, Histogram, fn() -> Histogram>,
     pub retries: Family<KindLabel, Counter>,
+    pub redials: Family<ParticipantLabel, Counter>,
     pub takeovers: Counter,
     pub last_takeover_seconds: Gauge<f64, AtomicU64>,
     pub last_takeover_term: Gauge,
@@ -71,6 +72,7 @@ impl Default for CoordinatorMetrics {
             phase_duration: Family::new_with_constructor(histogram),
             prepare_duration: Family::new_with_constructor(histogram),
             retries: Family::default(),
+            redials: Family::default(),
             takeovers: Counter::default(),
             last_takeover_seconds: Gauge::default(),
             last_takeover_term: Gauge::default(),
@@ -113,6 +115,11 @@ impl CoordinatorMetrics {
             "retries",
             "Participant calls sent again after a failure, by kind",
             self.retries.clone(),
+        );
+        r.register(
+            "participant_redials",
+            "Connections to a participant given up and dialed afresh after a call got no answer within its timeout",
+            self.redials.clone(),
         );
         r.register(
             "takeovers",
@@ -186,6 +193,14 @@ impl CoordinatorMetrics {
 
     pub fn retry(&self, kind: &'static str) {
         self.retries.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    pub fn redialed(&self, participant: &str) {
+        self.redials
+            .get_or_create(&ParticipantLabel {
+                participant: participant.to_string(),
+            })
+            .inc();
     }
 }
 

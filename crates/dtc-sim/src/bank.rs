@@ -27,7 +27,8 @@ pub const INITIAL_BALANCE: i64 = 100;
 pub const QUIESCE_WITHIN: Duration = Duration::from_secs(60);
 /// How long after quiescing a transfer must commit: past a channel's
 /// keepalive (5 s interval, 5 s timeout), which is what notices a
-/// connection that a cut left broken.
+/// connection that a cut left broken on the client's and the participants'
+/// side (a coordinator redials a silent participant sooner).
 pub const LIVE_WITHIN: Duration = Duration::from_secs(20);
 /// How long one transfer keeps retrying an unknown outcome with its id.
 const GIVE_UP: Duration = Duration::from_secs(30);
@@ -48,6 +49,11 @@ pub struct Checked {
     pub final_state: FinalState,
     pub anomalies: checker::Anomalies,
     pub resolution: checker::Resolution,
+    /// Simulated time from the heal (as the workers saw it) until no
+    /// transaction was pending anywhere, if that happened.
+    pub quiescent_after_heal: Option<Duration>,
+    /// Simulated time from the heal until the after-heal probe committed.
+    pub live_after_heal: Option<Duration>,
 }
 
 fn accounts() -> Vec<Account> {
@@ -165,6 +171,9 @@ pub async fn client(
     for t in futures::future::join_all(tasks).await {
         t?;
     }
+    let healed_at = Instant::now();
+    let mut quiescent_after_heal = None;
+    let mut live_after_heal = None;
 
     // Everything resolved: no prepared branch anywhere, every transaction
     // decided in the cluster.
@@ -173,7 +182,10 @@ pub async fn client(
     let ids: Vec<String> = history.ops().into_iter().map(|o| o.id).collect();
     let mut fin = loop {
         match read_final_state(&client, &accounts, &ids, &mut decided).await {
-            Ok(fin) if quiescent(&fin).is_none() => break fin,
+            Ok(fin) if quiescent(&fin).is_none() => {
+                quiescent_after_heal = Some(healed_at.elapsed());
+                break fin;
+            }
             Ok(fin) if Instant::now() >= quiesce_by => {
                 let why = quiescent(&fin).unwrap_or_default();
                 anomalies.add(
@@ -218,6 +230,7 @@ pub async fn client(
             };
             let result = run_op(&client, &history, op, GIVE_UP).await;
             if result == OpResult::Committed {
+                live_after_heal = Some(healed_at.elapsed());
                 break;
             }
             if Instant::now() >= live_by {
@@ -253,6 +266,8 @@ pub async fn client(
         final_state: fin,
         anomalies,
         resolution,
+        quiescent_after_heal,
+        live_after_heal,
     });
     Ok(())
 }

@@ -46,6 +46,9 @@ pub struct Options {
     /// written since the host started, synced or not (a disk that lies
     /// about fsync).
     pub lying_disks: bool,
+    /// These faults instead of the ones the seed draws (a scenario test);
+    /// the seed still chooses everything else.
+    pub script: Option<Vec<nemesis::Scheduled>>,
 }
 
 impl Options {
@@ -55,6 +58,7 @@ impl Options {
             fault_window: Duration::from_millis(1500),
             calm: false,
             lying_disks: false,
+            script: None,
         }
     }
 }
@@ -107,7 +111,8 @@ impl Report {
     pub fn summary(&self) -> String {
         format!(
             "seed {}: {} ops ({} committed, {} aborted, {} unknown, {} failed), {} fault events, \
-             {:.1} s simulated, fingerprint {:016x}, anomalies: {}",
+             {:.1} s simulated, quiescent {} and live {} after the heal, fingerprint {:016x}, \
+             anomalies: {}",
             self.seed,
             self.checked.history.len(),
             self.count("committed"),
@@ -116,6 +121,8 @@ impl Report {
             self.count("failed"),
             self.faults.len(),
             self.simulated.as_secs_f64(),
+            secs(self.checked.quiescent_after_heal),
+            secs(self.checked.live_after_heal),
             self.fingerprint(),
             if self.checked.anomalies.is_empty() {
                 "none".to_string()
@@ -124,6 +131,10 @@ impl Report {
             }
         )
     }
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or("never".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
 }
 
 /// Why a run could not finish.
@@ -198,7 +209,10 @@ fn run_here(options: &Options) -> Result<Report, SimError> {
     let control = Arc::new(bank::Control::default());
     sim.client("client", bank::client(seed, workers, control.clone()));
 
-    let mut nemesis = nemesis::Nemesis::new(seed, faults, options.fault_window);
+    let mut nemesis = match &options.script {
+        Some(schedule) => nemesis::Nemesis::scripted(schedule.clone()),
+        None => nemesis::Nemesis::new(seed, faults, options.fault_window),
+    };
     let mut healed = false;
     let mut steps = 0u64;
     let failed = |at: Duration, why: String| SimError::Failed { seed, at, why };

@@ -98,7 +98,7 @@ impl Nemesis {
     pub fn new(seed: u64, faults: usize, window: Duration) -> Nemesis {
         let mut rng = fastrand::Rng::with_seed(seed ^ 0x6e65_6d65_7369_7321);
         let window_ms = window.as_millis().max(1) as u64;
-        let mut schedule: Vec<Scheduled> = (0..faults)
+        let schedule: Vec<Scheduled> = (0..faults)
             .map(|_| {
                 let at = Duration::from_millis(rng.u64(300..window_ms.max(301)));
                 let lasts = Duration::from_millis(rng.u64(50..2000));
@@ -141,6 +141,11 @@ impl Nemesis {
                 Scheduled { at, lasts, fault }
             })
             .collect();
+        Nemesis::scripted(schedule)
+    }
+
+    /// Exactly these faults.
+    pub fn scripted(mut schedule: Vec<Scheduled>) -> Nemesis {
         schedule.sort_by_key(|s| s.at);
         Nemesis {
             schedule,

@@ -1,7 +1,8 @@
 //! The deterministic simulation in the test command (crate docs of
 //! `dtc_sim`; docs/testing.md): many seeds, each a whole cluster under
-//! seeded faults, checked by the bank checker; a seed replays exactly; and
-//! the checker does catch a disk that lies about fsync.
+//! seeded faults, checked by the bank checker; a seed replays exactly; the
+//! checker does catch a disk that lies about fsync; and a scripted cut that
+//! leaves connections dead does not hold transfers up until keepalives fire.
 //!
 //! - `DTC_SIM_SEEDS=N` runs seeds 1..=N instead of the default
 //!   ([`DEFAULT_SEEDS`]); `DTC_SIM_FIRST=S` starts at S.
@@ -179,4 +180,39 @@ fn a_disk_that_lies_about_fsync_is_caught() {
         "no seed noticed disks that lose synced writes: {:#?}",
         reports.iter().map(Report::summary).collect::<Vec<_>>()
     );
+}
+
+/// A one-way cut from every coordinator to a ledger while transfers run:
+/// turmoil's TCP drops what a cut link carries and never retransmits, so a
+/// connection that carried a call across the cut is dead afterwards
+/// without anything having closed it (as when a middlebox forgets a flow).
+/// A coordinator gives such a connection up after one call that hears
+/// nothing back and dials afresh, so a transfer through that ledger commits
+/// at once after the heal (0.2 s here), not once the channel's keepalive
+/// (5 s interval + 5 s timeout) notices (7.2 to 9.0 s with the connection
+/// kept). Simulated time: the same on every run of the same code.
+#[test]
+fn connections_a_cut_left_dead_are_dialed_afresh() {
+    use dtc_sim::nemesis::{Fault, Scheduled};
+    use std::time::Duration;
+    let cut = |from| Scheduled {
+        at: Duration::from_millis(700),
+        lasts: Duration::from_millis(500),
+        fault: Fault::OneWay { from, to: "bank-a" },
+    };
+    for seed in [1, 2, 3] {
+        let mut options = Options::seed(seed);
+        options.script = Some(["c1", "c2", "c3"].map(cut).to_vec());
+        let report = dtc_sim::run(&options).unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.checked.anomalies.is_empty(), "{}", report.summary());
+        let live = report
+            .checked
+            .live_after_heal
+            .unwrap_or_else(|| panic!("the probe never committed: {}", report.summary()));
+        assert!(
+            live < Duration::from_secs(5),
+            "a transfer committed only {live:?} after the heal: {}",
+            report.summary()
+        );
+    }
 }

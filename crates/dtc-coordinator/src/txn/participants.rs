@@ -5,6 +5,11 @@
 //! every attempt: a participant that re-registered on a new endpoint is
 //! reached there on the next retry (corner case 15).
 //!
+//! A call that gets no answer at all within its timeout gives its channel
+//! back ([`crate::channels::Channels::forget`]): the connection may be dead
+//! without anything having closed it, and the next attempt dials afresh
+//! instead of waiting for the channel's keepalive to notice.
+//!
 //! Every call reports to the transaction's [`Live`] progress (votes,
 //! acknowledgements, attempts, last error, next attempt) so that operators
 //! see it, and a wait in back-off ends early when an operator asks for a
@@ -15,7 +20,7 @@
 
 use super::registry::Live;
 use super::shared::Shared;
-use crate::channels::BadEndpoint;
+use crate::channels::{BadEndpoint, Lease, is_silent};
 use dtc_core::{Outcome, TxnId, Vote};
 use dtc_proto::v1::{
     AbortRequest, CommitRequest, PrepareRequest, participant_client::ParticipantClient,
@@ -23,7 +28,7 @@ use dtc_proto::v1::{
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 /// Why a call to a participant failed without an answer to act on.
 #[derive(Debug, thiserror::Error)]
@@ -74,10 +79,12 @@ pub fn backoff() -> impl Iterator<Item = Duration> {
     dtc_util::backoff(Duration::from_millis(20), Duration::from_secs(2))
 }
 
+/// A client for `participant`'s current endpoint, and the lease of the
+/// channel it uses.
 fn client(
     shared: &Shared,
     participant: &str,
-) -> Result<ParticipantClient<tonic::transport::Channel>, CallError> {
+) -> Result<(ParticipantClient<tonic::transport::Channel>, Lease), CallError> {
     let registered = shared
         .reader
         .participant(participant)?
@@ -87,9 +94,23 @@ fn client(
         Some(addr) => addr.clone(),
         None => registered,
     };
-    let channel = shared.channels.get(&endpoint)?;
-    Ok(ParticipantClient::new(channel)
-        .max_decoding_message_size(dtc_proto::wire::MAX_MESSAGE_BYTES))
+    let (channel, lease) = shared.channels.dial(&endpoint)?;
+    let client = ParticipantClient::new(channel)
+        .max_decoding_message_size(dtc_proto::wire::MAX_MESSAGE_BYTES);
+    Ok((client, lease))
+}
+
+/// After a failed call: a call that heard nothing back in its time gives its
+/// channel up, so that the next attempt dials a new connection.
+fn after_failure(shared: &Shared, participant: &str, lease: &Lease, status: &tonic::Status) {
+    if is_silent(status) && shared.channels.forget(lease) {
+        shared.metrics.redialed(participant);
+        info!(
+            participant,
+            addr = lease.addr(),
+            "no answer within the call's timeout; the next call dials a new connection"
+        );
+    }
 }
 
 fn is_transient(status: &tonic::Status) -> bool {
@@ -144,7 +165,7 @@ pub async fn send_prepare(
             return Err(PrepareError::Deadline);
         }
         live.update(participant, |p| p.prepare_attempts += 1);
-        let mut client = match client(shared, participant) {
+        let (mut client, lease) = match client(shared, participant) {
             Ok(c) => c,
             Err(e) => {
                 failed(live, participant, &e);
@@ -160,7 +181,11 @@ pub async fn send_prepare(
         });
         req.set_timeout(remaining);
         let sent = Instant::now();
-        match client.prepare(req).await {
+        let answer = client.prepare(req).await;
+        if let Err(status) = &answer {
+            after_failure(shared, participant, &lease, status);
+        }
+        match answer {
             Ok(resp) => {
                 shared.metrics.prepared(participant, sent.elapsed());
                 let vote = dtc_proto::vote_from_wire(&resp.into_inner());
@@ -199,15 +224,15 @@ async fn decide_once(
     participant: &str,
     outcome: &Outcome,
 ) -> Result<(), CallError> {
-    let mut client = client(shared, participant)?;
-    match outcome {
+    let (mut client, lease) = client(shared, participant)?;
+    let answer = match outcome {
         Outcome::Commit => {
             let mut req = tonic::Request::new(CommitRequest {
                 txn_id: txn_id.to_string(),
                 participant: participant.to_string(),
             });
             req.set_timeout(shared.config.rpc_timeout);
-            client.commit(req).await?;
+            client.commit(req).await.map(drop)
         }
         Outcome::Abort { reason } => {
             let mut req = tonic::Request::new(AbortRequest {
@@ -216,10 +241,13 @@ async fn decide_once(
                 reason: reason.clone(),
             });
             req.set_timeout(shared.config.rpc_timeout);
-            client.abort(req).await?;
+            client.abort(req).await.map(drop)
         }
+    };
+    if let Err(status) = &answer {
+        after_failure(shared, participant, &lease, status);
     }
-    Ok(())
+    Ok(answer?)
 }
 
 /// Sends the decision until the participant acknowledges. Never gives up:
