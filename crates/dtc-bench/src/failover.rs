@@ -97,7 +97,8 @@ pub struct FailoverJson {
 
 pub async fn run(b: &Bench<'_>, cluster: &mut LocalCluster, clients: usize) -> Result<(), Failure> {
     let kills = b.args.kills as usize;
-    let shared = Arc::new(Shared::new(b.run_start));
+    // One level: the epochs keep its ids apart across kills.
+    let shared = Arc::new(Shared::new(b.run_start, 0));
     // Everything counts: the whole run is the measurement.
     shared.window_start_us.store(0, Relaxed);
     let load = Load::spawn(

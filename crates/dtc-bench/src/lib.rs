@@ -520,7 +520,7 @@ async fn throughput(
             args.warmup_secs,
             args.secs
         ));
-        let shared = Arc::new(Shared::new(b.run_start));
+        let shared = Arc::new(Shared::new(b.run_start, i as u64));
         let load = Load::spawn(
             clients,
             shared.clone(),

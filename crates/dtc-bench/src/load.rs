@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! client i:  connect (5 s timeout) ─► wait for the start signal ─► loop until `stop`:
-//!              txn id <prefix>-e<epoch>-c<i>-<n>, B branches of P bytes
+//!              txn id <prefix>-e<epoch>-l<level>-c<i>-<n>, B branches of P bytes
 //!              Execute ─► committed │ aborted │ error (by gRPC code)
 //!              counted (atomics, for the progress bar) when it ends inside the
 //!              measurement window; committed latency into the client's histogram;
@@ -68,6 +68,11 @@ pub struct Shared {
     /// Part of every txn id; bumped after each SIGKILL, so the pending
     /// transactions from before a kill can be told apart by their ids.
     pub epoch: AtomicU64,
+    /// The level (0, 1, ...) these clients run; part of every txn id, so
+    /// that a level's clients never reuse an earlier level's ids (a reused
+    /// id is answered from the decided record at once, without running a
+    /// transaction, and would be counted as a fast commit).
+    pub level: u64,
     /// Transactions that start at or after this count as "started after the kill".
     pub kill_after_us: AtomicU64,
     /// When the first of those committed (u64::MAX: none yet).
@@ -75,9 +80,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(run_start: Instant) -> Shared {
+    pub fn new(run_start: Instant, level: u64) -> Shared {
         Shared {
             run_start,
+            level,
             window_start_us: AtomicU64::new(u64::MAX),
             window_end_us: AtomicU64::new(u64::MAX),
             stop: AtomicBool::new(false),
@@ -135,6 +141,12 @@ impl Workload {
             timeout_ms: 0,
             reply_at_decision: self.reply_at_decision,
         }
+    }
+
+    /// The id of client `idx`'s `n`th transaction at `level` in `epoch`:
+    /// unique within the run (the prefix holds the process id and a nonce).
+    pub fn txn_id(&self, epoch: u64, level: u64, idx: usize, n: u64) -> String {
+        format!("{}-e{epoch}-l{level}-c{idx}-{n}", self.id_prefix)
     }
 
     /// The epoch in one of this run's txn ids (None: not one of ours).
@@ -268,7 +280,7 @@ pub async fn client(
         };
         n += 1;
         let epoch = shared.epoch.load(Relaxed);
-        let req = work.request(format!("{}-e{epoch}-c{idx}-{n}", work.id_prefix));
+        let req = work.request(work.txn_id(epoch, shared.level, idx, n));
         let started_us = shared.now_us();
         let started = Instant::now();
         // The local timeout backs up grpc-timeout should the connection hang.
@@ -454,10 +466,37 @@ mod tests {
             payload: Vec::new(),
             reply_at_decision: false,
         };
-        let id = w.request("bench-12-345-e7-c3-99".into()).txn_id;
+        let id = w.request(w.txn_id(7, 2, 3, 99)).txn_id;
         assert_eq!(w.epoch_of(&id), Some(7));
         assert_eq!(w.epoch_of("bench-12-3456-e7-c3-99"), None);
         assert_eq!(w.epoch_of("someone-else-e1-c1-1"), None);
+    }
+
+    /// Each level spawns clients 0.. that count from 0 again: without the
+    /// level in the id, client 3 of the second level would resend client
+    /// 3's ids of the first, and each would be answered from its decided
+    /// record, a "commit" that ran no transaction.
+    #[test]
+    fn a_level_never_reuses_an_earlier_levels_txn_ids() {
+        let w = Workload {
+            id_prefix: "bench-12-345".into(),
+            coordinators: Vec::new(),
+            participants: vec!["p".into()],
+            payload: Vec::new(),
+            reply_at_decision: false,
+        };
+        let ids = |level| -> std::collections::BTreeSet<String> {
+            (0..4)
+                .flat_map(|idx| (1..=50).map(move |n| (idx, n)))
+                .map(|(idx, n)| w.txn_id(0, level, idx, n))
+                .collect()
+        };
+        let (first, second) = (ids(0), ids(1));
+        assert_eq!(first.len(), 200, "ids repeat within a level");
+        assert!(
+            first.is_disjoint(&second),
+            "a level reuses ids of the one before"
+        );
     }
 
     #[test]
