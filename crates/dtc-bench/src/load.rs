@@ -457,15 +457,19 @@ impl Load {
 mod tests {
     use super::*;
 
-    #[test]
-    fn epochs_are_read_back_from_ids() {
-        let w = Workload {
+    fn workload() -> Workload {
+        Workload {
             id_prefix: "bench-12-345".into(),
             coordinators: Vec::new(),
             participants: vec!["p".into()],
             payload: Vec::new(),
             reply_at_decision: false,
-        };
+        }
+    }
+
+    #[test]
+    fn epochs_are_read_back_from_ids() {
+        let w = workload();
         let id = w.request(w.txn_id(7, 2, 3, 99)).txn_id;
         assert_eq!(w.epoch_of(&id), Some(7));
         assert_eq!(w.epoch_of("bench-12-3456-e7-c3-99"), None);
@@ -478,13 +482,7 @@ mod tests {
     /// record, a "commit" that ran no transaction.
     #[test]
     fn a_level_never_reuses_an_earlier_levels_txn_ids() {
-        let w = Workload {
-            id_prefix: "bench-12-345".into(),
-            coordinators: Vec::new(),
-            participants: vec!["p".into()],
-            payload: Vec::new(),
-            reply_at_decision: false,
-        };
+        let w = workload();
         let ids = |level| -> std::collections::BTreeSet<String> {
             (0..4)
                 .flat_map(|idx| (1..=50).map(move |n| (idx, n)))
