@@ -267,8 +267,8 @@ mod tests {
         assert!(is_silent(&status), "{status:?}");
         assert!(next_connection(&mut accepted).await);
 
-        // Without giving it up, the next call would wait on the same dead
-        // connection; a second lease of the same channel names it too.
+        // Every caller of the dead channel holds a lease naming it; the
+        // first to give it up replaces it, the others change nothing.
         let (_, again) = channels.dial(&addr).unwrap();
         assert_eq!(again, lease);
         assert!(channels.forget(&lease));
